@@ -1,0 +1,185 @@
+"""Changing a project's definitions: init, register, metric new. Validate first, then write."""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DefinitionError, Issue, TallyError, UsageError
+from .fsutil import atomic_write_text, clean_temp_files, project_lock
+from .project import METRICS_DIR, check_project_root, find_definition_files, load_project
+from .spec import KIND_KEYS, NAME_PATTERN
+from .yamlio import read_yaml_file
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _yaml_dump(data: Any) -> str:
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt", pure=True)
+    yaml.default_flow_style = False
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    stream = io.StringIO()
+    yaml.dump(data, stream)
+    return stream.getvalue()
+
+
+def init_project(target: Path, *, name: str | None = None) -> list[Path]:
+    """Scaffold a project that validates; refuse to overwrite an existing one."""
+    target = Path(target)
+    if (target / METRICS_DIR).exists() or (target / "feature_repo" / "feature_store.yaml").exists():
+        raise TallyError(f"{target} already holds a Tally project (metrics/ or "
+                         "feature_repo/feature_store.yaml exists); choose an empty folder")
+    project_name = name or re.sub(r"[^a-z0-9_]", "_", target.resolve().name.lower()) or "tally"
+    if not re.match(r"^[a-z]", project_name):
+        project_name = f"tally_{project_name}"
+    files = {
+        Path(METRICS_DIR) / "example.yaml": (TEMPLATES / "example.yaml").read_text(),
+        Path("feature_repo") / "feature_store.yaml":
+            (TEMPLATES / "feature_store.yaml").read_text().replace("{project}", project_name),
+        Path("feature_repo") / "definitions.py": (TEMPLATES / "definitions.py").read_text(),
+        Path("feature_repo") / ".feastignore": (TEMPLATES / "feastignore").read_text(),
+        Path(".gitignore"): (TEMPLATES / "gitignore").read_text(),
+    }
+    written = []
+    for relative, text in files.items():
+        atomic_write_text(target / relative, text)
+        written.append(target / relative)
+    (target / "data").mkdir(exist_ok=True)
+    return written
+
+
+@dataclass(frozen=True)
+class Registered:
+    path: Path
+    names: list[str]
+    replaced: list[str]
+    removed_from: list[Path]
+
+
+def _names_of(loaded_data: Any) -> list[tuple[str, int, str]]:
+    out = []
+    if isinstance(loaded_data, dict):
+        for kind in KIND_KEYS:
+            items = loaded_data.get(kind)
+            for index, item in enumerate(items if isinstance(items, list) else []):
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    out.append((kind, index, item["name"]))
+    return out
+
+
+def _without_names(path: Path, names: set[str]) -> str | None:
+    """The file's text with the definitions named in `names` removed, comments kept."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt", pure=True)
+    data = yaml.load(path.read_text("utf-8"))
+    changed = False
+    for kind in KIND_KEYS:
+        items = data.get(kind) if hasattr(data, "get") else None
+        if not items:
+            continue
+        for index in reversed(range(len(items))):
+            if isinstance(items[index], dict) and items[index].get("name") in names:
+                del items[index]
+                changed = True
+        if not items:
+            del data[kind]
+    if not changed:
+        return None
+    return _yaml_dump(data) if data else ""
+
+
+def register_file(root: Path | str, file: Path, *, replace: bool = False,
+                  on_wait: Any = None) -> Registered:
+    """Validate `file` together with the project, then write it as metrics/<file name>.
+
+    With `replace`, an existing file of that name is replaced and definitions of the same
+    names in other files are removed from them, all validated together before any write.
+    """
+    root = check_project_root(Path(root))
+    file = Path(file)
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    if file.suffix != ".yaml":
+        raise UsageError(f"{file}: definition files end in .yaml")
+    loaded, issues = read_yaml_file(file, str(file))
+    if issues or loaded is None:
+        raise DefinitionError(issues)
+    text = file.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    shown = f"{METRICS_DIR}/{file.name}"
+    destination = root / shown
+    with project_lock(root, on_wait=on_wait):
+        clean_temp_files(root / METRICS_DIR)
+        if destination.exists() and not replace:
+            raise DefinitionError([Issue(str(file), 1, "", f"{shown} already exists; pass "
+                                         "--replace to replace it")])
+        existing: dict[str, str] = {}
+        for path in find_definition_files(root):
+            relative = path.relative_to(root).as_posix()
+            if relative == shown:
+                continue
+            other, _ = read_yaml_file(path, relative)
+            for _, _, name in _names_of(other.data if other else None):
+                existing[name] = relative
+        candidate = _names_of(loaded.data)
+        clashes = {name for _, _, name in candidate if name in existing}
+        if clashes and not replace:
+            raise DefinitionError([
+                Issue(str(file), loaded.line_of((kind, index, "name")), f"{kind}[{index}].name",
+                      f"{name!r} already exists in {existing[name]}; pass --replace to "
+                      "replace it")
+                for kind, index, name in candidate if name in clashes
+            ])
+        overrides: dict[str, str | None] = {shown: text}
+        for other in sorted({existing[name] for name in clashes}):
+            overrides[other] = _without_names(root / other, clashes) or None
+        load_project(root, overrides=overrides)
+        atomic_write_text(destination, text)
+        removed = []
+        for relative, new_text in overrides.items():
+            if relative == shown:
+                continue
+            removed.append(root / relative)
+            if new_text is None:
+                (root / relative).unlink()
+            else:
+                atomic_write_text(root / relative, new_text)
+    return Registered(destination, [n for _, _, n in candidate], sorted(clashes), removed)
+
+
+def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None) -> Path:
+    """Write a new aggregate metric as metrics/<name>.yaml after validating it with the project."""
+    root = check_project_root(Path(root))
+    name = fields.get("name") or ""
+    if not re.match(NAME_PATTERN, name):
+        raise UsageError(f"--name {name!r} is not a valid name; use lower snake case matching "
+                         f"{NAME_PATTERN}")
+    shown = f"{METRICS_DIR}/{name}.yaml"
+    text = _yaml_dump({"metrics": [{k: v for k, v in fields.items() if v not in (None, [])}]})
+    with project_lock(root, on_wait=on_wait):
+        clean_temp_files(root / METRICS_DIR)
+        if (root / shown).exists():
+            raise TallyError(f"{shown} already exists; choose another name or edit that file")
+        try:
+            load_project(root, overrides={shown: text})
+        except DefinitionError as exc:
+            ours = [i for i in exc.issues if i.file == shown]
+            if ours:
+                flags = {"expression", "filter", "window", "grain", "source", "aggregation",
+                         "name", "owner", "description", "tags"}
+                raise DefinitionError([
+                    Issue("(command line)", 0, _flag_for(i.key, flags), i.message) for i in ours
+                ]) from None
+            raise
+        atomic_write_text(root / shown, text)
+    return root / shown
+
+
+def _flag_for(key: str, flags: set[str]) -> str:
+    last = key.split(".")[-1].split("[")[0]
+    return f"--{last.replace('tags', 'tag')}" if last in flags else key

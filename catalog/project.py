@@ -1,0 +1,331 @@
+"""A project: its definitions loaded from metrics/*.yaml, validated in two phases."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import DefinitionError, Issue, ProjectNotFoundError
+from .spec import KIND_KEYS, FieldError, KIND_MODELS, KIND_SINGULAR, Entity, Metric, Model, Score, Source, Spec
+from .yamlio import KeyPath, LoadedYaml, key_path_text, parse_yaml_text, read_yaml_file
+
+METRICS_DIR = "metrics"
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One definition and where it was written."""
+
+    kind: str  # entity | source | metric | model | score
+    spec: Any
+    file: str
+    line: int
+    key_path: KeyPath
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+    def issue(self, field_path: tuple[str | int, ...], message: str, lines: LoadedYaml) -> Issue:
+        path = (*self.key_path, *field_path)
+        return Issue(self.file, lines.line_of(path), key_path_text(path), message)
+
+
+@dataclass(frozen=True)
+class MetricGroup:
+    """Aggregate metrics sharing (source, entity, grain): one scan, one table, one FeatureView."""
+
+    source: str
+    entity: str
+    grain: timedelta
+    metrics: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        from .durations import format_duration
+
+        return f"{self.source}_{format_duration(self.grain)}"
+
+
+@dataclass
+class Project:
+    root: Path
+    definitions: dict[str, Definition] = field(default_factory=dict)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+
+    # -- lookups ---------------------------------------------------------------------
+    def _of(self, kind: str) -> dict[str, Any]:
+        return {n: d.spec for n, d in self.definitions.items() if d.kind == kind}
+
+    @property
+    def entities(self) -> dict[str, Entity]:
+        return self._of("entity")
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        return self._of("source")
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        return self._of("metric")
+
+    @property
+    def models(self) -> dict[str, Model]:
+        return self._of("model")
+
+    @property
+    def scores(self) -> dict[str, Score]:
+        return self._of("score")
+
+    def get(self, name: str) -> Definition | None:
+        return self.definitions.get(name)
+
+    def source_path(self, source: Source) -> Path:
+        return (self.root / source.path).resolve() if "*" not in source.path else (
+            self.root / source.path
+        )
+
+    # -- semantics shared by compute, registration and the catalog ------------------
+    def entity_of(self, name: str) -> str | None:
+        return _entity_of(self, name, set())
+
+    def grain_of(self, name: str) -> timedelta | None:
+        return _grain_of(self, name, set())
+
+    def ttl_of(self, name: str) -> timedelta | None:
+        """Feast ttl of a metric or score; None means no expiry."""
+        return _ttl_of(self, name, set())
+
+    def derived_inputs(self, metric: Metric) -> list[str]:
+        from .sqlcheck import check_expression
+
+        return sorted(check_expression(metric.expression).columns)
+
+    def groups(self) -> list[MetricGroup]:
+        grouped: dict[tuple[str, str, timedelta], list[str]] = {}
+        for name, metric in sorted(self.metrics.items()):
+            if metric.type != "aggregate" or metric.source not in self.sources:
+                continue
+            source = self.sources[metric.source]
+            grouped.setdefault((source.name, source.entity, metric.grain_delta), []).append(name)
+        return [MetricGroup(s, e, g, tuple(m)) for (s, e, g), m in sorted(grouped.items())]
+
+    def downstream_of(self, name: str) -> set[str]:
+        """Names that directly use `name`."""
+        out: set[str] = set()
+        for other, definition in self.definitions.items():
+            spec = definition.spec
+            if definition.kind == "metric":
+                if spec.source == name:
+                    out.add(other)
+                elif spec.type == "derived" and name in self.derived_inputs(spec):
+                    out.add(other)
+            elif definition.kind == "source" and spec.entity == name:
+                out.add(other)
+            elif definition.kind == "model" and name in spec.features:
+                out.add(other)
+            elif definition.kind == "score" and (
+                spec.entity == name or any(c.metric == name for c in spec.components)
+            ):
+                out.add(other)
+        return out
+
+
+def _entity_of(project: Project, name: str, seen: set[str]) -> str | None:
+    if name in seen:
+        return None
+    seen.add(name)
+    spec = project.definitions[name].spec if name in project.definitions else None
+    if isinstance(spec, Score):
+        return spec.entity
+    if isinstance(spec, Source):
+        return spec.entity
+    if not isinstance(spec, Metric):
+        return None
+    if spec.type != "derived":
+        source = project.sources.get(spec.source or "")
+        return source.entity if source else None
+    entities = {_entity_of(project, i, seen) for i in project.derived_inputs(spec)}
+    entities.discard(None)
+    return entities.pop() if len(entities) == 1 else None
+
+
+def _grain_of(project: Project, name: str, seen: set[str]) -> timedelta | None:
+    if name in seen:
+        return None
+    seen.add(name)
+    metric = project.metrics.get(name)
+    if metric is None:
+        return None
+    if metric.type == "aggregate":
+        return metric.grain_delta
+    if metric.type == "column":
+        return None
+    grains = {_grain_of(project, i, seen) for i in project.derived_inputs(metric)}
+    grains.discard(None)
+    return grains.pop() if len(grains) == 1 else None
+
+
+def _ttl_of(project: Project, name: str, seen: set[str]) -> timedelta | None:
+    if name in seen:
+        return None
+    seen.add(name)
+    score = project.scores.get(name)
+    if score is not None:
+        ttls = [_ttl_of(project, c.metric, seen) for c in score.components]
+        return None if any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+    metric = project.metrics.get(name)
+    if metric is None:
+        return None
+    if metric.type != "derived":
+        return metric.own_ttl()
+    ttls = [_ttl_of(project, i, seen) for i in project.derived_inputs(metric)]
+    return None if not ttls or any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+
+
+# -- loading -----------------------------------------------------------------------------
+
+_PYDANTIC_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+def _pydantic_issues(
+    exc: ValidationError, base: KeyPath, loaded: LoadedYaml, model: type[Spec]
+) -> list[Issue]:
+    issues = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            loc = (*loc, cause.field)
+        path = (*base, *loc)
+        kind = error["type"]
+        message = _PYDANTIC_MESSAGES.get(kind, error["msg"])
+        if kind == "extra_forbidden" and len(loc) == 1:
+            allowed = ", ".join(model.model_fields)
+            message = f"unknown key; allowed keys here are: {allowed}"
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            message = (f"{error['input']!r} is not a valid name; use lower snake case "
+                       "matching ^[a-z][a-z0-9_]{0,62}$")
+        elif kind == "value_error":
+            message = error["msg"].removeprefix("Value error, ")
+        issues.append(Issue(loaded.file, loaded.line_of(path), key_path_text(path), message))
+    return issues
+
+
+def parse_definitions(loaded: LoadedYaml) -> tuple[list[Definition], list[Issue]]:
+    """Phase one: one file's definitions, each checked against its model."""
+    data = loaded.data
+    if data is None:
+        return [], [Issue(loaded.file, 1, "", "the file is empty; give it at least one of the "
+                          f"keys {', '.join(KIND_KEYS)}")]
+    if not isinstance(data, dict):
+        return [], [Issue(loaded.file, 1, "", "the top level must be a mapping with keys "
+                          f"{', '.join(KIND_KEYS)}")]
+    definitions: list[Definition] = []
+    issues: list[Issue] = []
+    for key, items in data.items():
+        if key not in KIND_MODELS:
+            issues.append(Issue(loaded.file, loaded.line_of((key,)), str(key),
+                                f"unknown top-level key; allowed: {', '.join(KIND_KEYS)}"))
+            continue
+        if not isinstance(items, list):
+            issues.append(Issue(loaded.file, loaded.line_of((key,)), key,
+                                "must be a list of definitions (items starting with `- `)"))
+            continue
+        model = KIND_MODELS[key]
+        for index, item in enumerate(items):
+            path: KeyPath = (key, index)
+            if not isinstance(item, dict):
+                issues.append(Issue(loaded.file, loaded.line_of(path), key_path_text(path),
+                                    f"each {KIND_SINGULAR[key]} must be a mapping"))
+                continue
+            try:
+                spec = model.model_validate(item)
+            except ValidationError as exc:
+                issues.extend(_pydantic_issues(exc, path, loaded, model))
+                continue
+            definitions.append(
+                Definition(KIND_SINGULAR[key], spec, loaded.file, loaded.line_of(path), path)
+            )
+    return definitions, issues
+
+
+def find_definition_files(root: Path) -> list[Path]:
+    folder = root / METRICS_DIR
+    return sorted(p for p in folder.rglob("*.yaml") if p.is_file() and not p.name.startswith("."))
+
+
+def check_project_root(root: Path) -> Path:
+    root = Path(root).resolve()
+    if not (root / METRICS_DIR).is_dir():
+        raise ProjectNotFoundError(
+            f"{root} is not a Tally project: it has no {METRICS_DIR}/ folder. Run `tally init "
+            f"{root}` to create one, or pass --project DIR."
+        )
+    return root
+
+
+def load_project(
+    root: Path | str = ".",
+    *,
+    overrides: dict[str, str | None] | None = None,
+) -> Project:
+    """Load and validate every definition under root/metrics.
+
+    `overrides` maps a project-relative file name to new text (or None to drop the file),
+    so a change can be validated together with the project before anything is written.
+    Raises DefinitionError with every issue found.
+    """
+    from .validate import cross_check
+
+    root = check_project_root(Path(root))
+    texts: dict[str, LoadedYaml | None] = {}
+    issues: list[Issue] = []
+    hashes: dict[str, str] = {}
+    overrides = dict(overrides or {})
+    for path in find_definition_files(root):
+        shown = path.relative_to(root).as_posix()
+        if shown in overrides:
+            continue
+        loaded, problems = read_yaml_file(path, shown)
+        issues.extend(problems)
+        texts[shown] = loaded
+        try:
+            hashes[shown] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            pass
+    for shown, text in overrides.items():
+        if text is None:
+            continue
+        loaded, problems = parse_yaml_text(text, shown)
+        issues.extend(problems)
+        texts[shown] = loaded
+        hashes[shown] = hashlib.sha256(text.encode()).hexdigest()
+    definitions: list[Definition] = []
+    loaded_files = {name: loaded for name, loaded in texts.items() if loaded is not None}
+    for loaded in loaded_files.values():
+        found, problems = parse_definitions(loaded)
+        definitions.extend(found)
+        issues.extend(problems)
+    project = Project(root=root, file_hashes=hashes)
+    issues.extend(cross_check(project, definitions, loaded_files))
+    if issues:
+        raise DefinitionError(issues)
+    return project
+
+
+def iter_kind(project: Project, kind: str) -> Iterator[Definition]:
+    return (d for d in project.definitions.values() if d.kind == kind)
+
+
+def names_in(definitions: Iterable[Definition]) -> set[str]:
+    return {d.name for d in definitions}

@@ -1,0 +1,141 @@
+"""The SQL allow-list for metric expressions and filters.
+
+An expression is scalar SQL over plain columns: literals, arithmetic, comparison,
+boolean logic, CASE, CAST, COALESCE/NULLIF and a fixed list of scalar functions.
+Anything else (subqueries, statements, table functions, file or network access,
+parameters, lambdas, comments, `;`) is refused with the construct named.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Tokenizer, TokenType
+
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+MAX_DEPTH = 48
+PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_STRUCTURE: tuple[type[exp.Expression], ...] = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Paren,
+    exp.Neg, exp.Not, exp.And, exp.Or, exp.Xor,
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Pow,
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ,
+    exp.Is, exp.In, exp.Between, exp.Like, exp.ILike,
+    exp.Case, exp.If, exp.Cast, exp.TryCast, exp.DataType, exp.Var,
+)
+_SCALAR_FUNCTIONS: tuple[type[exp.Expression], ...] = (
+    exp.Coalesce, exp.Nullif, exp.Abs, exp.Ln, exp.Log, exp.Exp, exp.Sqrt, exp.Round,
+    exp.Floor, exp.Ceil, exp.Sign, exp.Greatest, exp.Least,
+    exp.Lower, exp.Upper, exp.Length, exp.Trim, exp.Substring, exp.Concat, exp.DPipe,
+    exp.StrPosition, exp.DateDiff, exp.DateTrunc, exp.TimestampTrunc, exp.Extract,
+    exp.Year, exp.Month, exp.Day, exp.DayOfWeek, exp.Date,
+)
+_ALLOWED = _STRUCTURE + _SCALAR_FUNCTIONS
+_STATEMENTS: tuple[type[exp.Expression], ...] = tuple(
+    getattr(exp, name)
+    for name in ("Command", "Copy", "Pragma", "Set", "Create", "Drop", "Insert", "Update",
+                 "Delete", "Use", "Attach", "Detach", "Install", "Alter", "Merge", "Transaction")
+    if hasattr(exp, name)
+)
+_ALLOWED_TYPES = {
+    exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT,
+    exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT, exp.DataType.Type.DECIMAL,
+    exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT, exp.DataType.Type.BOOLEAN,
+    exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ,
+}
+
+
+class ExpressionRefused(ValueError):
+    """The expression is not allowed; the message names the construct."""
+
+
+@dataclass(frozen=True)
+class CheckedExpression:
+    text: str
+    tree: exp.Expression
+    columns: frozenset[str]
+
+
+def _construct_name(node: exp.Expression) -> str:
+    if isinstance(node, _STATEMENTS):
+        keyword = node.name if isinstance(node, exp.Command) else node.key
+        return f"a SQL statement ({keyword.upper()})"
+    if isinstance(node, exp.Anonymous):
+        return f"function {node.name}()"
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name().lower()}()"
+    if isinstance(node, (exp.Subquery, exp.Select, exp.Query)):
+        return "a subquery"
+    if isinstance(node, exp.Lambda):
+        return "a lambda"
+    if isinstance(node, (exp.Placeholder, exp.Parameter)):
+        return "a parameter"
+    if isinstance(node, exp.Star):
+        return "`*`"
+    return f"{type(node).__name__} construct"
+
+
+def _depth(node: exp.Expression, limit: int) -> int:
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in current.iter_expressions())
+    return deepest
+
+
+def check_expression(text: str, *, allow_star: bool = False) -> CheckedExpression:
+    """Parse `text` and return its tree and columns, or raise ExpressionRefused."""
+    if not text.strip():
+        raise ExpressionRefused("the expression is empty")
+    try:
+        tokens = Tokenizer().tokenize(text)
+    except (TokenError, ValueError) as exc:
+        raise ExpressionRefused(f"not valid SQL: {exc}") from None
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            raise ExpressionRefused("`;` is not allowed: an expression is one scalar SQL term")
+        if token.comments:
+            raise ExpressionRefused("SQL comments are not allowed in expressions")
+    if allow_star and text.strip() == "*":
+        return CheckedExpression(text, exp.Star(), frozenset())
+    try:
+        statements = sqlglot.parse(text, read="duckdb")
+    except (ParseError, TokenError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ExpressionRefused(f"not valid SQL: {first}") from None
+    except RecursionError:
+        raise ExpressionRefused(f"nested deeper than {MAX_DEPTH} levels") from None
+    if len(statements) != 1 or statements[0] is None:
+        raise ExpressionRefused("write exactly one scalar SQL expression")
+    tree = statements[0]
+    if _depth(tree, MAX_DEPTH) > MAX_DEPTH:
+        raise ExpressionRefused(f"nested deeper than {MAX_DEPTH} levels")
+    columns: set[str] = set()
+    for node in tree.walk():
+        if not isinstance(node, _ALLOWED):
+            raise ExpressionRefused(f"{_construct_name(node)} is not allowed in an expression")
+        if isinstance(node, exp.DataType) and node.this not in _ALLOWED_TYPES:
+            raise ExpressionRefused(f"cast to {node.sql()} is not allowed")
+        if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
+            raise ExpressionRefused("a subquery is not allowed in an expression")
+        if isinstance(node, exp.Var) and not isinstance(node.parent, _SCALAR_FUNCTIONS):
+            raise ExpressionRefused(f"{node.name!r} is not a known column or function")
+        if isinstance(node, exp.Column):
+            if node.table or node.args.get("db") or node.args.get("catalog"):
+                raise ExpressionRefused(f"qualified column {node.sql()} is not allowed; "
+                                        "name the column alone")
+            if not PLAIN_IDENTIFIER.match(node.name):
+                raise ExpressionRefused(f"column name {node.name!r} is not a plain identifier")
+            columns.add(node.name)
+    return CheckedExpression(text, tree, frozenset(columns))

@@ -1,0 +1,125 @@
+"""Read definition YAML into plain data plus a map from key path to line number."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import Issue
+
+MAX_FILE_BYTES = 1 << 20
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass
+class LoadedYaml:
+    file: str
+    data: Any
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: KeyPath) -> int:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+
+def key_path_text(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
+    if isinstance(node, CommentedMap):
+        lines.setdefault(path, node.lc.line + 1)
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            child = (*path, str(key))
+            try:
+                lines[child] = node.lc.key(key)[0] + 1
+            except (KeyError, TypeError):
+                lines[child] = node.lc.line + 1
+            out[str(key) if not isinstance(key, (int, float, bool)) else key] = _plain(
+                value, child, lines
+            )
+        return out
+    if isinstance(node, CommentedSeq):
+        lines.setdefault(path, node.lc.line + 1)
+        items = []
+        for index, value in enumerate(node):
+            child = (*path, index)
+            try:
+                lines[child] = node.lc.item(index)[0] + 1
+            except (KeyError, TypeError, IndexError):
+                lines[child] = node.lc.line + 1
+            items.append(_plain(value, child, lines))
+        return items
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, (dt.date, dt.datetime)):
+        return node.isoformat()
+    return node
+
+
+def parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue]]:
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    try:
+        raw = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        return None, [Issue(file, line, "", f"YAML syntax error: {problem}; fix the YAML there")]
+    except YAMLError as exc:
+        return None, [Issue(file, 1, "", f"YAML error: {exc}")]
+    except RecursionError:
+        return None, [Issue(file, 1, "", "YAML nested too deeply")]
+    lines: dict[KeyPath, int] = {(): 1}
+    return LoadedYaml(file, _plain(raw, (), lines), lines), []
+
+
+def read_yaml_file(path: Path, shown_as: str) -> tuple[LoadedYaml | None, list[Issue]]:
+    """Read one definition file; problems come back as issues, never as exceptions."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, [
+                Issue(shown_as, 1, "", f"file is {size / 1e6:.1f} MB; definition files are "
+                      f"limited to {MAX_FILE_BYTES // 1024} KiB, split it into several files")
+            ]
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [Issue(shown_as, 1, "", f"cannot read the file: {exc.strerror or exc}")]
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        return None, [Issue(shown_as, line, "", "binary content (a NUL byte); definitions are "
+                            "UTF-8 YAML text")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, [Issue(shown_as, line, "", f"not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                            "save the file as UTF-8")]
+    return parse_yaml_text(text.removeprefix("\ufeff"), shown_as)

@@ -1,0 +1,1 @@
+"""The `tally` command line: thin wrappers over catalog/ and feature_repo/."""

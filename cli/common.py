@@ -1,0 +1,53 @@
+"""What every command shares: the project folder, stdout/stderr consoles, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+@dataclass
+class State:
+    project: Path = Path(".")
+    debug: bool = False
+
+
+STATE = State()
+
+
+def project_root() -> Path:
+    return STATE.project
+
+
+def err(message: str) -> None:
+    """A diagnostic line on stderr."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def wait_notice(message: str) -> None:
+    err(message)
+
+
+JsonOption = typer.Option("--json", help="Print JSON only, on stdout.")

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+
+@pytest.fixture
+def example_project(tmp_path: Path) -> Path:
+    """A copy of the bundled example project's definitions and Feast repo config."""
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "metrics", root / "metrics")
+    (root / "feature_repo").mkdir()
+    shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
+    return root

@@ -1,0 +1,208 @@
+"""A corpus of bad definition files: each is refused with file, line and key; nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import invoke, tree_digest
+
+GOOD_METRIC = """\
+metrics:
+  - name: new_metric
+    description: A new metric.
+    owner: someone@example.com
+    source: crm_logins
+    aggregation: sum
+    expression: seconds
+    window: 30d
+"""
+
+
+def metric_with(**changes: str) -> str:
+    text = GOOD_METRIC
+    for key, value in changes.items():
+        lines = text.splitlines()
+        def is_key(line: str) -> bool:
+            return line.strip().removeprefix("- ").startswith(f"{key}:")
+
+        lines = [line.split(key)[0] + f"{key}: {value}" if is_key(line) else line
+                 for line in lines]
+        if not any(is_key(line) for line in text.splitlines()):
+            lines.append(f"    {key}: {value}")
+        text = "\n".join(lines) + "\n"
+    return text
+
+
+# case id -> (file content, expected line, expected key fragment or None, message fragment)
+CASES: dict[str, tuple[bytes | str, int, str | None, str]] = {
+    "yaml_unclosed_flow": (GOOD_METRIC + "    tags: [a, b\n", 10, None, "YAML syntax error"),
+    "yaml_bad_indent": ("metrics:\n  - name: x\n   description: y\n", 3, None, "YAML"),
+    "yaml_duplicate_key": (GOOD_METRIC + "    window: 7d\n", 9, None, "duplicate"),
+    "empty_file": ("", 1, None, "empty"),
+    "only_comment": ("# nothing here\n", 1, None, "empty"),
+    "binary_file": (b"metrics:\n\x00\x01\x02", 2, None, "binary"),
+    "non_utf8": ("metrics:\n  - name: caf\xe9\n".encode("latin-1"), 2, None, "UTF-8"),
+    "ten_megabytes": ("# " + "x" * 10_000_000 + "\n", 1, None, "limited to"),
+    "top_level_list": ("- name: x\n", 1, None, "top level must be a mapping"),
+    "metrics_not_list": ("metrics:\n  name: x\n", 1, "metrics", "must be a list"),
+    "item_not_mapping": ("metrics:\n  - just a string\n", 2, "metrics[0]", "must be a mapping"),
+    "unknown_top_key": ("metric:\n  - name: x\n", 1, "metric", "unknown top-level key"),
+    "unknown_key": (metric_with(windw="30d"), 9, "metrics[0].windw", "unknown key"),
+    "wrong_type_window": (metric_with(window="30"), 8, "metrics[0].window", "string"),
+    "bad_duration": (metric_with(window="30x"), 8, "metrics[0].window", "not a duration"),
+    "bad_name": (metric_with(name="NewMetric"), 2, "metrics[0].name", "lower snake case"),
+    "missing_description": (GOOD_METRIC.replace("    description: A new metric.\n", ""), 2,
+                            "metrics[0].description", "required key is missing"),
+    "owner_wrong_type": (metric_with(owner="[a, b]"), 4, "metrics[0].owner", "string"),
+    "unknown_aggregation": (metric_with(aggregation="median"), 6, "metrics[0].aggregation",
+                            "count"),
+    "aggregate_without_window": (GOOD_METRIC.replace("    window: 30d\n", ""), 2,
+                                 "metrics[0]", "needs window"),
+    "version_zero": (metric_with(version="0"), 9, "metrics[0].version", "greater than"),
+    "unknown_status": (metric_with(status="golden"), 9, "metrics[0].status", "draft"),
+    "unknown_source": (metric_with(source="crm_logouts"), 5, "metrics[0].source",
+                       "unknown source 'crm_logouts'"),
+    "source_is_a_metric": (metric_with(source="crm_logins_30d"), 5, "metrics[0].source",
+                           "is a metric"),
+    "duplicate_name": (metric_with(name="crm_logins_30d"), 2, "metrics[0].name",
+                       "already"),
+    "column_not_in_contract": (metric_with(expression="duration_ms"), 7,
+                               "metrics[0].expression", "'duration_ms' not among"),
+    "filter_column_not_in_contract": (metric_with(filter="region = 'eu'"), 9,
+                                      "metrics[0].filter", "'region' not among"),
+    "star_with_sum": (metric_with(expression="'*'"), 7, "metrics[0].expression", "`*` only goes with"),
+    "column_metric_arithmetic": (
+        "metrics:\n  - name: seats_x2\n    description: d\n    owner: o@example.com\n"
+        "    type: column\n    source: crm_licenses\n    expression: seats * 2\n",
+        7, "metrics[0].expression", "one source column as-is"),
+    "column_metric_with_window": (
+        "metrics:\n  - name: seats_w\n    description: d\n    owner: o@example.com\n"
+        "    type: column\n    source: crm_licenses\n    expression: seats\n    window: 7d\n",
+        8, "metrics[0].window", "does not take window"),
+    "derived_unknown_input": (
+        "metrics:\n  - name: ratio_x\n    description: d\n    owner: o@example.com\n"
+        "    type: derived\n    expression: crm_logins_30d / nullif(no_such_metric, 0)\n",
+        6, "metrics[0].expression", "unknown metric 'no_such_metric'"),
+    "derived_cycle": (
+        "metrics:\n  - name: loop_a\n    description: d\n    owner: o@example.com\n"
+        "    type: derived\n    expression: loop_b + 1\n"
+        "  - name: loop_b\n    description: d\n    owner: o@example.com\n"
+        "    type: derived\n    expression: loop_a + 1\n",
+        6, "metrics[0].expression", "cycle"),
+    "derived_mixed_grains": (
+        GOOD_METRIC.replace("window: 30d", "window: 30d\n    grain: 1h") +
+        "  - name: mixed\n    description: d\n    owner: o@example.com\n"
+        "    type: derived\n    expression: new_metric / nullif(crm_logins_30d, 0)\n",
+        14, "metrics[1].expression", "different grains"),
+    "model_unknown_feature": (
+        "models:\n  - name: m1\n    description: d\n    owner: o@example.com\n"
+        "    features: [crm_logins_30d, nope_feature]\n",
+        5, "models[0].features[1]", "unknown metric or score 'nope_feature'"),
+    "model_feature_is_source": (
+        "models:\n  - name: m2\n    description: d\n    owner: o@example.com\n"
+        "    features:\n      - crm_logins\n",
+        6, "models[0].features[0]", "is a source"),
+    "score_unknown_component": (
+        "scores:\n  - name: s1\n    entity: account\n    description: d\n    owner: o@ex.com\n"
+        "    components:\n      - {metric: nope_metric, weight: 1}\n",
+        7, "scores[0].components[0].metric", "unknown metric 'nope_metric'"),
+    "score_bands_gap": (
+        "scores:\n  - name: s2\n    entity: account\n    description: d\n    owner: o@ex.com\n"
+        "    components:\n      - {metric: commerce_gmv_30d, weight: 1}\n"
+        "    bands: {low: [0, 30], high: [40, 100]}\n",
+        2, "scores[0]", "without gaps"),
+    "score_negative_weight": (
+        "scores:\n  - name: s3\n    entity: account\n    description: d\n    owner: o@ex.com\n"
+        "    components:\n      - {metric: commerce_gmv_30d, weight: -1}\n",
+        7, "scores[0].components[0].weight", "greater than 0"),
+    "source_unknown_entity": (
+        "sources:\n  - name: src_x\n    description: d\n    owner: o@ex.com\n"
+        "    path: data/x.parquet\n    entity: customer\n    timestamp_field: ts\n",
+        6, "sources[0].entity", "unknown entity 'customer'"),
+    "source_path_dotdot": (
+        "sources:\n  - name: src_y\n    description: d\n    owner: o@ex.com\n"
+        "    path: ../../etc/passwd.csv\n    entity: account\n    timestamp_field: ts\n",
+        5, "sources[0].path", "leaves the project"),
+    "source_path_absolute": (
+        "sources:\n  - name: src_z\n    description: d\n    owner: o@ex.com\n"
+        "    path: /etc/data.parquet\n    entity: account\n    timestamp_field: ts\n",
+        5, "sources[0].path", "leaves the project"),
+    "contract_missing_timestamp": (
+        "sources:\n  - name: src_c\n    description: d\n    owner: o@ex.com\n"
+        "    path: data/c.parquet\n    entity: account\n    timestamp_field: ts\n"
+        "    contract:\n      columns:\n        account_id: {type: int64}\n",
+        7, "sources[0].timestamp_field", "not among the contract's columns"),
+    "contract_unknown_type": (
+        "sources:\n  - name: src_t\n    description: d\n    owner: o@ex.com\n"
+        "    path: data/t.parquet\n    entity: account\n    timestamp_field: ts\n"
+        "    contract:\n      columns:\n        account_id: {type: integer}\n"
+        "        ts: {type: timestamp}\n",
+        10, "sources[0].contract.columns.account_id.type", "int64"),
+    # refused SQL constructs
+    "sql_subquery": (metric_with(expression="(select max(seconds) from crm_logins)"), 7,
+                     "metrics[0].expression", "subquery"),
+    "sql_semicolon": (metric_with(expression="'seconds; DROP TABLE x'"), 7,
+                      "metrics[0].expression", "`;`"),
+    "sql_comment": (metric_with(expression="'seconds /* hidden */'"), 7,
+                    "metrics[0].expression", "comments"),
+    "sql_table_function": (metric_with(expression="\"read_csv('/etc/passwd')\""), 7,
+                           "metrics[0].expression", "read_csv"),
+    "sql_getenv": (metric_with(filter="\"getenv('HOME') = 'x'\""), 9, "metrics[0].filter",
+                   "getenv"),
+    "sql_copy": (metric_with(filter="\"COPY crm TO '/tmp/x'\""), 9, "metrics[0].filter",
+                 "COPY"),
+    "sql_attach": (metric_with(expression="\"ATTACH 'x.db'\""), 7, "metrics[0].expression",
+                   "ATTACH"),
+    "sql_qualified_column": (metric_with(expression="t.seconds"), 7, "metrics[0].expression",
+                             "qualified column"),
+    "sql_lambda": (metric_with(expression="'list_transform([1], x -> x + 1)'"), 7,
+                   "metrics[0].expression", "not allowed"),
+    "sql_parameter": (metric_with(expression="'$1'"), 7, "metrics[0].expression", "parameter"),
+    "sql_aggregate_inside": (metric_with(expression="sum(seconds)"), 7,
+                             "metrics[0].expression", "sum()"),
+    "sql_quoted_identifier_trick": (metric_with(expression="'\"seconds\"\" + 1 --\"'"), 7,
+                                    "metrics[0].expression", "not"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_register_refuses_bad_file(case: str, example_project: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    content, line, key, message = CASES[case]
+    bad = tmp_path / f"case_{case}.yaml"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = tree_digest(example_project)
+    result = invoke(["--project", str(example_project), "register", str(bad)], capsys)
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"case_{case}.yaml:{line}" in result.stderr, result.stderr
+    if key is not None:
+        assert f": {key}" in result.stderr, result.stderr
+    assert message in result.stderr, result.stderr
+    assert tree_digest(example_project) == before
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "sql_subquery", "derived_cycle", "non_utf8",
+                                  "model_unknown_feature", "empty_file"])
+def test_validate_reports_bad_file_in_project(case: str, example_project: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    content, line, key, message = CASES[case]
+    bad = example_project / "metrics" / f"case_{case}.yaml"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = invoke(["--project", str(example_project), "validate"], capsys)
+    assert result.code == 1
+    assert f"metrics/case_{case}.yaml:{line}" in result.stderr, result.stderr
+    assert message in result.stderr
+    as_json = invoke(["--project", str(example_project), "validate", "--json"], capsys)
+    import json
+
+    payload = json.loads(as_json.stdout)
+    assert as_json.code == 1 and payload["ok"] is False
+    assert any(i["file"] == f"metrics/case_{case}.yaml" and i["line"] == line
+               for i in payload["issues"])
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
