@@ -1,0 +1,139 @@
+"""Deterministic adoption data for the example project: CRM, marketing, commerce, renewals.
+
+Accounts have a latent adoption level that drives logins, sends and orders, and renewal
+outcomes follow adoption, so the churn model's features carry signal. Timestamps are
+microsecond UTC (Spark refuses nanoseconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+END = datetime(2026, 1, 1, tzinfo=timezone.utc)
+US_PER_DAY = 86_400_000_000
+TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class DemoData:
+    folder: Path
+    files: dict[str, Path]
+    rows: dict[str, int]
+    start: datetime = START
+    end: datetime = END
+
+
+def _ts(values_us: np.ndarray) -> pa.Array:
+    return pa.array(values_us.astype("int64"), type=pa.int64()).cast(TS)
+
+
+def _write(table: pa.Table, path: Path, sort_keys: list[str]) -> None:
+    table = table.sort_by([(k, "ascending") for k in sort_keys])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tally-tmp-{path.name}")
+    pq.write_table(table, tmp, row_group_size=256_000)
+    tmp.replace(path)
+
+
+def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
+    """Write the six source files of the example project under `folder` (its data/)."""
+    rng = np.random.default_rng(seed)
+    start_us = int(START.timestamp() * 1e6)
+    span_us = int((END - START).total_seconds() * 1e6)
+    days = span_us // US_PER_DAY
+    ids = np.arange(1, accounts + 1, dtype=np.int64)
+    adoption = rng.beta(2.0, 2.0, accounts)  # latent 0..1
+    seats = np.maximum(3, rng.lognormal(3.0, 0.8, accounts)).astype(np.int64)
+    # accounts that will not renew go quiet some time before their decision
+    decided_day = rng.integers(90, days - 5, accounts)
+    renewed = rng.random(accounts) < (0.35 + 0.6 * adoption)
+    quiet_from = np.where(renewed, days, decided_day - rng.integers(20, 80, accounts))
+    files: dict[str, Path] = {}
+    rows: dict[str, int] = {}
+
+    def emit(name: str, table: pa.Table, keys: list[str]) -> None:
+        path = folder / f"{name}.parquet"
+        _write(table, path, keys)
+        files[name] = path
+        rows[name] = table.num_rows
+
+    # CRM logins: daily Poisson per account, rate grows with adoption and seats
+    rate = 0.15 + 2.0 * adoption * np.sqrt(seats / seats.mean())
+    per_account = rng.poisson(rate * np.maximum(quiet_from, 1))
+    acc = np.repeat(ids, per_account)
+    limit = np.repeat(np.maximum(quiet_from, 1), per_account)
+    event_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
+    users = np.repeat(np.maximum(1, (seats * (0.2 + 0.8 * adoption)).astype(np.int64)),
+                      per_account)
+    user_id = acc * 10_000 + rng.integers(0, 1 << 30, acc.size) % users
+    seconds = np.round(rng.exponential(240.0, acc.size), 3)
+    seconds[rng.random(acc.size) < 0.05] = 2.0  # bounces, filtered out of active users
+    loaded_us = event_us + rng.integers(60, 3600, acc.size) * 1_000_000
+    emit("crm_logins", pa.table({
+        "account_id": acc, "user_id": user_id, "event_ts": _ts(event_us),
+        "loaded_at": _ts(loaded_us), "seconds": seconds,
+    }), ["account_id", "event_ts"])
+
+    # CRM licenses: an initial report, then changes
+    reports = 1 + rng.poisson(1.5, accounts)
+    acc = np.repeat(ids, reports)
+    first = np.concatenate([[True], acc[1:] != acc[:-1]])
+    reported_day = np.where(first, 0, rng.integers(1, days, acc.size))
+    growth = np.where(first, 1.0, rng.normal(1.05, 0.15, acc.size))
+    seat_values = np.maximum(1, (np.repeat(seats, reports) * growth).astype(np.int64))
+    reported_us = start_us + reported_day * US_PER_DAY + rng.integers(0, US_PER_DAY, acc.size)
+    emit("crm_licenses", pa.table({
+        "account_id": acc, "reported_ts": _ts(reported_us), "seats": seat_values,
+    }), ["account_id", "reported_ts"])
+
+    # Marketing sends: about weekly campaign batches
+    batches = rng.poisson((0.3 + 1.5 * adoption) * np.maximum(quiet_from, 1) / 7)
+    acc = np.repeat(ids, batches)
+    limit = np.repeat(np.maximum(quiet_from, 1), batches)
+    sent_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
+    volume = np.repeat(seats * 40, batches)
+    emails = np.maximum(0, rng.normal(volume / 4, volume / 10)).astype(np.int64)
+    channel = rng.choice(np.array(["email", "sms", "push"]), acc.size, p=[0.8, 0.12, 0.08])
+    emit("marketing_sends", pa.table({
+        "account_id": acc, "campaign_id": rng.integers(1, 5000, acc.size),
+        "sent_ts": _ts(sent_us), "emails": emails, "channel": channel,
+    }), ["account_id", "sent_ts"])
+
+    # Marketing contracts: contracted monthly volume, one or two agreements
+    agreements = 1 + (rng.random(accounts) < 0.3)
+    acc = np.repeat(ids, agreements)
+    first = np.concatenate([[True], acc[1:] != acc[:-1]])
+    eff_day = np.where(first, 0, rng.integers(30, days, acc.size))
+    emit("marketing_contracts", pa.table({
+        "account_id": acc,
+        "effective_ts": _ts(start_us + eff_day * US_PER_DAY),
+        "monthly_volume": np.repeat(seats * 40 * 4, agreements)
+        * np.where(first, 1, 2),
+    }), ["account_id", "effective_ts"])
+
+    # Commerce orders
+    orders = rng.poisson((0.02 + 0.25 * adoption) * np.maximum(quiet_from, 1))
+    acc = np.repeat(ids, orders)
+    limit = np.repeat(np.maximum(quiet_from, 1), orders)
+    order_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
+    status = np.where(rng.random(acc.size) < 0.06, "refunded", "paid")
+    emit("commerce_orders", pa.table({
+        "account_id": acc, "order_id": np.arange(1, acc.size + 1, dtype=np.int64),
+        "order_ts": _ts(order_us), "amount": np.round(rng.lognormal(4.0, 1.0, acc.size), 2),
+        "status": status,
+    }), ["account_id", "order_ts"])
+
+    # Renewals: one decision per account, the label of churn_risk
+    decided_us = start_us + decided_day * US_PER_DAY + rng.integers(0, US_PER_DAY, accounts)
+    emit("renewals", pa.table({
+        "account_id": ids, "decided_ts": _ts(decided_us), "renewed": renewed,
+        "contract_value": np.round(seats * rng.uniform(300, 900, accounts), 2),
+    }), ["account_id", "decided_ts"])
+    return DemoData(folder, files, rows)
