@@ -1,0 +1,23 @@
+"""`python -m bench NAME [--size small|large]`: run the benchmark module bench/NAME.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from pathlib import Path
+
+
+def main() -> None:
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent))
+                   if m.name not in {"common", "__main__"})
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("name", choices=names)
+    parser.add_argument("--size", choices=["small", "large"], default="small")
+    args = parser.parse_args()
+    module = importlib.import_module(f"bench.{args.name}")
+    module.run(args.size)
+
+
+if __name__ == "__main__":
+    main()

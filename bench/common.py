@@ -1,0 +1,90 @@
+"""What every benchmark shares: machine facts, timing in subprocesses, the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "benchmarks.md"
+DATA = REPO / "bench" / "data"
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_mb: float
+    output: dict[str, object]
+
+
+def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
+    """Run `code` in a fresh Python process; it prints one JSON line last. Peak RSS from
+    the kernel's accounting of the child (ru_maxrss)."""
+    import resource
+
+    wrapper = (
+        "import json, resource, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        f"{code}\n"
+        "elapsed = time.perf_counter() - t0\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps({'seconds': elapsed, 'peak_mb': peak, 'out': globals().get('OUT', {})}))\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-3000:]}")
+    _ = before
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Run(last["seconds"], last["peak_mb"], last["out"])
+
+
+def median_runs(code: str, *args: str, repeat: int = 3) -> tuple[float, float, list[Run]]:
+    runs = [run_in_subprocess(code, *args) for _ in range(repeat)]
+    return (statistics.median(r.seconds for r in runs), max(r.peak_mb for r in runs), runs)
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or add) the section of `name` in docs/benchmarks.md."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    text = RESULTS.read_text() if RESULTS.exists() else (
+        "# Benchmarks\n\nEach section is written by the command it names; ratios are measured "
+        "side by side in one run.\n"
+    )
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = (f"{begin}\n## {name}\n\n`python -m bench {name}` on {stamp}; machine: "
+             f"{machine()}.\n\n{markdown.strip()}\n{end}")
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + block + "\n")
+    RESULTS.write_text(text)
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
