@@ -1,0 +1,601 @@
+"""Data contracts: each source's rules checked in DuckDB, metric expectations on computed
+tables, results recorded in .tally/contracts.json, and the gate compute calls first.
+
+One source costs one aggregate query (every rule's offending-row count in a single scan)
+plus, for failing rules only, one small query for up to five example rows."""
+
+from __future__ import annotations
+
+import glob as globmod
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import LookupFailedError, TallyError
+from .fsutil import atomic_write_text, project_lock
+from .project import Project
+from .spec import Metric, Source
+from .tables import CONTRACT_RESULTS_FILE, read_state, table_of
+
+EXAMPLES = 5
+
+# Tally type -> (DuckDB type to cast to, DuckDB types accepted as that type)
+_INTS = ("TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT")
+_TIMESTAMPS = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS",
+               "TIMESTAMP_S")
+TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "int32": ("INTEGER", _INTS),
+    "int64": ("BIGINT", (*_INTS, "BIGINT", "UINTEGER")),
+    "float32": ("FLOAT", ("FLOAT",)),
+    "float64": ("DOUBLE", ("FLOAT", "DOUBLE", "DECIMAL", *_INTS, "BIGINT", "UINTEGER")),
+    "string": ("VARCHAR", ("VARCHAR",)),
+    "bool": ("BOOLEAN", ("BOOLEAN",)),
+    "timestamp": ("TIMESTAMP", _TIMESTAMPS),
+    "date": ("DATE", ("DATE",)),
+}
+NUMERIC = {"int32", "int64", "float32", "float64"}
+
+
+class ContractViolationError(TallyError):
+    """A source's contract fails and violations were not allowed; carries the report."""
+
+    def __init__(self, message: str, report: ContractReport):
+        super().__init__(message)
+        self.report = report
+
+
+# -- results -------------------------------------------------------------------------------
+
+@dataclass
+class RuleResult:
+    rule: str  # readable | parse | missing_column | extra_column | column_type | not_null |
+    #            min | max | values | unique | freshness | expect_min | expect_max |
+    #            expect_max_null_fraction
+    column: str | None
+    ok: bool
+    offending_rows: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "column": self.column, "ok": self.ok,
+                "offending_rows": self.offending_rows, "examples": self.examples,
+                "message": self.message}
+
+
+@dataclass
+class SourceReport:
+    source: str
+    owner: str
+    path: str
+    rows: int | None = None
+    results: list[RuleResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> list[RuleResult]:
+        return [r for r in self.results if not r.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "owner": self.owner, "path": self.path,
+                "rows": self.rows, "ok": self.ok, "rules": [r.to_dict() for r in self.results]}
+
+
+@dataclass
+class MetricReport:
+    metric: str
+    owner: str
+    table: str
+    skipped: str | None = None  # why nothing was checked (table not computed yet)
+    results: list[RuleResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "owner": self.owner, "table": self.table,
+                "ok": self.ok, "skipped": self.skipped,
+                "rules": [r.to_dict() for r in self.results]}
+
+
+@dataclass
+class ContractReport:
+    as_of: datetime
+    sources: list[SourceReport] = field(default_factory=list)
+    metrics: list[MetricReport] = field(default_factory=list)
+    allowed_violation: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.sources) and all(m.ok for m in self.metrics)
+
+    @property
+    def failing_sources(self) -> list[SourceReport]:
+        return [s for s in self.sources if not s.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "as_of": _iso(self.as_of),
+                "allowed_violation": self.allowed_violation,
+                "sources": [s.to_dict() for s in self.sources],
+                "metrics": [m.to_dict() for m in self.metrics]}
+
+
+# -- SQL building: every identifier quoted, every value a literal built by sqlglot -----------
+
+def ident(name: str) -> str:
+    from sqlglot import exp
+
+    return exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
+
+
+def literal(value: Any) -> str:
+    from sqlglot import exp
+
+    return exp.convert(value).sql(dialect="duckdb")
+
+
+def connect() -> Any:
+    """A fresh in-memory DuckDB connection that never installs or loads extensions."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions=false")
+    con.execute("SET autoload_known_extensions=false")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def scan_sql(path: str, file_format: str) -> str:
+    """The table function reading a source's file(s)."""
+    many = any(ch in path for ch in "*?[")
+    if file_format == "csv":
+        return (f"read_csv({literal(path)}, header=true, auto_detect=true, "
+                "store_rejects=true)")
+    return f"read_parquet({literal(path)}{', union_by_name=true' if many else ''})"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return _iso(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
+    return [_jsonable(row) for row in con.execute(sql).to_arrow_table().to_pylist()]
+
+
+def _base_type(duck_type: str) -> str:
+    return duck_type.split("(")[0].strip().upper()
+
+
+def parse_as_of(value: str | datetime | None) -> datetime:
+    """A moment for freshness; naive times are UTC; None is now."""
+    if value is None:
+        return datetime.now(timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise TallyError(f"--as-of {value!r} is not a timestamp; write e.g. 2026-01-01 or "
+                             "2026-01-01T12:00:00Z") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+# -- one source ----------------------------------------------------------------------------
+
+@dataclass
+class _Rule:
+    result: RuleResult
+    count_sql: str | None  # an aggregate giving the offending-row count
+    where_sql: str | None  # the predicate selecting offending rows, for examples
+    order_sql: str | None = None
+    all_rows: bool = False  # every row offends when the rule fails
+
+
+def _resolve_files(project: Project, source: Source) -> tuple[str, list[str]]:
+    full = project.root / source.path
+    if any(ch in source.path for ch in "*?["):
+        return str(full), sorted(globmod.glob(str(full)))
+    return str(full), [str(full)] if full.is_file() else []
+
+
+def check_source(project: Project, source: Source, as_of: datetime) -> SourceReport:
+    """Run every rule of one source's contract; a file problem is a failed `readable` rule."""
+    import duckdb
+
+    report = SourceReport(source.name, source.owner, source.path)
+    path, files = _resolve_files(project, source)
+    if not files:
+        report.results.append(RuleResult(
+            "readable", None, False, message=f"{source.path}: no such file (looked for {path})"))
+        return report
+    con = connect()
+    try:
+        _check_with(con, source, path, as_of, report)
+    except duckdb.Error as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        report.results.append(RuleResult(
+            "readable", None, False,
+            message=f"{source.path}: cannot be read as {source.file_format}: {detail}"))
+    finally:
+        con.close()
+    return report
+
+
+def _check_with(con: Any, source: Source, path: str, as_of: datetime,
+                report: SourceReport) -> None:
+    scan = scan_sql(path, source.file_format)
+    found = {row[0]: _base_type(row[1])
+             for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    contract = source.contract
+    rules: list[_Rule] = []
+    declared = contract.columns if contract else {}
+    for name, rule in declared.items():
+        cast_to, accepted = TYPES[rule.type]
+        col = ident(name)
+        if name not in found:
+            rules.append(_Rule(RuleResult("missing_column", name, False, message=(
+                f"column {name} ({rule.type}) is missing from the data")), None, None,
+                all_rows=True))
+            continue
+        typed = f"TRY_CAST({col} AS {cast_to})"
+        if found[name] not in accepted:
+            bad = f"{col} IS NOT NULL AND {typed} IS NULL"
+            rules.append(_Rule(RuleResult("column_type", name, False, message=(
+                f"column {name} is {found[name]}, the contract says {rule.type}")),
+                f"count(*) FILTER (WHERE {bad})", bad, all_rows=True))
+        else:
+            rules.append(_Rule(RuleResult("column_type", name, True), None, None))
+        if not rule.nullable:
+            cond = f"{col} IS NULL"
+            rules.append(_Rule(RuleResult("not_null", name, True),
+                               f"count(*) FILTER (WHERE {cond})", cond))
+        for bound, op in (("min", "<"), ("max", ">")):
+            limit = getattr(rule, bound)
+            if limit is None:
+                continue
+            if rule.type not in NUMERIC:
+                rules.append(_Rule(RuleResult(bound, name, False, message=(
+                    f"{bound} applies to numeric columns; {name} is declared {rule.type}")),
+                    None, None))
+                continue
+            cond = f"{typed} {op} {literal(limit)}"
+            rules.append(_Rule(RuleResult(bound, name, True),
+                               f"count(*) FILTER (WHERE {cond})", cond))
+        if rule.values is not None:
+            as_type = [_value_as(v, rule.type) for v in rule.values]
+            allowed = ", ".join(literal(v) for v in as_type) or "NULL"
+            cond = f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"
+            rules.append(_Rule(RuleResult("values", name, True),
+                               f"count(*) FILTER (WHERE {cond})", cond))
+    if contract and not contract.allow_extra_columns and declared:
+        extra = [name for name in found if name not in declared]
+        for name in extra:
+            rules.append(_Rule(RuleResult("extra_column", name, False, message=(
+                f"column {name} ({found[name]}) is not in the contract; add it, or set "
+                "allow_extra_columns: true")), None, None, all_rows=True))
+        if not extra:
+            rules.append(_Rule(RuleResult("extra_column", None, True), None, None))
+    if contract and contract.unique:
+        key = ", ".join(ident(c) for c in contract.unique)
+        label = ", ".join(contract.unique)
+        missing = [c for c in contract.unique if c not in found]
+        if missing:
+            rules.append(_Rule(RuleResult("unique", label, False, message=(
+                f"unique key column {', '.join(missing)} is missing")), None, None))
+        else:
+            others = [ident(c) for c in found if c not in contract.unique]
+            rules.append(_Rule(
+                RuleResult("unique", label, True),
+                f"count(*) - count(DISTINCT row({key}))",
+                f"true QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
+                order_sql=", ".join([key, *others])))
+    if contract and contract.freshness:
+        rules.extend(_freshness_rule(source, found, as_of))
+    counted = [r for r in rules if r.count_sql]
+    selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
+    fresh = next((r for r in rules if r.result.rule == "freshness"), None)
+    if fresh is not None and source.timestamp_field in found:
+        selects.append(f"max({ident(source.timestamp_field)})")
+    row = con.execute(f"SELECT {', '.join(selects)} FROM {scan}").fetchone()
+    report.rows = int(row[0])
+    for rule, count in zip(counted, row[1:1 + len(counted)], strict=True):
+        rule.result.offending_rows = int(count or 0)
+        if rule.result.rule != "column_type":
+            rule.result.ok = rule.result.offending_rows == 0
+    if source.file_format == "csv":
+        rules.insert(0, _parse_rule(con))
+    if fresh is not None and source.timestamp_field in found:
+        _judge_freshness(fresh, row[-1], source, as_of, report.rows)
+    for rule in rules:
+        result = rule.result
+        if result.ok:
+            continue
+        if rule.all_rows and result.offending_rows == 0:
+            result.offending_rows = report.rows
+        if not result.message:
+            result.message = _failure_message(source, result)
+        if not result.examples and rule.where_sql is not None:
+            order = f" ORDER BY {rule.order_sql}" if rule.order_sql else ""
+            result.examples = _rows(
+                con, f"SELECT * FROM {scan} WHERE {rule.where_sql}{order} LIMIT {EXAMPLES}")
+        elif not result.examples and rule.all_rows and result.rule != "missing_column":
+            result.examples = _rows(con, f"SELECT * FROM {scan} LIMIT {EXAMPLES}")
+    report.results.extend(r.result for r in rules)
+
+
+def _value_as(value: Any, column_type: str) -> Any:
+    if column_type in ("int32", "int64") and not isinstance(value, bool):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return str(value)
+    if column_type in ("float32", "float64") and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return str(value)
+    if column_type == "string":
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    return value
+
+
+def _freshness_rule(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]:
+    ts = source.timestamp_field
+    assert source.contract and source.contract.freshness
+    if ts not in found:
+        return [_Rule(RuleResult("freshness", ts, False, message=(
+            f"timestamp column {ts} is missing, so freshness cannot be judged")), None, None,
+            all_rows=True)]
+    return [_Rule(RuleResult("freshness", ts, True), None, None,
+                  order_sql=f"{ident(ts)} DESC")]
+
+
+def _judge_freshness(rule: _Rule, newest: Any, source: Source, as_of: datetime,
+                     rows: int) -> None:
+    assert source.contract and source.contract.freshness
+    limit = parse_duration(source.contract.freshness)
+    result = rule.result
+    if isinstance(newest, datetime) and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=timezone.utc)
+    elif isinstance(newest, date) and not isinstance(newest, datetime):
+        newest = datetime.combine(newest, time(), timezone.utc)
+    if not isinstance(newest, datetime):
+        result.ok = False
+        result.offending_rows = rows
+        result.message = (f"no {source.timestamp_field} values, so the data is older than "
+                          f"the freshness limit {source.contract.freshness}")
+        return
+    age = as_of - newest
+    if age > limit:
+        result.ok = False
+        result.offending_rows = rows  # every row is older than the limit
+        result.message = (f"newest {source.timestamp_field} is {_iso(newest)}, "
+                          f"{_age_text(age)} before --as-of {_iso(as_of)}; the contract "
+                          f"allows {source.contract.freshness}")
+        rule.where_sql = "true"
+    else:
+        result.message = f"newest {source.timestamp_field} is {_iso(newest)}"
+
+
+def _age_text(age: timedelta) -> str:
+    hours = age.total_seconds() / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
+
+
+def _parse_rule(con: Any) -> _Rule:
+    rejected = con.execute(
+        "SELECT line, error_message, csv_line FROM reject_errors "
+        "WHERE scan_id = (SELECT max(scan_id) FROM reject_errors) ORDER BY line"
+    ).fetchall()
+    lines = sorted({int(r[0]) for r in rejected})
+    examples = [{"line": int(r[0]), "error": r[1], "text": r[2]} for r in rejected[:EXAMPLES]]
+    ok = not lines
+    message = "" if ok else (f"{len(lines)} line{'s' if len(lines) != 1 else ''} of the CSV "
+                             "cannot be parsed and were left out of every other rule")
+    return _Rule(RuleResult("parse", None, ok, len(lines), examples, message), None, None)
+
+
+def _failure_message(source: Source, result: RuleResult) -> str:
+    rule = source.contract.columns.get(result.column or "") if source.contract else None
+    what = {
+        "not_null": "null values in a column declared nullable: false",
+        "min": f"values below min {rule.min if rule else ''}",
+        "max": f"values above max {rule.max if rule else ''}",
+        "values": f"values outside {rule.values if rule else ''}",
+        "unique": f"rows repeating a key of unique [{result.column}]",
+    }.get(result.rule, result.rule)
+    return f"{result.offending_rows} rows with {what}"
+
+
+# -- metric expectations on computed tables -------------------------------------------------
+
+def check_expectations(project: Project, metric_names: Iterable[str] | None = None
+                       ) -> list[MetricReport]:
+    """Check each metric's `expect` on its computed table; skipped when not computed yet."""
+    import duckdb
+
+    names = sorted(metric_names) if metric_names is not None else sorted(project.metrics)
+    reports: list[MetricReport] = []
+    for name in names:
+        metric = project.metrics.get(name)
+        if metric is None or metric.expect is None:
+            continue
+        table = table_of(project, name)
+        if table is None:
+            continue
+        report = MetricReport(name, metric.owner, table.name)
+        reports.append(report)
+        path = table.path(project)
+        if not path.is_file():
+            report.skipped = f"{path.relative_to(project.root)} not computed yet"
+            continue
+        column = _metric_column(metric, table.kind)
+        con = connect()
+        try:
+            _expect_with(con, metric, column, path, report)
+        except duckdb.Error as exc:
+            report.results.append(RuleResult("readable", None, False, message=(
+                f"{path.relative_to(project.root)}: {str(exc).strip().splitlines()[0]}")))
+        finally:
+            con.close()
+    return reports
+
+
+def _metric_column(metric: Metric, kind: str) -> str:
+    return metric.expression.strip() if kind == "column" else metric.name
+
+
+def _expect_with(con: Any, metric: Metric, column: str, path: Path,
+                 report: MetricReport) -> None:
+    assert metric.expect is not None
+    scan = f"read_parquet({literal(str(path))})"
+    found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    if column not in found:
+        report.results.append(RuleResult("missing_column", column, False, message=(
+            f"column {column} is missing from {report.table}; recompute the table")))
+        return
+    value = f"TRY_CAST({ident(column)} AS DOUBLE)"
+    checks: list[tuple[str, str]] = []
+    if metric.expect.min is not None:
+        checks.append(("expect_min", f"{value} < {literal(metric.expect.min)}"))
+    if metric.expect.max is not None:
+        checks.append(("expect_max", f"{value} > {literal(metric.expect.max)}"))
+    if metric.expect.max_null_fraction is not None:
+        checks.append(("expect_max_null_fraction", f"{ident(column)} IS NULL"))
+    selects = ["count(*)", *(f"count(*) FILTER (WHERE {cond})" for _, cond in checks)]
+    row = con.execute(f"SELECT {', '.join(selects)} FROM {scan}").fetchone()
+    total = int(row[0])
+    for (rule, cond), count in zip(checks, row[1:], strict=True):
+        count = int(count or 0)
+        if rule == "expect_max_null_fraction":
+            fraction = count / total if total else 0.0
+            limit = metric.expect.max_null_fraction or 0.0
+            ok = fraction <= limit
+            message = f"null fraction {fraction:.4f} (limit {limit})"
+        else:
+            ok = count == 0
+            bound = metric.expect.min if rule == "expect_min" else metric.expect.max
+            message = "" if ok else (f"{count} rows {'below' if rule == 'expect_min' else 'above'}"
+                                     f" {bound}")
+        result = RuleResult(rule, column, ok, 0 if ok and rule != "expect_max_null_fraction"
+                            else count, [], message)
+        if not ok:
+            result.examples = _rows(con, f"SELECT * FROM {scan} WHERE {cond} LIMIT {EXAMPLES}")
+        report.results.append(result)
+
+
+# -- running, recording, gating -------------------------------------------------------------
+
+def _sources(project: Project, names: Iterable[str] | None) -> list[Source]:
+    if names is None:
+        return [project.sources[n] for n in sorted(project.sources)]
+    out = []
+    for name in names:
+        if name not in project.sources:
+            known = ", ".join(sorted(project.sources)) or "none"
+            raise LookupFailedError(f"no source named {name!r}; the sources are: {known}")
+        out.append(project.sources[name])
+    return out
+
+
+def check(project: Project, source_names: Iterable[str] | None = None, *,
+          as_of: str | datetime | None = None, expectations: bool = True,
+          record: bool = True, on_wait: Any = None) -> ContractReport:
+    """Check the contracts of the named sources (all when None) and, with `expectations`,
+    the `expect` of their metrics on computed tables; record results in .tally/contracts.json."""
+    moment = parse_as_of(as_of)
+    sources = _sources(project, source_names)
+    report = ContractReport(moment, [check_source(project, s, moment) for s in sources])
+    if expectations:
+        chosen = {s.name for s in sources}
+        metrics = [n for n, m in project.metrics.items()
+                   if source_names is None or m.source in chosen]
+        report.metrics = check_expectations(project, metrics)
+    if record:
+        record_results(project, report, on_wait=on_wait)
+    return report
+
+
+def record_results(project: Project, report: ContractReport, *, on_wait: Any = None) -> None:
+    """Merge each source's result into .tally/contracts.json, atomically, under the lock."""
+    checked_at = _iso(datetime.now(timezone.utc))
+    with project_lock(project.root, on_wait=on_wait):
+        state = read_state(project, CONTRACT_RESULTS_FILE)
+        for source in report.sources:
+            state[source.source] = {
+                "ok": source.ok,
+                "checked_at": checked_at,
+                "as_of": _iso(report.as_of),
+                "allowed_violation": bool(report.allowed_violation and not source.ok),
+                "rows": source.rows,
+                "owner": source.owner,
+                "failures": [
+                    {"rule": r.rule, "column": r.column, "offending_rows": r.offending_rows,
+                     "examples": r.examples, "message": r.message}
+                    for r in source.failures
+                ],
+            }
+        text = json.dumps(state, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+        atomic_write_text(project.root / CONTRACT_RESULTS_FILE, text + "\n")
+
+
+def gate(project: Project, source_names: Iterable[str] | None,
+         as_of: str | datetime | None = None, allow_violations: bool = False, *,
+         on_wait: Any = None) -> ContractReport:
+    """Check the sources' contracts before compute/apply/materialize.
+
+    Records every result; raises ContractViolationError naming source, rule, offending
+    rows and owner when one fails, unless `allow_violations` (then the violation is
+    recorded as allowed and the report returned)."""
+    report = check(project, source_names, as_of=as_of, expectations=False, record=False)
+    report.allowed_violation = allow_violations
+    record_results(project, report, on_wait=on_wait)
+    if report.failing_sources and not allow_violations:
+        raise ContractViolationError(violation_message(report), report)
+    return report
+
+
+def violation_message(report: ContractReport) -> str:
+    lines = []
+    for source in report.failing_sources:
+        lines.append(f"the contract of source {source.source} ({source.path}) fails; "
+                     f"contact its producer {source.owner}:")
+        for failure in source.failures:
+            where = f" on {failure.column}" if failure.column else ""
+            lines.append(f"  rule {failure.rule}{where}: {failure.offending_rows} offending "
+                         f"rows; {failure.message}")
+    lines.append("Fix the data (or the contract), or pass --allow-violations to go ahead "
+                 "anyway; the violation is then recorded in .tally/contracts.json.")
+    return "\n".join(lines)
