@@ -1,0 +1,310 @@
+"""Compute every table of a project once with DuckDB: groups, then derived metrics.
+
+Incremental by default: a table whose definition is unchanged is recomputed from its
+newest snapshot on (that snapshot included, as its source may have grown); a changed
+definition or `full=True` recomputes it all. Every table is written to a temp file and
+renamed into place, under the project lock, so a killed run leaves the previous table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from .errors import DataError, LookupFailedError, TallyError
+from .fsutil import atomic_write_text, clean_temp_files, project_lock, temp_path_beside
+from .plans import derived_query, group_query, plan_group
+from .project import Project
+from .tables import TABLE_STATS_FILE, TABLES_DIR, TableSpec, read_state, table_specs
+
+PLAN_VERSION = "1"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class TableResult:
+    name: str
+    kind: str
+    rows: int
+    new_snapshots: int
+    seconds: float
+    path: Path
+    mode: str  # full | incremental | skipped
+    bucket_us: int | None = None
+
+
+@dataclass
+class ComputeOptions:
+    metrics: list[str] = field(default_factory=list)
+    start: date | None = None
+    end: date | None = None
+    full: bool = False
+
+
+def connect(allowed: list[Path] | None = None) -> Any:
+    """A DuckDB connection for computation: UTC, no extension downloads or auto-loading."""
+    try:
+        from .duck import connect as hardened
+    except ImportError:
+        hardened = None
+    if hardened is not None and allowed is not None:
+        return hardened(allowed)
+    import duckdb
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _definition_hash(project: Project, spec: TableSpec) -> str:
+    parts: list[Any] = [PLAN_VERSION, spec.name, spec.kind]
+    for name in spec.features:
+        parts.append(project.metrics[name].model_dump(mode="json") if name in project.metrics
+                     else project.scores[name].model_dump(mode="json"))
+        if spec.kind == "derived":
+            for i in project.derived_inputs(project.metrics[name]):
+                parts.append(project.metrics[i].model_dump(mode="json"))
+    if spec.source:
+        parts.append(project.sources[spec.source].model_dump(mode="json"))
+        parts.append(project.entities[project.sources[spec.source].entity].join_key)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _us(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1_000_000)
+
+
+def _source_path(project: Project, source_name: str) -> str:
+    source = project.sources[source_name]
+    path = project.root / source.path
+    if "*" not in source.path and not path.exists():
+        raise DataError(f"source {source_name}: data file {path} does not exist; ask its "
+                        f"producer {source.owner} or fix `path` in its definition")
+    return str(path)
+
+
+def _run(con: Any, query: exp.Expression, what: str) -> Any:
+    try:
+        return con.execute(query.sql("duckdb"))
+    except Exception as exc:  # duckdb raises a family of its own errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{what}: {first}") from None
+
+
+def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
+    tmp = temp_path_beside(path, ".parquet")
+    try:
+        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO '{_sql_string(str(tmp))}' "
+                    "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _sql_string(text: str) -> str:
+    return text.replace("'", "''")
+
+
+class Computer:
+    """Computes a project's tables; one instance per run."""
+
+    def __init__(self, project: Project, options: ComputeOptions | None = None,
+                 progress: Progress | None = None):
+        self.project = project
+        self.options = options or ComputeOptions()
+        self.progress = progress
+        self.specs = {s.name: s for s in table_specs(project)}
+        self.state = read_state(project, TABLE_STATS_FILE)
+
+    def selected(self) -> list[TableSpec]:
+        wanted = self.options.metrics
+        unknown = [m for m in wanted if m not in self.project.metrics]
+        if unknown:
+            raise LookupFailedError(f"unknown metric {', '.join(map(repr, unknown))}; "
+                                    "`tally search` lists what exists")
+        names: set[str] = set()
+        for spec in self.specs.values():
+            if spec.kind in ("group", "derived") and (
+                not wanted or set(spec.features) & set(wanted)
+            ):
+                names.add(spec.name)
+        for spec in list(self.specs.values()):
+            if spec.kind == "derived" and spec.name in names:
+                names.update(self._input_groups(spec))
+        order = {"group": 0, "derived": 1}
+        return sorted((self.specs[n] for n in names), key=lambda s: (order[s.kind], s.name))
+
+    def _input_groups(self, spec: TableSpec) -> set[str]:
+        groups: set[str] = set()
+        for name in spec.features:
+            for i in self.project.derived_inputs(self.project.metrics[name]):
+                table = next((s for s in self.specs.values() if i in s.features), None)
+                if table is not None and table.kind == "group":
+                    groups.add(table.name)
+        return groups
+
+    def run(self) -> list[TableResult]:
+        results = []
+        tables = self.selected()
+        with project_lock(self.project.root):
+            clean_temp_files(self.project.root / TABLES_DIR)
+            for spec in tables:
+                started = time.perf_counter()
+                if spec.kind == "group":
+                    result = self._compute_group(spec)
+                else:
+                    result = self._compute_derived(spec)
+                result.seconds = time.perf_counter() - started
+                results.append(result)
+                self._record(spec, result)
+        return results
+
+    # -- groups -----------------------------------------------------------------------
+    def _compute_group(self, spec: TableSpec) -> TableResult:
+        project = self.project
+        group = next(g for g in project.groups() if g.name == spec.name)
+        plan = plan_group(project, group)
+        source = project.sources[group.source]
+        src_path = _source_path(project, group.source)
+        out = spec.path(project)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        con = connect([Path(src_path).parent, out.parent])
+        bounds = self._time_bounds(con, source, src_path)
+        if bounds is None:
+            return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "skipped")
+        low, high = plan.snapshot_bounds(*bounds)
+        g = plan.grain_buckets
+        if self.options.start:
+            low = max(low, -(-plan.position_of(_us(self.options.start)) // g) * g)
+        if self.options.end:
+            high = min(high, plan.position_of(_us(self.options.end)) // g * g)
+        previous = self.state.get(spec.name, {})
+        same = previous.get("definition_hash") == _definition_hash(project, spec)
+        mode = "full"
+        if same and out.exists() and not self.options.full and previous.get("last_position"):
+            low = max(low, int(previous["last_position"]))
+            mode = "incremental"
+        elif not self.options.start and not self.options.end:
+            mode = "full"
+        total = max(0, (high - low) // g + 1)
+        if self.progress:
+            self.progress(spec.name, 0, total)
+        query = group_query(project, plan, path=src_path, low=low, high=high)
+        new_sql = query.sql("duckdb")
+        key = project.entities[group.entity].join_key
+        keep_old = out.exists() and (mode == "incremental" or self.options.start or
+                                     self.options.end) and same
+        if keep_old:
+            lo_ts, hi_ts = low * plan.bucket_us, high * plan.bucket_us
+            old = (f"SELECT * FROM read_parquet('{_sql_string(str(out))}') WHERE "
+                   f"epoch_us(event_timestamp) < {lo_ts} OR epoch_us(event_timestamp) > {hi_ts}")
+            select_sql = f"SELECT * FROM ({old}) UNION ALL BY NAME SELECT * FROM ({new_sql})"
+        else:
+            select_sql = f"SELECT * FROM ({new_sql})"
+        try:
+            _write_table(con, select_sql, out, f'"{key}", event_timestamp')
+        except TallyError:
+            raise
+        except Exception as exc:
+            raise DataError(f"computing {spec.name} from {src_path}: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+        if self.progress:
+            self.progress(spec.name, total, total)
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
+                           ).fetchone()[0]
+        return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+
+    def _time_bounds(self, con: Any, source: Any, path: str) -> tuple[int, int] | None:
+        from .plans import col, epoch_us, source_relation
+
+        ts = col(source.timestamp_field)
+        query = exp.select(exp.Min(this=epoch_us(ts, "duckdb")),
+                           exp.Max(this=epoch_us(ts, "duckdb"))).from_(
+            source_relation(source, path, "duckdb"))
+        low, high = _run(con, query, f"reading source {source.name} ({path})").fetchone()
+        if low is None:
+            return None
+        return int(low), int(high)
+
+    # -- derived ----------------------------------------------------------------------
+    def _compute_derived(self, spec: TableSpec) -> TableResult:
+        project = self.project
+        entity_key = project.entities[spec.entity].join_key
+        group_of: dict[str, str] = {}
+        group_paths: dict[str, str] = {}
+        column_inputs: dict[str, tuple[Any, str]] = {}
+        for other in self.specs.values():
+            for feature in other.features:
+                if other.kind == "group":
+                    group_of[feature] = other.name
+                    group_paths[other.name] = str(other.path(project))
+                elif other.kind == "column" and other.source:
+                    column_inputs[feature] = (project.sources[other.source],
+                                              _source_path(project, other.source))
+        needed = self._input_groups(spec)
+        missing = [g for g in needed if not Path(group_paths[g]).exists()]
+        if missing:
+            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; run "
+                            "`tally compute` without --metric first")
+        out = spec.path(project)
+        if self.progress:
+            self.progress(spec.name, 0, 1)
+        query = derived_query(project, spec.features, entity_key=entity_key,
+                              group_paths=group_paths, column_inputs=column_inputs,
+                              group_of=group_of)
+        con = connect([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
+        try:
+            _write_table(con, f"SELECT * FROM ({query.sql('duckdb')})", out,
+                         f'"{entity_key}", event_timestamp')
+        except Exception as exc:
+            raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
+                            ) from None
+        if self.progress:
+            self.progress(spec.name, 1, 1)
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
+                           ).fetchone()[0]
+        return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+
+    # -- state ------------------------------------------------------------------------
+    def _record(self, spec: TableSpec, result: TableResult) -> None:
+        if result.mode == "skipped":
+            return
+        con = connect(None)
+        path = _sql_string(str(result.path))
+        nulls = ", ".join(f'avg(CASE WHEN "{f}" IS NULL THEN 1.0 ELSE 0.0 END)'
+                          for f in spec.features)
+        row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
+                          f", {nulls} FROM read_parquet('{path}')").fetchone()
+        entry = {
+            "path": result.path.relative_to(self.project.root).as_posix(),
+            "kind": spec.kind,
+            "rows": int(row[0]),
+            "newest_snapshot": row[1].isoformat() if row[1] is not None else None,
+            "null_fraction": {f: (float(v) if v is not None else None)
+                              for f, v in zip(spec.features, row[3:], strict=True)},
+            "definition_hash": _definition_hash(self.project, spec),
+            "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if result.bucket_us and row[2] is not None:
+            entry["last_position"] = int(row[2]) // result.bucket_us
+        self.state[spec.name] = entry
+        atomic_write_text(self.project.root / TABLE_STATS_FILE,
+                          json.dumps(self.state, indent=2, sort_keys=True))
+
+
+def compute(project: Project, options: ComputeOptions | None = None,
+            progress: Progress | None = None) -> list[TableResult]:
+    return Computer(project, options, progress).run()

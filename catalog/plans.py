@@ -1,0 +1,408 @@
+"""Computation plans: the SQL of each table as a sqlglot expression tree.
+
+User expressions enter only as parsed, allow-listed trees whose columns are re-quoted;
+everything else is built node by node, so the same plan renders for DuckDB or Spark.
+
+Positions are integer bucket numbers: `epoch_us(ts) // B`, where the bucket B is the
+greatest common divisor of the grain and every window of the group, so windows and
+snapshots fall on bucket edges exactly. A snapshot at position K (a multiple of G =
+grain / B) sees buckets K - W .. K - 1, i.e. rows with T - window <= ts < T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlglot import exp
+
+from .project import MetricGroup, Project
+from .spec import Metric, Source
+from .sqlcheck import check_expression
+
+US = 1_000_000
+
+# engine-specific scalar functions, by dialect
+_EPOCH_US = {"duckdb": "epoch_us", "spark": "unix_micros"}
+_FROM_US = {"duckdb": "make_timestamp", "spark": "timestamp_micros"}
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.Identifier(this=name, quoted=True)
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(this=ident(name), table=ident(table) if table else None)
+
+
+def num(value: int | float) -> exp.Literal:
+    return exp.Literal.number(value)
+
+
+def fn(name: str, *args: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def alias(node: exp.Expression, name: str) -> exp.Alias:
+    return exp.Alias(this=node, alias=ident(name))
+
+
+def quoted_tree(text: str, rename: dict[str, str] | None = None) -> exp.Expression:
+    """An allow-listed user expression with every column quoted (and optionally renamed)."""
+    tree = check_expression(text, allow_star=True).tree.copy()
+    names = rename or {}
+    return exp.Paren(this=tree.transform(
+        lambda node: col(names.get(node.name, node.name)) if isinstance(node, exp.Column)
+        else node))
+
+
+def op(kind: type[exp.Binary], left: exp.Expression, right: exp.Expression | int) -> exp.Paren:
+    """A parenthesised binary operation, so the rendered SQL keeps the tree's precedence."""
+    return exp.Paren(this=kind(this=left, expression=num(right) if isinstance(right, int)
+                               else right))
+
+
+def source_relation(source: Source, path: str, dialect: str) -> exp.Expression:
+    """The FROM item reading a source file."""
+    if dialect == "spark":
+        fmt = "csv" if source.file_format == "csv" else "parquet"
+        return exp.Table(this=exp.Identifier(this=path, quoted=True), db=exp.to_identifier(fmt))
+    reader = "read_csv" if source.file_format == "csv" else "read_parquet"
+    args: list[exp.Expression] = [exp.Literal.string(path)]
+    if source.file_format == "csv":
+        args.append(exp.EQ(this=exp.column("header"), expression=exp.true()))
+    return exp.Table(this=exp.Anonymous(this=reader, expressions=args))
+
+
+def epoch_us(node: exp.Expression, dialect: str) -> exp.Expression:
+    return fn(_EPOCH_US[dialect], node)
+
+
+def from_us(node: exp.Expression, dialect: str) -> exp.Expression:
+    """Microseconds since the epoch as a UTC timestamp."""
+    return exp.Cast(this=fn(_FROM_US[dialect], node), to=exp.DataType.build("TIMESTAMPTZ"))
+
+
+def _window(agg: exp.Expression, *, start: int | str, end: int | str | None,
+            order: str = "__pos") -> exp.Window:
+    def side(value: int | str | None) -> tuple[exp.Expression | str, str]:
+        if value == "unbounded":
+            return "UNBOUNDED", "PRECEDING"
+        if value is None:
+            return "CURRENT ROW", ""
+        return num(value), "PRECEDING"
+
+    start_v, start_side = side(start)
+    end_v, end_side = side(end)
+    return exp.Window(
+        this=agg,
+        partition_by=[col("__key")],
+        order=exp.Order(expressions=[exp.Ordered(this=col(order), nulls_first=False)]),
+        spec=exp.WindowSpec(kind="RANGE", start=start_v, start_side=start_side,
+                            end=end_v, end_side=end_side or None),
+    )
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    group: MetricGroup
+    bucket_us: int
+    grain_buckets: int
+    windows: dict[str, int]  # metric -> window in buckets
+    reach: int  # Wmax + G: how far back a snapshot looks for the entity-row rule
+
+    def position_of(self, ts_us: int) -> int:
+        return ts_us // self.bucket_us
+
+    def snapshot_bounds(self, min_ts_us: int, max_ts_us: int) -> tuple[int, int]:
+        """First boundary after the earliest row .. first boundary after the latest one."""
+        g = self.grain_buckets
+        return ((self.position_of(min_ts_us) // g + 1) * g,
+                (self.position_of(max_ts_us) // g + 1) * g)
+
+
+def plan_group(project: Project, group: MetricGroup) -> GroupPlan:
+    metrics = [project.metrics[m] for m in group.metrics]
+    grain_us = int(group.grain.total_seconds() * US)
+    window_us = {m.name: int((m.window_delta or timedelta()).total_seconds() * US)
+                 for m in metrics}
+    bucket = grain_us
+    for value in window_us.values():
+        bucket = math.gcd(bucket, value)
+    windows = {name: value // bucket for name, value in window_us.items()}
+    grain_b = grain_us // bucket
+    return GroupPlan(group, bucket, grain_b, windows, max(windows.values()) + grain_b)
+
+
+def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high: int,
+                dialect: str = "duckdb") -> exp.Select:
+    """One scan of the source computing every metric of the group for snapshot positions
+    `low`..`high` (multiples of G, inclusive)."""
+    group = plan.group
+    source = project.sources[group.source]
+    entity = project.entities[group.entity]
+    metrics: list[Metric] = [project.metrics[m] for m in group.metrics]
+    ts = col(source.timestamp_field)
+    bucket = num(plan.bucket_us)
+    g, reach = plan.grain_buckets, plan.reach
+    scan_from = (low - reach) * plan.bucket_us
+
+    # src: one pass over the file; each metric's expression and filter as columns
+    src_cols: list[exp.Expression] = [
+        alias(col(entity.join_key), "__key"),
+        alias(op(exp.IntDiv, epoch_us(ts, dialect), bucket), "__b"),
+    ]
+    for i, metric in enumerate(metrics):
+        if metric.expression.strip() != "*":
+            src_cols.append(alias(quoted_tree(metric.expression), f"__x{i}"))
+        cond = quoted_tree(metric.filter) if metric.filter else exp.true()
+        src_cols.append(alias(exp.func("coalesce", cond, exp.false()), f"__f{i}"))
+    src = (
+        exp.select(*src_cols)
+        .from_(source_relation(source, path, dialect))
+        .where(exp.and_(
+            exp.Not(this=exp.Is(this=col(entity.join_key), expression=exp.Null())),
+            exp.Not(this=exp.Is(this=ts, expression=exp.Null())),
+            exp.GTE(this=epoch_us(ts, dialect), expression=num(scan_from)),
+            exp.LT(this=epoch_us(ts, dialect), expression=num(high * plan.bucket_us)),
+        ))
+    )
+
+    # buckets: partial aggregates per (entity, bucket)
+    partials: list[exp.Expression] = [alias(exp.Count(this=exp.Star()), "__n")]
+    for i, metric in enumerate(metrics):
+        x, cond = col(f"__x{i}"), exp.Where(this=col(f"__f{i}"))
+        agg = metric.aggregation
+        if agg == "count":
+            counted = exp.Count(this=exp.Star()) if metric.expression.strip() == "*" else (
+                exp.Count(this=x))
+            partials.append(alias(exp.Filter(this=counted, expression=cond), f"__p{i}"))
+        elif agg in ("sum", "avg"):
+            partials.append(alias(exp.Filter(this=exp.Sum(this=x), expression=cond), f"__p{i}"))
+            if agg == "avg":
+                partials.append(alias(exp.Filter(this=exp.Count(this=x), expression=cond.copy()),
+                                      f"__q{i}"))
+        elif agg in ("min", "max"):
+            node = exp.Min(this=x) if agg == "min" else exp.Max(this=x)
+            partials.append(alias(exp.Filter(this=node, expression=cond), f"__p{i}"))
+    buckets = (exp.select(col("__key"), col("__b"), *partials).from_("src")
+               .group_by(col("__key"), col("__b")))
+
+    # islands of activity: candidate snapshot ranges per entity (the entity-row rule)
+    gap = op(exp.Sub, col("__b"), exp.Window(
+        this=exp.func("lag", col("__b")), partition_by=[col("__key")],
+        order=exp.Order(expressions=[exp.Ordered(this=col("__b"))])))
+    marks = exp.select(
+        col("__key"), col("__b"),
+        alias(exp.Case(ifs=[exp.If(this=exp.LTE(this=gap, expression=num(reach)),
+                                   true=num(0))], default=num(1)), "__new"),
+    ).from_("buckets")
+    numbered = exp.select(
+        col("__key"), col("__b"),
+        alias(exp.Window(this=exp.Sum(this=col("__new")), partition_by=[col("__key")],
+                         order=exp.Order(expressions=[exp.Ordered(this=col("__b"))]),
+                         spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED",
+                                             start_side="PRECEDING", end="CURRENT ROW")),
+              "__island"),
+    ).from_("marks")
+    spans = (exp.select(col("__key"), alias(exp.Min(this=col("__b")), "__first"),
+                        alias(exp.Max(this=col("__b")), "__last"))
+             .from_("numbered").group_by(col("__key"), col("__island")))
+    first_k = op(exp.Mul, op(exp.Add, op(exp.IntDiv, col("__first"), g), 1), g)
+    last_k = op(exp.Mul, op(exp.IntDiv, op(exp.Add, col("__last"), reach), g), g)
+    grid = exp.select(
+        col("__key"),
+        alias(exp.Explode(this=exp.GenerateSeries(
+            start=exp.func("greatest", first_k, num(low)),
+            end=exp.func("least", last_k, num(high)), step=num(g))), "__pos"),
+    ).from_("spans")
+
+    # everything on one axis: grid rows, bucket partials, distinct-count deltas
+    partial_names = [a.alias for a in partials]
+    distinct = [i for i, m in enumerate(metrics) if m.aggregation == "count_distinct"]
+    delta_names = [f"__d{i}" for i in distinct]
+    all_cols = ["__key", "__pos", "__is_grid", *partial_names, *delta_names]
+
+    def row(values: dict[str, exp.Expression], source_name: str) -> exp.Select:
+        return exp.select(*[alias(values.get(c, exp.Null()), c) for c in all_cols]).from_(
+            source_name)
+
+    union: exp.Query = row({"__key": col("__key"), "__pos": col("__pos"),
+                            "__is_grid": exp.true()}, "grid")
+    union = union.union(row({"__key": col("__key"), "__pos": col("__b"),
+                             "__is_grid": exp.false(),
+                             **{n: col(n) for n in partial_names}}, "buckets"), distinct=False)
+    ctes: list[tuple[str, exp.Expression]] = []
+    for i in distinct:
+        w = plan.windows[metrics[i].name]
+        occ = exp.select(col("__key"), alias(col(f"__x{i}"), "__v"), col("__b")).distinct().from_(
+            "src").where(exp.and_(col(f"__f{i}"), exp.Not(this=exp.Is(
+                this=col(f"__x{i}"), expression=exp.Null()))))
+        gap_v = op(exp.Sub, col("__b"), exp.Window(
+            this=exp.func("lag", col("__b")), partition_by=[col("__key"), col("__v")],
+            order=exp.Order(expressions=[exp.Ordered(this=col("__b"))])))
+        occ_marks = exp.select(col("__key"), col("__v"), col("__b"), alias(exp.Case(
+            ifs=[exp.If(this=exp.LTE(this=gap_v, expression=num(w)), true=num(0))],
+            default=num(1)), "__new")).from_(f"occ{i}")
+        occ_num = exp.select(col("__key"), col("__v"), col("__b"), alias(exp.Window(
+            this=exp.Sum(this=col("__new")), partition_by=[col("__key"), col("__v")],
+            order=exp.Order(expressions=[exp.Ordered(this=col("__b"))]),
+            spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING",
+                                end="CURRENT ROW")), "__island")).from_(f"occm{i}")
+        occ_span = (exp.select(col("__key"), alias(exp.Min(this=col("__b")), "__first"),
+                               alias(exp.Max(this=col("__b")), "__last"))
+                    .from_(f"occn{i}").group_by(col("__key"), col("__v"), col("__island")))
+        ctes += [(f"occ{i}", occ), (f"occm{i}", occ_marks), (f"occn{i}", occ_num),
+                 (f"occs{i}", occ_span)]
+        union = union.union(row({"__key": col("__key"), "__pos": op(exp.Add, col("__first"), 1), "__is_grid": exp.false(),
+            f"__d{i}": num(1)}, f"occs{i}"), distinct=False)
+        union = union.union(row({"__key": col("__key"), "__pos": op(exp.Add, col("__last"), w + 1), "__is_grid": exp.false(),
+            f"__d{i}": num(-1)}, f"occs{i}"), distinct=False)
+
+    # windowed values at grid positions
+    outputs: list[exp.Expression] = [
+        alias(col("__key"), entity.join_key),
+        alias(from_us(op(exp.Mul, col("__pos"), plan.bucket_us), dialect), "event_timestamp"),
+        alias(from_us(op(exp.Mul, col("__pos"), plan.bucket_us), dialect), "created_timestamp"),
+    ]
+    for i, metric in enumerate(metrics):
+        w = plan.windows[metric.name]
+
+        def framed(name: str, agg: type[exp.Expression] = exp.Sum) -> exp.Window:
+            return _window(agg(this=col(name)), start=w, end=1)  # noqa: B023
+
+        agg = metric.aggregation
+        if agg in ("count", "sum"):
+            value: exp.Expression = exp.func("coalesce", framed(f"__p{i}"), num(0))
+        elif agg == "avg":
+            value = op(exp.Div, framed(f"__p{i}"), exp.func("nullif", framed(f"__q{i}"), num(0)))
+        elif agg == "min":
+            value = framed(f"__p{i}", exp.Min)
+        elif agg == "max":
+            value = framed(f"__p{i}", exp.Max)
+        else:  # count_distinct: running sum of island deltas up to and including here
+            value = exp.func("coalesce", _window(exp.Sum(this=col(f"__d{i}")),
+                                                 start="unbounded", end=None), num(0))
+        if agg in ("count", "count_distinct"):
+            value = exp.Cast(this=value, to=exp.DataType.build("BIGINT"))
+        elif agg in ("sum", "avg"):
+            value = exp.Cast(this=value, to=exp.DataType.build("DOUBLE"))
+        outputs.append(alias(value, metric.name))
+    windowed = exp.select(col("__is_grid"), *outputs).from_("u")
+    final = (exp.select(*[col(a.alias) for a in outputs]).from_("w")
+             .where(col("__is_grid")))
+    query = final
+    for name, sub in [("src", src), ("buckets", buckets), ("marks", marks),
+                      ("numbered", numbered), ("spans", spans), ("grid", grid), *ctes,
+                      ("u", union), ("w", windowed)]:
+        query = query.with_(name, as_=sub)
+    return query.order_by(col(entity.join_key), col("event_timestamp"))
+
+
+@dataclass(frozen=True)
+class DerivedInput:
+    metric: str
+    table: str  # group table name, or the column source name for column metrics
+    kind: str  # group | column
+
+
+def derived_layers(project: Project, names: tuple[str, ...]) -> list[list[str]]:
+    """Derived metrics in evaluation order: each layer needs only earlier ones."""
+    pending = {n: set(project.derived_inputs(project.metrics[n])) & set(names) for n in names}
+    layers: list[list[str]] = []
+    done: set[str] = set()
+    while pending:
+        ready = sorted(n for n, needs in pending.items() if needs <= done)
+        if not ready:
+            raise ValueError(f"derived metrics form a cycle: {sorted(pending)}")
+        layers.append(ready)
+        done.update(ready)
+        for n in ready:
+            del pending[n]
+    return layers
+
+
+def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
+                  group_paths: dict[str, str], column_inputs: dict[str, tuple[Source, str]],
+                  group_of: dict[str, str], dialect: str = "duckdb") -> exp.Select:
+    """Row by row evaluation of derived metrics on the joined snapshot rows of their inputs.
+
+    Rows: every (entity, snapshot) of the aggregate input tables. Column inputs take the
+    newest source row strictly before the snapshot (ties: newest created timestamp), if
+    within the column metric's ttl.
+    """
+    key, ts_out = col(entity_key), col("event_timestamp")
+    leaves = sorted({i for n in names for i in project.derived_inputs(project.metrics[n])}
+                    - set(names))
+    groups = sorted({group_of[i] for i in leaves if i in group_of})
+    keys_query: exp.Query = exp.select(key, ts_out).from_(exp.to_identifier(groups[0]))
+    for table in groups[1:]:
+        keys_query = keys_query.union(exp.select(key, ts_out).from_(exp.to_identifier(table)),
+                                      distinct=True)
+    ctes: list[tuple[str, exp.Expression]] = []
+    for table in groups:
+        ctes.append((table, exp.select("*").from_(exp.Table(this=exp.Anonymous(
+            this="read_parquet", expressions=[exp.Literal.string(group_paths[table])])))))
+    ctes.append(("__keys", keys_query))
+    base = exp.select(col(entity_key, "__keys"), col("event_timestamp", "__keys")).from_(
+        "__keys")
+    for table in groups:
+        base = base.join(exp.to_identifier(table), on=exp.and_(
+            exp.EQ(this=col(entity_key, "__keys"), expression=col(entity_key, table)),
+            exp.EQ(this=col("event_timestamp", "__keys"),
+                   expression=col("event_timestamp", table))), join_type="left")
+    selected = [col(i, group_of[i]) for i in leaves if i in group_of]
+    base = base.select(*selected)
+    current = "__base"
+    ctes.append((current, base))
+    for i, metric_name in enumerate(leaf for leaf in leaves if leaf in column_inputs):
+        source, path = column_inputs[metric_name]
+        metric = project.metrics[metric_name]
+        column = metric.expression.strip()
+        created = source.created_timestamp_field
+        order = [exp.Ordered(this=col(created), desc=True)] if created else []
+        latest = (exp.select(alias(col(project.entities[source.entity].join_key), "__k"),
+                             alias(exp.Cast(this=col(source.timestamp_field),
+                                            to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
+                             alias(col(column), "__v"))
+                  .from_(source_relation(source, path, dialect))
+                  .qualify(exp.EQ(this=exp.Window(
+                      this=exp.RowNumber(), partition_by=[
+                          col(project.entities[source.entity].join_key),
+                          col(source.timestamp_field)],
+                      order=exp.Order(expressions=order) if order else None),
+                      expression=num(1))))
+        ctes.append((f"__c{i}", latest))
+        ttl = project.ttl_of(metric_name)
+        valid = exp.Not(this=exp.Is(this=col("__ts", f"__c{i}"), expression=exp.Null()))
+        if ttl is not None:
+            valid = exp.and_(valid, exp.GTE(this=col("__ts", f"__c{i}"), expression=exp.Sub(
+                this=col("event_timestamp", current),
+                expression=exp.Interval(this=exp.Literal.string(
+                    str(int(ttl.total_seconds()))), unit=exp.var("SECOND")))))
+        joined = exp.select(exp.Column(this=exp.Star(), table=ident(current)), alias(
+            exp.Case(ifs=[exp.If(this=valid, true=col("__v", f"__c{i}"))]),
+            metric_name)).from_(exp.to_identifier(current))
+        joined = joined.join(
+            exp.to_identifier(f"__c{i}"),
+            on=exp.and_(exp.EQ(this=col(entity_key, current), expression=col("__k", f"__c{i}")),
+                        exp.LT(this=col("__ts", f"__c{i}"),
+                               expression=col("event_timestamp", current))),
+            join_type="asof left")
+        current = f"__j{i}"
+        ctes.append((current, joined))
+    for depth, layer in enumerate(derived_layers(project, names)):
+        step = exp.select("*", *[
+            alias(quoted_tree(project.metrics[n].expression), n) for n in layer
+        ]).from_(exp.to_identifier(current))
+        current = f"__layer{depth}"
+        ctes.append((current, step))
+    final = exp.select(
+        col(entity_key), col("event_timestamp"), alias(col("event_timestamp"),
+                                                       "created_timestamp"),
+        *[alias(exp.Cast(this=col(n), to=exp.DataType.build("DOUBLE")), n) for n in names],
+    ).from_(exp.to_identifier(current))
+    for name, sub in ctes:
+        final = final.with_(name, as_=sub)
+    return final.order_by(col(entity_key), col("event_timestamp"))
