@@ -190,7 +190,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
-    return [_jsonable(row) for row in con.execute(sql).to_arrow_table().to_pylist()]
+    return [_jsonable(row) for row in con.sql(sql).to_arrow_table().to_pylist()]
 
 
 def _base_type(duck_type: str) -> str:
@@ -257,7 +257,7 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
                 report: SourceReport) -> None:
     scan = scan_sql(path, source.file_format)
     found = {row[0]: _base_type(row[1])
-             for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+             for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
     contract = source.contract
     rules: list[_Rule] = []
     declared = contract.columns if contract else {}
@@ -315,11 +315,14 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
             rules.append(_Rule(RuleResult("unique", label, False, message=(
                 f"unique key column {', '.join(missing)} is missing")), None, None))
         else:
+            # rows with a null in the key are left to not_null, as SQL's UNIQUE does
+            whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in contract.unique)
             others = [ident(c) for c in found if c not in contract.unique]
             rules.append(_Rule(
                 RuleResult("unique", label, True),
-                f"count(*) - count(DISTINCT row({key}))",
-                f"true QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
+                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT row({key})) "
+                f"FILTER (WHERE {whole})",
+                f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
                 order_sql=", ".join([key, *others])))
     if contract and contract.freshness:
         rules.extend(_freshness_rule(source, found, as_of))
@@ -328,7 +331,7 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
     fresh = next((r for r in rules if r.result.rule == "freshness"), None)
     if fresh is not None and source.timestamp_field in found:
         selects.append(f"max({ident(source.timestamp_field)})")
-    row = con.execute(f"SELECT {', '.join(selects)} FROM {scan}").fetchone()
+    row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
     report.rows = int(row[0])
     for rule, count in zip(counted, row[1:1 + len(counted)], strict=True):
         rule.result.offending_rows = int(count or 0)
@@ -415,12 +418,15 @@ def _age_text(age: timedelta) -> str:
 
 
 def _parse_rule(con: Any) -> _Rule:
-    rejected = con.execute(
+    rejected = con.sql(
         "SELECT line, error_message, csv_line FROM reject_errors "
         "WHERE scan_id = (SELECT max(scan_id) FROM reject_errors) ORDER BY line"
     ).fetchall()
-    lines = sorted({int(r[0]) for r in rejected})
-    examples = [{"line": int(r[0]), "error": r[1], "text": r[2]} for r in rejected[:EXAMPLES]]
+    first: dict[int, dict[str, Any]] = {}
+    for line, error, text in rejected:  # one line may be reported once per error found
+        first.setdefault(int(line), {"line": int(line), "error": error, "text": text})
+    lines = sorted(first)
+    examples = [first[line] for line in lines[:EXAMPLES]]
     ok = not lines
     message = "" if ok else (f"{len(lines)} line{'s' if len(lines) != 1 else ''} of the CSV "
                              "cannot be parsed and were left out of every other rule")
@@ -481,7 +487,7 @@ def _expect_with(con: Any, metric: Metric, column: str, path: Path,
                  report: MetricReport) -> None:
     assert metric.expect is not None
     scan = f"read_parquet({literal(str(path))})"
-    found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    found = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
     if column not in found:
         report.results.append(RuleResult("missing_column", column, False, message=(
             f"column {column} is missing from {report.table}; recompute the table")))
@@ -495,7 +501,7 @@ def _expect_with(con: Any, metric: Metric, column: str, path: Path,
     if metric.expect.max_null_fraction is not None:
         checks.append(("expect_max_null_fraction", f"{ident(column)} IS NULL"))
     selects = ["count(*)", *(f"count(*) FILTER (WHERE {cond})" for _, cond in checks)]
-    row = con.execute(f"SELECT {', '.join(selects)} FROM {scan}").fetchone()
+    row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
     total = int(row[0])
     for (rule, cond), count in zip(checks, row[1:], strict=True):
         count = int(count or 0)
