@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors exit 2 (typer's own handling), Tally errors exit 1."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="feast")
     try:
         app(args=args, prog_name="tally")
     except UsageError as exc:

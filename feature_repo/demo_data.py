@@ -81,14 +81,16 @@ def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
         "loaded_at": _ts(loaded_us), "seconds": seconds,
     }), ["account_id", "event_ts"])
 
-    # CRM licenses: an initial report, then changes
-    reports = 1 + rng.poisson(1.5, accounts)
-    acc = np.repeat(ids, reports)
-    first = np.concatenate([[True], acc[1:] != acc[:-1]])
-    reported_day = np.where(first, 0, rng.integers(1, days, acc.size))
-    growth = np.where(first, 1.0, rng.normal(1.05, 0.15, acc.size))
-    seat_values = np.maximum(1, (np.repeat(seats, reports) * growth).astype(np.int64))
-    reported_us = start_us + reported_day * US_PER_DAY + rng.integers(0, US_PER_DAY, acc.size)
+    # CRM licenses: billing reports the seat count at the start of every month
+    months = 12
+    acc = np.repeat(ids, months)
+    month = np.tile(np.arange(months), accounts)
+    drift = np.exp(np.cumsum(rng.normal(0.01, 0.05, acc.size).reshape(accounts, months),
+                             axis=1)).ravel()
+    seat_values = np.maximum(1, (np.repeat(seats, months) * drift).astype(np.int64))
+    month_starts = np.array([int(datetime(2025, m + 1, 1, tzinfo=timezone.utc).timestamp()
+                                 * 1e6) for m in range(months)], dtype=np.int64)
+    reported_us = month_starts[month] + rng.integers(0, 6 * 3_600_000_000, acc.size)
     emit("crm_licenses", pa.table({
         "account_id": acc, "reported_ts": _ts(reported_us), "seats": seat_values,
     }), ["account_id", "reported_ts"])

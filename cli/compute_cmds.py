@@ -1,0 +1,213 @@
+"""`tally compute`, `plan`, `apply`, `materialize`, `training-frame`, `demo`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from catalog.errors import UsageError
+from catalog.project import Project, load_project
+
+from .common import JsonOption, err, print_json, project_root, stdout_console, wait_notice
+
+AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
+AllowViolations = Annotated[bool, typer.Option(
+    "--allow-violations", help="Go ahead when a contract fails, and record the violation.")]
+
+
+def _date(value: str | None, flag: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date; write YYYY-MM-DD") from None
+
+
+def _moment(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date or time; write YYYY-MM-DD or an "
+                         "ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _gate(project: Project, sources: list[str] | None, as_of: str | None,
+          allow: bool) -> None:
+    from catalog.contracts import gate
+
+    report = gate(project, sources, as_of=as_of, allow_violations=allow, on_wait=wait_notice)
+    for source in report.failing_sources:
+        err(f"warning: going ahead with source {source} despite its contract violations "
+            "(recorded; `tally show` reports them)")
+
+
+def compute(
+    metric: Annotated[list[str] | None, typer.Option(
+        "--metric", help="Compute only the tables of these metrics (repeat).")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First snapshot date.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last snapshot date.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Recompute every snapshot.")] = False,
+    as_of: AsOf = None,
+    allow_violations: AllowViolations = False,
+    as_json: Annotated[bool, JsonOption] = False,
+) -> None:
+    """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from catalog.compute import ComputeOptions, Computer
+
+    options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),
+                             end=_date(end, "--end"), full=full)
+    if options.start and options.end and options.start > options.end:
+        raise UsageError("--start is after --end")
+    project = load_project(project_root())
+    computer = Computer(project, options)
+    tables = computer.selected()
+    sources = sorted({t.source for t in tables if t.source} | _column_sources(project, tables))
+    _gate(project, sources, as_of, allow_violations)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
+                  TimeElapsedColumn(), transient=not as_json, disable=as_json,
+                  console=None if not as_json else None) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=max(total, 1), n="")
+            bar.update(tasks[name], completed=done if total else 1,
+                       n=f"{total} snapshots" if total else "")
+
+        computer.progress = progress
+        results = computer.run()
+    rows = [{"table": r.name, "kind": r.kind, "mode": r.mode, "rows": r.rows,
+             "snapshots": r.new_snapshots, "seconds": round(r.seconds, 2),
+             "path": str(r.path)} for r in results]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("table", "kind", "mode", "rows", "snapshots", "seconds", title="computed")
+    for r in rows:
+        table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
+                      f"{r['snapshots']:,}" if r["kind"] == "group" else "-", f"{r['seconds']}")
+    stdout_console().print(table)
+
+
+def _column_sources(project: Project, tables: list) -> set[str]:
+    out: set[str] = set()
+    for table in tables:
+        if table.kind != "derived":
+            continue
+        for name in table.features:
+            for i in project.derived_inputs(project.metrics[name]):
+                metric = project.metrics.get(i)
+                if metric is not None and metric.type == "column" and metric.source:
+                    out.add(metric.source)
+    return out
+
+
+def _print_changes(changes: list, as_json: bool, verb: str) -> None:
+    if as_json:
+        print_json([asdict(c) for c in changes])
+        return
+    from rich.table import Table
+
+    table = Table("action", "kind", "name", "details", title=verb)
+    for c in changes:
+        if c.action != "keep":
+            table.add_row(c.action, c.kind, c.name, "; ".join(c.details)[:200])
+    if not table.row_count:
+        err("no changes: the Feast registry matches the definitions")
+        return
+    stdout_console().print(table)
+
+
+def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
+    """What `tally apply` would add, change or remove in the Feast registry."""
+    from feature_repo.registry import plan as registry_plan
+
+    _print_changes(registry_plan(load_project(project_root())), as_json, "plan")
+
+
+def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
+          as_json: Annotated[bool, JsonOption] = False) -> None:
+    """Register every table as a Feast FeatureView and every model as a FeatureService."""
+    from feature_repo.registry import apply as registry_apply
+
+    project = load_project(project_root())
+    _gate(project, None, as_of, allow_violations)
+    _print_changes(registry_apply(project), as_json, "applied")
+
+
+def materialize(
+    start: Annotated[str | None, typer.Option("--start", help="From (default: last run).")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Up to (default: now).")] = None,
+    as_of: AsOf = None,
+    allow_violations: AllowViolations = False,
+) -> None:
+    """Load the newest feature values into the online store (SQLite)."""
+    from feature_repo.serving import materialize as run
+
+    project = load_project(project_root())
+    _gate(project, None, as_of, allow_violations)
+    views = run(project, _moment(start, "--start"), _moment(end, "--end"))
+    err(f"materialized {len(views)} feature views into the online store")
+
+
+def training_frame(
+    entities: Annotated[Path, typer.Option("--entities", help="Entity rows (.parquet/.csv).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write (.parquet/.csv).")],
+    model: Annotated[str | None, typer.Option("--model", help="A model's features.")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="A,B,C")] = None,
+) -> None:
+    """Point-in-time-correct training data for entity rows, in their order."""
+    from feature_repo.serving import read_entity_file, training_frame as build, write_frame
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    if (model is None) == (names is None):
+        raise UsageError("give exactly one of --model NAME or --features A,B")
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise UsageError(f"--out {out}: use .parquet or .csv")
+    frame = build(read_entity_file(entities), model=model, features=names,
+                  project=load_project(project_root()))
+    write_frame(frame, out)
+    err(f"wrote {len(frame):,} rows x {len(frame.columns)} columns to {out}")
+
+
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path(
+        "tally-demo"),
+    accounts: Annotated[int, typer.Option("--accounts", min=10, max=1_000_000,
+                                          help="How many accounts to generate.")] = 3000,
+) -> None:
+    """The whole flow on generated adoption data: validate, check, compute, apply,
+    materialize, and a churn_risk training frame with renewal labels."""
+    from feature_repo.demo import run_demo
+
+    report = run_demo(directory, accounts=accounts, on_step=lambda s: err(f"... {s}"))
+    console = stdout_console()
+    from rich.table import Table
+
+    table = Table("step", "seconds", "what", title=f"tally demo in {report.root}")
+    for step in report.steps:
+        table.add_row(step.name, f"{step.seconds:.1f}", step.summary)
+    console.print(table)
+    for line in report.notes:
+        console.print(line)
+
+
+def register_commands(app: typer.Typer) -> None:
+    app.command()(compute)
+    app.command()(plan)
+    app.command()(apply)
+    app.command()(materialize)
+    app.command("training-frame")(training_frame)
+    app.command()(demo)

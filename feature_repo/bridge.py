@@ -1,0 +1,140 @@
+"""Definitions -> Feast objects: one Entity per entity, one FeatureView per table, one
+FeatureService per model. Used by `tally apply` and by feature_repo/definitions.py, so
+`feast -c feature_repo apply` builds exactly the same registry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from catalog.project import Project, load_project
+from catalog.tables import TableSpec, table_specs
+
+REPO_DIR = "feature_repo"
+_CONTRACT_TYPES = {"int32": "Int32", "int64": "Int64", "float32": "Float32",
+                   "float64": "Float64", "string": "String", "bool": "Bool",
+                   "timestamp": "UnixTimestamp", "date": "UnixTimestamp"}
+
+
+def _tags(**values: Any) -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        if value is None or value == [] or value == "":
+            continue
+        out[key] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
+
+
+def _dtype(project: Project, spec: TableSpec, feature: str) -> Any:
+    from feast import types
+
+    metric = project.metrics.get(feature)
+    if metric is None:
+        return types.Float64
+    if metric.type == "aggregate":
+        return types.Int64 if metric.aggregation in ("count", "count_distinct") else (
+            types.Float64)
+    if metric.type == "column" and spec.source:
+        source = project.sources[spec.source]
+        rule = source.contract.columns.get(metric.expression) if source.contract else None
+        if rule is not None:
+            return getattr(types, _CONTRACT_TYPES[rule.type])
+        return _dtype_from_file(project, spec, metric.expression)
+    return types.Float64
+
+
+def _dtype_from_file(project: Project, spec: TableSpec, column: str) -> Any:
+    from feast import types
+
+    path = spec.path(project)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        field = pq.read_schema(path).field(column).type
+    except Exception:  # noqa: BLE001 - no file yet: serve as float, the safest numeric type
+        return types.Float64
+    if pa.types.is_integer(field):
+        return types.Int64
+    if pa.types.is_boolean(field):
+        return types.Bool
+    if pa.types.is_string(field) or pa.types.is_large_string(field):
+        return types.String
+    return types.Float64
+
+
+def _owner_of(project: Project, spec: TableSpec) -> str:
+    owners = sorted({getattr(project.get(f).spec, "owner", "") for f in spec.features})
+    if spec.source and (spec.kind == "column" or len(owners) != 1):
+        return project.sources[spec.source].owner
+    return owners[0] if owners else ""
+
+
+def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
+    """Every Feast object of the project, by Python name (for a definitions module)."""
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+
+    project = project_root if isinstance(project_root, Project) else load_project(project_root)
+    entities = {
+        name: Entity(
+            name=name, join_keys=[e.join_key],
+            value_type=ValueType.INT64 if e.value_type == "int64" else ValueType.STRING,
+            description=e.description, owner=e.owner, tags=_tags(tally_tags=e.tags),
+        )
+        for name, e in sorted(project.entities.items())
+    }
+    views: dict[str, Any] = {}
+    for spec in table_specs(project):
+        if spec.kind == "column" and spec.source:
+            source = project.sources[spec.source]
+            mapping = {project.metrics[f].expression.strip(): f for f in spec.features}
+            batch = FileSource(
+                name=f"{spec.name}_source", path=str(spec.path(project).resolve()),
+                timestamp_field=source.timestamp_field,
+                created_timestamp_column=source.created_timestamp_field or "",
+                field_mapping=mapping, description=source.description, owner=source.owner,
+            )
+            description = f"Column metrics served from source {source.name}: {source.description}"
+        else:
+            batch = FileSource(
+                name=f"{spec.name}_source", path=str(spec.path(project).resolve()),
+                timestamp_field="event_timestamp", created_timestamp_column="created_timestamp",
+            )
+            description = (f"Tally {spec.kind} table of {spec.source or spec.entity}: "
+                           + ", ".join(spec.features))
+        fields = []
+        for feature in spec.features:
+            definition = project.get(feature)
+            fspec = definition.spec if definition else None
+            fields.append(Field(
+                name=feature, dtype=_dtype(project, spec, feature),
+                description=getattr(fspec, "description", ""),
+                tags=_tags(owner=getattr(fspec, "owner", None),
+                           status=getattr(fspec, "status", None),
+                           version=getattr(fspec, "version", None),
+                           tally_tags=getattr(fspec, "tags", None)),
+            ))
+        ttl = spec.ttl(project)
+        views[spec.name] = FeatureView(
+            name=spec.name, entities=[entities[spec.entity]], ttl=ttl or timedelta(0),
+            schema=fields, source=batch, online=True, description=description,
+            owner=_owner_of(project, spec),
+            tags=_tags(tally_kind=spec.kind, tally_source=spec.source),
+        )
+    services = {}
+    view_of = {f: name for name, view in views.items() for f in [x.name for x in view.schema]}
+    for name, model in sorted(project.models.items()):
+        projections = []
+        for view_name in sorted({view_of[f] for f in model.features if f in view_of}):
+            wanted = [f for f in model.features if view_of.get(f) == view_name]
+            projections.append(views[view_name][wanted])
+        services[name] = FeatureService(
+            name=name, features=projections, description=model.description, owner=model.owner,
+            tags=_tags(status=model.status, version=model.version, tally_tags=model.tags),
+        )
+    objects: dict[str, Any] = {}
+    objects.update({f"entity_{k}": v for k, v in entities.items()})
+    objects.update({f"view_{k}": v for k, v in views.items()})
+    objects.update({f"service_{k}": v for k, v in services.items()})
+    return objects

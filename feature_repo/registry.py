@@ -1,0 +1,97 @@
+"""`tally plan` / `tally apply`: diff against and apply to the project's Feast registry,
+with the same contents `feast -c feature_repo apply` would build."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catalog.errors import TallyError
+from catalog.fsutil import project_lock
+from catalog.project import Project
+
+from .bridge import REPO_DIR, feast_objects
+
+
+class RegistryError(TallyError):
+    pass
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str  # add | change | remove | keep
+    kind: str
+    name: str
+    details: list[str]
+
+
+def open_store(project: Project) -> Any:
+    repo = project.root / REPO_DIR
+    if not (repo / "feature_store.yaml").is_file():
+        raise RegistryError(f"{repo}/feature_store.yaml is missing; `tally init` writes one")
+    from feast import FeatureStore
+
+    try:
+        return FeatureStore(repo_path=str(repo))
+    except Exception as exc:  # feast raises many types for a bad config
+        raise RegistryError(f"{repo}/feature_store.yaml: {str(exc).splitlines()[0]}") from None
+
+
+def repo_contents(store: Any, objects: dict[str, Any]) -> Any:
+    """What feast's parse_repo would return for a definitions module with these objects."""
+    from feast import Entity, FeatureService, FeatureView, Project as FeastProject
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.repo_contents import RepoContents
+
+    values = list(objects.values())
+    views = [o for o in values if isinstance(o, FeatureView)]
+    return RepoContents(
+        projects=[FeastProject(name=store.project,
+                               description=store.config.project_description or "")],
+        data_sources=[v.batch_source for v in views],
+        entities=[o for o in values if isinstance(o, Entity)] + [DUMMY_ENTITY],
+        feature_views=views,
+        feature_services=[o for o in values if isinstance(o, FeatureService)],
+        on_demand_feature_views=[], stream_feature_views=[], label_views=[], permissions=[],
+    )
+
+
+def plan(project: Project) -> list[Change]:
+    from feast.diff.property_diff import TransitionType
+
+    store = open_store(project)
+    registry_diff, _, _ = store.plan(repo_contents(store, feast_objects(project)))
+    names = {TransitionType.CREATE: "add", TransitionType.UPDATE: "change",
+             TransitionType.DELETE: "remove", TransitionType.UNCHANGED: "keep"}
+    changes = []
+    for diff in registry_diff.feast_object_diffs:
+        if diff.name == "__dummy":
+            continue
+        details = [f"{p.property_name}: {str(p.val_existing)[:60]!r} -> "
+                   f"{str(p.val_declared)[:60]!r}" for p in diff.feast_object_property_diffs]
+        changes.append(Change(names.get(diff.transition_type, "change"),
+                              diff.feast_object_type.value, diff.name, details))
+    order = {"remove": 0, "change": 1, "add": 2, "keep": 3}
+    return sorted(changes, key=lambda c: (order[c.action], c.kind, c.name))
+
+
+def apply(project: Project) -> list[Change]:
+    """Make the registry hold exactly the project's objects (adds, changes, removals)."""
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    changes = plan(project)
+    with project_lock(project.root):
+        store = open_store(project)
+        contents = repo_contents(store, feast_objects(project))
+        to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
+            store.project, store.registry, contents)
+        with contextlib.redirect_stdout(sys.stderr):
+            store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+    return changes
+
+
+def registry_path(project: Project) -> Path:
+    return project.root / REPO_DIR / "data" / "registry.db"
