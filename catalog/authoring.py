@@ -9,10 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DefinitionError, Issue, TallyError, UsageError
-from .fsutil import atomic_write_text, clean_temp_files, project_lock
+from .fsutil import (
+    STATE_DIR,
+    atomic_write_text,
+    clean_temp_files,
+    commit_files,
+    finish_commit,
+    project_lock,
+)
 from .project import METRICS_DIR, check_project_root, find_definition_files, load_project
 from .spec import KIND_KEYS, NAME_PATTERN
-from .yamlio import read_yaml_file
+from .yamlio import (
+    decode_definition_bytes,
+    parse_yaml_text,
+    read_definition_bytes,
+    read_yaml_file,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -94,6 +106,13 @@ def _without_names(path: Path, names: set[str]) -> str | None:
     return _yaml_dump(data) if data else ""
 
 
+def _recover(root: Path) -> None:
+    """Undo the traces of a writer killed earlier; call holding the project lock."""
+    clean_temp_files(root / METRICS_DIR)
+    clean_temp_files(root / STATE_DIR, recursive=False)
+    finish_commit(root)
+
+
 def register_file(root: Path | str, file: Path, *, replace: bool = False,
                   on_wait: Any = None) -> Registered:
     """Validate `file` together with the project, then write it as metrics/<file name>.
@@ -103,18 +122,23 @@ def register_file(root: Path | str, file: Path, *, replace: bool = False,
     """
     root = check_project_root(Path(root))
     file = Path(file)
-    if not file.is_file():
+    if not file.exists():
         raise UsageError(f"{file}: no such file")
     if file.suffix != ".yaml":
         raise UsageError(f"{file}: definition files end in .yaml")
-    loaded, issues = read_yaml_file(file, str(file))
-    if issues or loaded is None:
+    if file.name.startswith("."):
+        raise UsageError(f"{file}: names starting with `.` are hidden and never loaded; "
+                         "rename the file")
+    data, issues = read_definition_bytes(file, str(file))
+    text, more = decode_definition_bytes(data, str(file)) if data is not None else (None, [])
+    loaded, parsed = parse_yaml_text(text, str(file)) if text is not None else (None, [])
+    issues = [*issues, *more, *parsed]
+    if issues or loaded is None or text is None:
         raise DefinitionError(issues)
-    text = file.read_bytes().decode("utf-8").removeprefix("\ufeff")
     shown = f"{METRICS_DIR}/{file.name}"
     destination = root / shown
     with project_lock(root, on_wait=on_wait):
-        clean_temp_files(root / METRICS_DIR)
+        _recover(root)
         if destination.exists() and not replace:
             raise DefinitionError([Issue(str(file), 1, "", f"{shown} already exists; pass "
                                          "--replace to replace it")])
@@ -139,16 +163,8 @@ def register_file(root: Path | str, file: Path, *, replace: bool = False,
         for other in sorted({existing[name] for name in clashes}):
             overrides[other] = _without_names(root / other, clashes) or None
         load_project(root, overrides=overrides)
-        atomic_write_text(destination, text)
-        removed = []
-        for relative, new_text in overrides.items():
-            if relative == shown:
-                continue
-            removed.append(root / relative)
-            if new_text is None:
-                (root / relative).unlink()
-            else:
-                atomic_write_text(root / relative, new_text)
+        commit_files(root, overrides)
+        removed = [root / relative for relative in overrides if relative != shown]
     return Registered(destination, [n for _, _, n in candidate], sorted(clashes), removed)
 
 
@@ -162,7 +178,7 @@ def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None)
     shown = f"{METRICS_DIR}/{name}.yaml"
     text = _yaml_dump({"metrics": [{k: v for k, v in fields.items() if v not in (None, [])}]})
     with project_lock(root, on_wait=on_wait):
-        clean_temp_files(root / METRICS_DIR)
+        _recover(root)
         if (root / shown).exists():
             raise TallyError(f"{shown} already exists; choose another name or edit that file")
         try:
@@ -176,7 +192,7 @@ def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None)
                     Issue("(command line)", 0, _flag_for(i.key, flags), i.message) for i in ours
                 ]) from None
             raise
-        atomic_write_text(root / shown, text)
+        commit_files(root, {shown: text})
     return root / shown
 
 

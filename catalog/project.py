@@ -287,16 +287,21 @@ def load_project(
     """
     from .validate import cross_check
 
+    from .fsutil import pending_commit
+
     root = check_project_root(Path(root))
     texts: dict[str, LoadedYaml | None] = {}
     issues: list[Issue] = []
     hashes: dict[str, str] = {}
-    overrides = dict(overrides or {})
+    # a multi-file commit a killed writer left half done counts as done (fsutil.commit_files)
+    overrides = {**pending_commit(root), **(overrides or {})}
     for path in find_definition_files(root):
         shown = path.relative_to(root).as_posix()
         if shown in overrides:
             continue
         loaded, problems = read_yaml_file(path, shown)
+        if loaded is None and not path.exists():
+            continue  # removed by a concurrent writer since the listing: not part of the project
         issues.extend(problems)
         texts[shown] = loaded
         try:

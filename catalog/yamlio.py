@@ -100,18 +100,40 @@ def parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue
     return LoadedYaml(file, _plain(raw, (), lines), lines), []
 
 
-def read_yaml_file(path: Path, shown_as: str) -> tuple[LoadedYaml | None, list[Issue]]:
-    """Read one definition file; problems come back as issues, never as exceptions."""
+def read_definition_bytes(path: Path, shown_as: str) -> tuple[bytes | None, list[Issue]]:
+    """The bytes of one definition file, refusing what is not a small regular file."""
+    import os
+    import stat
+
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, [
-                Issue(shown_as, 1, "", f"file is {size / 1e6:.1f} MB; definition files are "
-                      f"limited to {MAX_FILE_BYTES // 1024} KiB, split it into several files")
-            ]
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not hang; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         return None, [Issue(shown_as, 1, "", f"cannot read the file: {exc.strerror or exc}")]
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, [Issue(shown_as, 1, "", "not a regular file (a directory, FIFO or "
+                                "device); give a YAML file")]
+        if info.st_size > MAX_FILE_BYTES:
+            return None, [
+                Issue(shown_as, 1, "", f"file is {info.st_size / 1e6:.1f} MB; definition files "
+                      f"are limited to {MAX_FILE_BYTES // 1024} KiB, split it into several files")
+            ]
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return None, [Issue(shown_as, 1, "", f"cannot read the file: {exc.strerror or exc}")]
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        return None, [Issue(shown_as, 1, "", f"file grew past {MAX_FILE_BYTES // 1024} KiB "
+                            "while being read; split it into several files")]
+    return data, []
+
+
+def decode_definition_bytes(data: bytes, shown_as: str) -> tuple[str | None, list[Issue]]:
+    """UTF-8 text without a BOM, or an issue naming the line of the first bad byte."""
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         return None, [Issue(shown_as, line, "", "binary content (a NUL byte); definitions are "
@@ -122,4 +144,15 @@ def read_yaml_file(path: Path, shown_as: str) -> tuple[LoadedYaml | None, list[I
         line = data[: exc.start].count(b"\n") + 1
         return None, [Issue(shown_as, line, "", f"not UTF-8 (byte 0x{data[exc.start]:02x}); "
                             "save the file as UTF-8")]
-    return parse_yaml_text(text.removeprefix("\ufeff"), shown_as)
+    return text.removeprefix("\ufeff"), []
+
+
+def read_yaml_file(path: Path, shown_as: str) -> tuple[LoadedYaml | None, list[Issue]]:
+    """Read one definition file; problems come back as issues, never as exceptions."""
+    data, issues = read_definition_bytes(path, shown_as)
+    if data is None:
+        return None, issues
+    text, issues = decode_definition_bytes(data, shown_as)
+    if text is None:
+        return None, issues
+    return parse_yaml_text(text, shown_as)
