@@ -116,6 +116,32 @@ class Project:
             grouped.setdefault((source.name, source.entity, metric.grain_delta), []).append(name)
         return [MetricGroup(s, e, g, tuple(m)) for (s, e, g), m in sorted(grouped.items())]
 
+    # -- catalog (delegates to catalog.search / catalog.reuse, imported only when used) ----
+    def search(self, query: str = "", **options: Any) -> Any:
+        """Ranked catalog search (catalog.search.SearchResults; `.to_frame()` for pandas).
+        Options: owner, tag, kind, status, contract (lists of str), limit."""
+        from .search import search
+
+        return search(self.root, query, project=self, **options)
+
+    def show(self, name: str) -> Any:
+        """The catalog card of `name` (catalog.search.Card)."""
+        from .search import show
+
+        return show(self.root, name, project=self)
+
+    def impact(self, name: str) -> Any:
+        """Everything downstream of `name` and whom to notify (catalog.search.Impact)."""
+        from .search import impact
+
+        return impact(self.root, name, project=self)
+
+    def reuse(self) -> Any:
+        """Feature use per model, unused features, duplicated pipelines (ReuseReport)."""
+        from .reuse import reuse_report
+
+        return reuse_report(self)
+
     def downstream_of(self, name: str) -> set[str]:
         """Names that directly use `name`."""
         out: set[str] = set()

@@ -1,4 +1,7 @@
-"""`tally init`, `validate`, `register`, `show`."""
+"""`tally init`, `validate`, `register`. (`show` lives in cli/catalog_cmds.py.)
+
+Catalog imports happen inside the commands, so `tally search` does not pay for loading
+the spec models (pydantic) it does not need."""
 
 from __future__ import annotations
 
@@ -7,16 +10,13 @@ from typing import Annotated
 
 import typer
 
-from catalog.authoring import init_project, register_file
-from catalog.errors import DefinitionError, LookupFailedError
-from catalog.project import load_project
-from catalog.spec import spec_to_yaml_dict
-
-from .common import JsonOption, err, print_json, project_root, stdout_console, wait_notice
+from .common import JsonOption, err, print_json, project_root, wait_notice
 
 
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")]) -> None:
     """Scaffold a project: metrics/ with one example, feature_repo/feature_store.yaml."""
+    from catalog.authoring import init_project
+
     for path in init_project(directory):
         err(f"wrote {path}")
     err(f"next: cd {directory} && tally validate")
@@ -24,6 +24,9 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
 
 def validate(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Load and validate every definition; report every problem at once."""
+    from catalog.errors import DefinitionError
+    from catalog.project import load_project
+
     try:
         project = load_project(project_root())
     except DefinitionError as exc:
@@ -48,34 +51,15 @@ def register(
     ] = False,
 ) -> None:
     """Validate FILE together with the project, then add it under metrics/ atomically."""
+    from catalog.authoring import register_file
+
     result = register_file(project_root(), file, replace=replace, on_wait=wait_notice)
     err(f"registered {', '.join(result.names) or 'no definitions'} as {result.path}")
     if result.replaced:
         err(f"replaced {', '.join(result.replaced)}")
 
 
-def show(
-    name: Annotated[str, typer.Argument(help="Any entity, source, metric, model or score.")],
-    as_json: Annotated[bool, JsonOption] = False,
-) -> None:
-    """One definition: what it says, where it is written."""
-    project = load_project(project_root())
-    definition = project.get(name)
-    if definition is None:
-        raise LookupFailedError(f"no definition named {name!r}; try `tally search {name}`")
-    card = {"kind": definition.kind, "name": name, "file": definition.file,
-            "line": definition.line, "definition": spec_to_yaml_dict(definition.spec)}
-    if as_json:
-        print_json(card)
-        return
-    console = stdout_console()
-    console.print(f"[bold]{name}[/] ({definition.kind}) {definition.file}:{definition.line}")
-    for key, value in card["definition"].items():
-        console.print(f"  {key}: {value}")
-
-
 def register_commands(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(validate)
     app.command()(register)
-    app.command()(show)
