@@ -1,4 +1,4 @@
-"""Compute every table of a project once with DuckDB: groups, then derived metrics.
+"""Compute every table of a project once with DuckDB: groups, derived metrics, then scores.
 
 Incremental by default: a table whose definition is unchanged is recomputed from its
 newest snapshot on (that snapshot included, as its source may have grown); a changed
@@ -131,7 +131,8 @@ class Computer:
 
     def selected(self) -> list[TableSpec]:
         wanted = self.options.metrics
-        unknown = [m for m in wanted if m not in self.project.metrics]
+        unknown = [m for m in wanted if m not in self.project.metrics
+                   and m not in self.project.scores]
         if unknown:
             raise LookupFailedError(f"unknown metric {', '.join(map(repr, unknown))}; "
                                     "`tally search` lists what exists")
@@ -141,11 +142,28 @@ class Computer:
                 not wanted or set(spec.features) & set(wanted)
             ):
                 names.add(spec.name)
+        names |= self._selected_scores(names, wanted)
         for spec in list(self.specs.values()):
             if spec.kind == "derived" and spec.name in names:
                 names.update(self._input_groups(spec))
-        order = {"group": 0, "derived": 1}
+        order = {"group": 0, "derived": 1, "score": 2}
         return sorted((self.specs[n] for n in names), key=lambda s: (order[s.kind], s.name))
+
+    def _selected_scores(self, names: set[str], wanted: list[str]) -> set[str]:
+        """Scores named (with their input tables), or whose inputs are being computed and
+        the rest already are."""
+        from .scores import input_tables
+
+        out: set[str] = set()
+        for score in self.project.scores.values():
+            spec = self.specs[f"score_{score.name}"]
+            inputs = input_tables(self.project, score, self.specs)
+            if not wanted or score.name in wanted:
+                out |= {spec.name, *inputs}
+            elif inputs & names and all(
+                    n in names or self.specs[n].path(self.project).exists() for n in inputs):
+                out.add(spec.name)
+        return out
 
     def _input_groups(self, spec: TableSpec) -> set[str]:
         groups: set[str] = set()
@@ -165,6 +183,8 @@ class Computer:
                 started = time.perf_counter()
                 if spec.kind == "group":
                     result = self._compute_group(spec)
+                elif spec.kind == "score":
+                    result = self._compute_score(spec)
                 else:
                     result = self._compute_derived(spec)
                 result.seconds = time.perf_counter() - started
@@ -269,6 +289,29 @@ class Computer:
         try:
             _write_table(con, f"SELECT * FROM ({query.sql('duckdb')})", out,
                          f'"{entity_key}", event_timestamp')
+        except Exception as exc:
+            raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
+                            ) from None
+        if self.progress:
+            self.progress(spec.name, 1, 1)
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
+                           ).fetchone()[0]
+        return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+
+    # -- scores -----------------------------------------------------------------------
+    def _compute_score(self, spec: TableSpec) -> TableResult:
+        from .scores import input_paths, score_query
+
+        score = self.project.scores[spec.features[0]]
+        out = spec.path(self.project)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if self.progress:
+            self.progress(spec.name, 0, 1)
+        query = score_query(self.project, score, self.specs)
+        con = connect([out.parent, *input_paths(self.project, score, self.specs)])
+        key = self.project.entities[score.entity].join_key
+        try:
+            _write_table(con, query, out, f'"{key}", event_timestamp')
         except Exception as exc:
             raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
                             ) from None

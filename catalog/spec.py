@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -173,6 +174,16 @@ class ScoreComponent(Spec):
     bounds: tuple[float, float] | None = None
     segment_by: Name | None = None
 
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ScoreComponent:
+        if self.bounds is not None:
+            low, high = self.bounds
+            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+                raise FieldError("bounds", f"bounds [{low}, {high}] must be finite with lo < hi")
+            if self.transform == "log1p" and low <= -1:
+                raise FieldError("bounds", "with transform log1p, bounds must be above -1")
+        return self
+
 
 class Score(Spec):
     name: Name
@@ -198,6 +209,11 @@ class Score(Spec):
                 raise ValueError("bands must tile 0..100 without gaps or overlaps")
         if spans and (spans[0][0] != 0 or spans[-1][1] != 100):
             raise ValueError("bands must start at 0 and end at 100")
+        for component in self.components:
+            if component.bounds is not None and (component.normalize or self.normalize) != (
+                    "minmax"):
+                raise ValueError(f"component {component.metric}: bounds go with normalize: "
+                                 "minmax (a percentile rank needs no bounds)")
         return self
 
 

@@ -71,6 +71,20 @@ def _owner_of(project: Project, spec: TableSpec) -> str:
     return owners[0] if owners else ""
 
 
+def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
+    """A score view also serves its band and each component's contribution."""
+    from feast import Field, types
+
+    from catalog.scores import served_columns
+
+    score = project.scores[spec.features[0]]
+    return [Field(name=column, dtype=types.String if kind == "string" else types.Float64,
+                  description=f"{'Band' if kind == 'string' else 'Contribution'} of score "
+                              f"{score.name} (docs/scores.md)",
+                  tags=_tags(owner=score.owner, tally_score=score.name))
+            for column, kind in served_columns(score)[1:]]
+
+
 def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
     """Every Feast object of the project, by Python name (for a definitions module)."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
@@ -115,6 +129,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
                            version=getattr(fspec, "version", None),
                            tally_tags=getattr(fspec, "tags", None)),
             ))
+        if spec.kind == "score":
+            fields += _score_fields(project, spec)
         ttl = spec.ttl(project)
         views[spec.name] = FeatureView(
             name=spec.name, entities=[entities[spec.entity]], ttl=ttl or timedelta(0),
