@@ -162,6 +162,13 @@ def _check_score(c: _Checker, d: Definition) -> None:
         if c.project.metrics[component.metric].type == "column":
             c.add(d, field, f"{component.metric!r} is a column metric without snapshots; a "
                   "score component needs an aggregate or derived metric")
+        if component.segment_by is not None:
+            seg_field = ("components", index, "segment_by")
+            if c.expect_kind(d, seg_field, component.segment_by, ("metric",)):
+                seg_entity = c.project.entity_of(component.segment_by)
+                if seg_entity is not None and seg_entity != score.entity:
+                    c.add(d, seg_field, f"segment_by {component.segment_by!r} is about "
+                          f"{seg_entity}, but the score is about {score.entity}")
 
 
 def _check_derived_cycles(c: _Checker) -> None:
