@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -20,6 +22,13 @@ from sqlglot.tokens import Tokenizer, TokenType
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 MAX_DEPTH = 48
+MAX_LENGTH = 4000
+# Names DuckDB evaluates as built-in values when no column of that name exists (even quoted):
+# `user`, `current_schema`, ... A definition may use one only as a column its source declares.
+BUILTIN_VALUES = frozenset({
+    "current_date", "current_time", "current_timestamp", "localtime", "localtimestamp",
+    "current_user", "session_user", "user", "current_role", "current_catalog", "current_schema",
+})
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 _STRUCTURE: tuple[type[exp.Expression], ...] = (
@@ -62,6 +71,12 @@ class CheckedExpression:
     tree: exp.Expression
     columns: frozenset[str]
 
+    @property
+    def duckdb_sql(self) -> str:
+        """The checked tree rendered for DuckDB: run this, never the raw text, so a
+        difference between sqlglot's parser and DuckDB's cannot smuggle anything through."""
+        return "*" if isinstance(self.tree, exp.Star) else self.tree.sql(dialect="duckdb")
+
 
 def _construct_name(node: exp.Expression) -> str:
     if isinstance(node, _STATEMENTS):
@@ -94,19 +109,47 @@ def _depth(node: exp.Expression, limit: int) -> int:
     return deepest
 
 
+def _check_characters(text: str, tokens: list[Any]) -> None:
+    """Outside string literals only printable ASCII and plain white space may appear, so a
+    look-alike (U+037E for `;`, U+00A0 for a space, Cyrillic letters) cannot hide a construct."""
+    inside = bytearray(len(text))
+    for token in tokens:
+        if token.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING):
+            inside[token.start: token.end + 1] = b"\x01" * (token.end + 1 - token.start)
+    for index, char in enumerate(text):
+        if inside[index] or char in "\t\n\r" or " " <= char <= "~":
+            continue
+        label = unicodedata.name(char, "a control character")
+        raise ExpressionRefused(
+            f"character U+{ord(char):04X} ({label}) at position {index + 1} is not allowed "
+            "outside a string literal; write names and operators in plain ASCII"
+        )
+
+
 def check_expression(text: str, *, allow_star: bool = False) -> CheckedExpression:
     """Parse `text` and return its tree and columns, or raise ExpressionRefused."""
     if not text.strip():
         raise ExpressionRefused("the expression is empty")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionRefused(f"the expression is {len(text)} characters long; the limit is "
+                                f"{MAX_LENGTH}, split it into several metrics")
     try:
         tokens = Tokenizer().tokenize(text)
     except (TokenError, ValueError) as exc:
         raise ExpressionRefused(f"not valid SQL: {exc}") from None
+    _check_characters(text, tokens)
+    depth = 0
     for token in tokens:
         if token.token_type == TokenType.SEMICOLON:
             raise ExpressionRefused("`;` is not allowed: an expression is one scalar SQL term")
         if token.comments:
             raise ExpressionRefused("SQL comments are not allowed in expressions")
+        if token.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE):
+            depth += 1
+            if depth > MAX_DEPTH:  # refuse before the recursive parser sees it
+                raise ExpressionRefused(f"nested deeper than {MAX_DEPTH} levels")
+        elif token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE):
+            depth -= 1
     if allow_star and text.strip() == "*":
         return CheckedExpression(text, exp.Star(), frozenset())
     try:
@@ -125,8 +168,12 @@ def check_expression(text: str, *, allow_star: bool = False) -> CheckedExpressio
     for node in tree.walk():
         if not isinstance(node, _ALLOWED):
             raise ExpressionRefused(f"{_construct_name(node)} is not allowed in an expression")
-        if isinstance(node, exp.DataType) and node.this not in _ALLOWED_TYPES:
-            raise ExpressionRefused(f"cast to {node.sql()} is not allowed")
+        if isinstance(node, exp.DataType) and (
+            node.this not in _ALLOWED_TYPES or any(True for _ in node.iter_expressions())
+        ):
+            raise ExpressionRefused(f"cast to {node.sql()} is not allowed; cast to one of "
+                                    "int, bigint, double, decimal, varchar, boolean, date, "
+                                    "timestamp without parameters")
         if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
             raise ExpressionRefused("a subquery is not allowed in an expression")
         if isinstance(node, exp.Var) and not isinstance(node.parent, _SCALAR_FUNCTIONS):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import glob
+import os
+from itertools import islice
+from pathlib import Path, PurePosixPath
 
+from .config import CONFIG_FILE, read_config
 from .errors import Issue
 from .project import Definition, Project
 from .spec import Metric, Model, Score, Source
-from .sqlcheck import ExpressionRefused, check_expression
+from .sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
 from .yamlio import LoadedYaml
+
+GLOB_CHARS = "*?["
+MAX_GLOB_MATCHES_CHECKED = 1000
 
 
 class _Checker:
@@ -16,6 +23,10 @@ class _Checker:
         self.project = project
         self.files = files
         self.issues: list[Issue] = []
+        config = read_config(project.root)
+        self.issues.extend(config.issues)
+        self.root_real = Path(os.path.realpath(project.root))
+        self.allowed_dirs = (self.root_real, *config.allowed_dirs)
 
     def add(self, definition: Definition, field: tuple[str | int, ...], message: str) -> None:
         self.issues.append(definition.issue(field, message, self.files[definition.file]))
@@ -63,10 +74,9 @@ def cross_check(project: Project, definitions: list[Definition],
 def _check_source(c: _Checker, d: Definition) -> None:
     source: Source = d.spec
     c.expect_kind(d, ("entity",), source.entity, ("entity",))
-    path = PurePosixPath(source.path.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or source.path.startswith("~"):
-        c.add(d, ("path",), f"{source.path!r} leaves the project; give a path relative to "
-              "the project root without `..`")
+    problem = _path_problem(c, source.path)
+    if problem:
+        c.add(d, ("path",), problem)
     elif source.file_format == "csv" and not source.path.lower().endswith(".csv") and (
         source.format is None
     ):
@@ -95,6 +105,52 @@ def _check_source(c: _Checker, d: Definition) -> None:
                   "the contract's columns")
 
 
+def _within(path: Path, folders: tuple[Path, ...]) -> bool:
+    return any(path == folder or path.is_relative_to(folder) for folder in folders)
+
+
+def _path_problem(c: _Checker, raw: str) -> str | None:
+    """Why the source path `raw` may not be read, or None.
+
+    The path must stay inside the project root or a folder tally.yaml allows, both as
+    written and once symlinks are resolved: for the file itself when it exists, for the
+    base folder of a glob and for (the first thousand of) its matches.
+    """
+    fix = ("give a path relative to the project root without `..`, or allow the folder in "
+           f"{CONFIG_FILE} (allowed_data_dirs)")
+    if any(ord(ch) < 32 for ch in raw):
+        return f"{raw!r} has a control character; write a plain path"
+    if raw.startswith("~"):
+        return f"{raw!r} leaves the project: `~` is not expanded; {fix}"
+    pure = PurePosixPath(raw.replace("\\", "/"))
+    written = Path(os.path.normpath(pure if pure.is_absolute() else c.project.root / pure))
+    roots = (c.project.root, *c.allowed_dirs)
+    if not _within(written, roots) or (".." in pure.parts and len(c.allowed_dirs) == 1):
+        return f"{raw!r} leaves the project; {fix}"
+    parts = pure.parts
+    base_parts = []
+    for part in parts:
+        if any(ch in part for ch in GLOB_CHARS):
+            break
+        base_parts.append(part)
+    is_glob = len(base_parts) < len(parts)
+    base = PurePosixPath(*base_parts) if base_parts else PurePosixPath(".")
+    base_path = base if base.is_absolute() else c.project.root / base
+    real = Path(os.path.realpath(base_path))
+    if not _within(real, c.allowed_dirs):
+        what = "the folder of the glob" if is_glob else "the file"
+        return (f"{raw!r} leaves the project: {what} resolves through a symlink to {real}; "
+                f"{fix}")
+    if is_glob:
+        pattern = str(pure if pure.is_absolute() else c.project.root / pure)
+        for match in islice(glob.iglob(pattern, recursive=True), MAX_GLOB_MATCHES_CHECKED):
+            target = Path(os.path.realpath(match))
+            if not _within(target, c.allowed_dirs):
+                return (f"{raw!r} leaves the project: {match} resolves through a symlink to "
+                        f"{target}; {fix}")
+    return None
+
+
 def _check_sql(c: _Checker, d: Definition, field: str, text: str, allow_star: bool,
                known: set[str] | None, what: str) -> set[str]:
     try:
@@ -102,6 +158,12 @@ def _check_sql(c: _Checker, d: Definition, field: str, text: str, allow_star: bo
     except ExpressionRefused as exc:
         c.add(d, (field,), f"{exc}: {text!r}")
         return set()
+    builtins = sorted((checked.columns & BUILTIN_VALUES) - (known or set()))
+    if builtins:
+        c.add(d, (field,), f"{', '.join(map(repr, builtins))}: DuckDB reads this as a built-in "
+              "value, not a column; declare it in the source's contract columns if the source "
+              f"really has such a column: {text!r}")
+        return set(checked.columns)
     if known is not None:
         unknown = sorted(checked.columns - known)
         if unknown:
