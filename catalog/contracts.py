@@ -10,17 +10,19 @@ import glob as globmod
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .durations import parse_duration
 from .errors import LookupFailedError, TallyError
 from .fsutil import atomic_write_text, project_lock
 from .project import Project
-from .spec import Metric, Source
-from .tables import CONTRACT_RESULTS_FILE, read_state, table_of
+from .spec import Source
+from .tables import CONTRACT_RESULTS_FILE, read_state
+
+if TYPE_CHECKING:
+    from .expectations import MetricReport
 
 EXAMPLES = 5
 
@@ -53,9 +55,7 @@ class ContractViolationError(TallyError):
 
 @dataclass
 class RuleResult:
-    rule: str  # readable | parse | missing_column | extra_column | column_type | not_null |
-    #            min | max | values | unique | freshness | expect_min | expect_max |
-    #            expect_max_null_fraction
+    rule: str  # see docs/contracts.md for the list
     column: str | None
     ok: bool
     offending_rows: int = 0
@@ -63,9 +63,7 @@ class RuleResult:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "column": self.column, "ok": self.ok,
-                "offending_rows": self.offending_rows, "examples": self.examples,
-                "message": self.message}
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -90,28 +88,10 @@ class SourceReport:
 
 
 @dataclass
-class MetricReport:
-    metric: str
-    owner: str
-    table: str
-    skipped: str | None = None  # why nothing was checked (table not computed yet)
-    results: list[RuleResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "owner": self.owner, "table": self.table,
-                "ok": self.ok, "skipped": self.skipped,
-                "rules": [r.to_dict() for r in self.results]}
-
-
-@dataclass
 class ContractReport:
     as_of: datetime
     sources: list[SourceReport] = field(default_factory=list)
-    metrics: list[MetricReport] = field(default_factory=list)
+    metrics: list[MetricReport] = field(default_factory=list)  # metric expectations
     allowed_violation: bool = False
 
     @property
@@ -166,7 +146,7 @@ def scan_sql(path: str, file_format: str) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return _iso(value)
     if isinstance(value, date | time):
         return value.isoformat()
@@ -186,7 +166,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
@@ -200,7 +180,7 @@ def _base_type(duck_type: str) -> str:
 def parse_as_of(value: str | datetime | None) -> datetime:
     """A moment for freshness; naive times are UTC; None is now."""
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -208,8 +188,8 @@ def parse_as_of(value: str | datetime | None) -> datetime:
             raise TallyError(f"--as-of {value!r} is not a timestamp; write e.g. 2026-01-01 or "
                              "2026-01-01T12:00:00Z") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 # -- one source ----------------------------------------------------------------------------
@@ -221,6 +201,7 @@ class _Rule:
     where_sql: str | None  # the predicate selecting offending rows, for examples
     order_sql: str | None = None
     all_rows: bool = False  # every row offends when the rule fails
+    recount_sql: str | None = None  # an exact recount, run only when count_sql finds some
 
 
 def _resolve_files(project: Project, source: Source) -> tuple[str, list[str]]:
@@ -253,48 +234,45 @@ def check_source(project: Project, source: Source, as_of: datetime) -> SourceRep
     return report
 
 
-def _check_with(con: Any, source: Source, path: str, as_of: datetime,
-                report: SourceReport) -> None:
-    scan = scan_sql(path, source.file_format)
-    found = {row[0]: _base_type(row[1])
-             for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]:
+    """Every rule of the contract, given the columns (name -> DuckDB type) the data has."""
     contract = source.contract
     rules: list[_Rule] = []
     declared = contract.columns if contract else {}
-    for name, rule in declared.items():
-        cast_to, accepted = TYPES[rule.type]
+    for name, spec in declared.items():
+        cast_to, accepted = TYPES[spec.type]
         col = ident(name)
         if name not in found:
             rules.append(_Rule(RuleResult("missing_column", name, False, message=(
-                f"column {name} ({rule.type}) is missing from the data")), None, None,
+                f"column {name} ({spec.type}) is missing from the data")), None, None,
                 all_rows=True))
             continue
         typed = f"TRY_CAST({col} AS {cast_to})"
         if found[name] not in accepted:
             bad = f"{col} IS NOT NULL AND {typed} IS NULL"
             rules.append(_Rule(RuleResult("column_type", name, False, message=(
-                f"column {name} is {found[name]}, the contract says {rule.type}")),
+                f"column {name} is {found[name]}, the contract says {spec.type}")),
                 f"count(*) FILTER (WHERE {bad})", bad, all_rows=True))
         else:
             rules.append(_Rule(RuleResult("column_type", name, True), None, None))
-        if not rule.nullable:
+        if not spec.nullable:
             cond = f"{col} IS NULL"
             rules.append(_Rule(RuleResult("not_null", name, True),
                                f"count(*) FILTER (WHERE {cond})", cond))
         for bound, op in (("min", "<"), ("max", ">")):
-            limit = getattr(rule, bound)
+            limit = getattr(spec, bound)
             if limit is None:
                 continue
-            if rule.type not in NUMERIC:
+            if spec.type not in NUMERIC:
                 rules.append(_Rule(RuleResult(bound, name, False, message=(
-                    f"{bound} applies to numeric columns; {name} is declared {rule.type}")),
+                    f"{bound} applies to numeric columns; {name} is declared {spec.type}")),
                     None, None))
                 continue
             cond = f"{typed} {op} {literal(limit)}"
             rules.append(_Rule(RuleResult(bound, name, True),
                                f"count(*) FILTER (WHERE {cond})", cond))
-        if rule.values is not None:
-            as_type = [_value_as(v, rule.type) for v in rule.values]
+        if spec.values is not None:
+            as_type = [_value_as(v, spec.type) for v in spec.values]
             allowed = ", ".join(literal(v) for v in as_type) or "NULL"
             cond = f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"
             rules.append(_Rule(RuleResult("values", name, True),
@@ -318,14 +296,27 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
             # rows with a null in the key are left to not_null, as SQL's UNIQUE does
             whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in contract.unique)
             others = [ident(c) for c in found if c not in contract.unique]
+            # counted on a 64-bit hash of the key (cheaper than the key itself); a hash
+            # collision can only over-count, and a failure is recounted exactly below
             rules.append(_Rule(
                 RuleResult("unique", label, True),
-                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT row({key})) "
+                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT hash({key})) "
                 f"FILTER (WHERE {whole})",
                 f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
-                order_sql=", ".join([key, *others])))
+                order_sql=", ".join([key, *others]),
+                recount_sql=f"count(*) - count(DISTINCT row({key})) FILTER (WHERE {whole}) "
+                            f"- count(*) FILTER (WHERE NOT ({whole}))"))
     if contract and contract.freshness:
         rules.extend(_freshness_rule(source, found, as_of))
+    return rules
+
+
+def _check_with(con: Any, source: Source, path: str, as_of: datetime,
+                report: SourceReport) -> None:
+    scan = scan_sql(path, source.file_format)
+    found = {row[0]: _base_type(row[1])
+             for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    rules = _plan(source, found, as_of)
     counted = [r for r in rules if r.count_sql]
     selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
     fresh = next((r for r in rules if r.result.rule == "freshness"), None)
@@ -335,6 +326,9 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
     report.rows = int(row[0])
     for rule, count in zip(counted, row[1:1 + len(counted)], strict=True):
         rule.result.offending_rows = int(count or 0)
+        if count and rule.recount_sql:
+            recount = con.sql(f"SELECT {rule.recount_sql} FROM {scan}").fetchall()[0][0]
+            rule.result.offending_rows = int(recount or 0)
         if rule.result.rule != "column_type":
             rule.result.ok = rule.result.offending_rows == 0
     if source.file_format == "csv":
@@ -391,9 +385,9 @@ def _judge_freshness(rule: _Rule, newest: Any, source: Source, as_of: datetime,
     limit = parse_duration(source.contract.freshness)
     result = rule.result
     if isinstance(newest, datetime) and newest.tzinfo is None:
-        newest = newest.replace(tzinfo=timezone.utc)
+        newest = newest.replace(tzinfo=UTC)
     elif isinstance(newest, date) and not isinstance(newest, datetime):
-        newest = datetime.combine(newest, time(), timezone.utc)
+        newest = datetime.combine(newest, time(), UTC)
     if not isinstance(newest, datetime):
         result.ok = False
         result.offending_rows = rows
@@ -445,83 +439,6 @@ def _failure_message(source: Source, result: RuleResult) -> str:
     return f"{result.offending_rows} rows with {what}"
 
 
-# -- metric expectations on computed tables -------------------------------------------------
-
-def check_expectations(project: Project, metric_names: Iterable[str] | None = None
-                       ) -> list[MetricReport]:
-    """Check each metric's `expect` on its computed table; skipped when not computed yet."""
-    import duckdb
-
-    names = sorted(metric_names) if metric_names is not None else sorted(project.metrics)
-    reports: list[MetricReport] = []
-    for name in names:
-        metric = project.metrics.get(name)
-        if metric is None or metric.expect is None:
-            continue
-        table = table_of(project, name)
-        if table is None:
-            continue
-        report = MetricReport(name, metric.owner, table.name)
-        reports.append(report)
-        path = table.path(project)
-        if not path.is_file():
-            report.skipped = f"{path.relative_to(project.root)} not computed yet"
-            continue
-        column = _metric_column(metric, table.kind)
-        con = connect()
-        try:
-            _expect_with(con, metric, column, path, report)
-        except duckdb.Error as exc:
-            report.results.append(RuleResult("readable", None, False, message=(
-                f"{path.relative_to(project.root)}: {str(exc).strip().splitlines()[0]}")))
-        finally:
-            con.close()
-    return reports
-
-
-def _metric_column(metric: Metric, kind: str) -> str:
-    return metric.expression.strip() if kind == "column" else metric.name
-
-
-def _expect_with(con: Any, metric: Metric, column: str, path: Path,
-                 report: MetricReport) -> None:
-    assert metric.expect is not None
-    scan = f"read_parquet({literal(str(path))})"
-    found = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-    if column not in found:
-        report.results.append(RuleResult("missing_column", column, False, message=(
-            f"column {column} is missing from {report.table}; recompute the table")))
-        return
-    value = f"TRY_CAST({ident(column)} AS DOUBLE)"
-    checks: list[tuple[str, str]] = []
-    if metric.expect.min is not None:
-        checks.append(("expect_min", f"{value} < {literal(metric.expect.min)}"))
-    if metric.expect.max is not None:
-        checks.append(("expect_max", f"{value} > {literal(metric.expect.max)}"))
-    if metric.expect.max_null_fraction is not None:
-        checks.append(("expect_max_null_fraction", f"{ident(column)} IS NULL"))
-    selects = ["count(*)", *(f"count(*) FILTER (WHERE {cond})" for _, cond in checks)]
-    row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
-    total = int(row[0])
-    for (rule, cond), count in zip(checks, row[1:], strict=True):
-        count = int(count or 0)
-        if rule == "expect_max_null_fraction":
-            fraction = count / total if total else 0.0
-            limit = metric.expect.max_null_fraction or 0.0
-            ok = fraction <= limit
-            message = f"null fraction {fraction:.4f} (limit {limit})"
-        else:
-            ok = count == 0
-            bound = metric.expect.min if rule == "expect_min" else metric.expect.max
-            message = "" if ok else (f"{count} rows {'below' if rule == 'expect_min' else 'above'}"
-                                     f" {bound}")
-        result = RuleResult(rule, column, ok, 0 if ok and rule != "expect_max_null_fraction"
-                            else count, [], message)
-        if not ok:
-            result.examples = _rows(con, f"SELECT * FROM {scan} WHERE {cond} LIMIT {EXAMPLES}")
-        report.results.append(result)
-
-
 # -- running, recording, gating -------------------------------------------------------------
 
 def _sources(project: Project, names: Iterable[str] | None) -> list[Source]:
@@ -548,6 +465,8 @@ def check(project: Project, source_names: Iterable[str] | None = None, *,
         chosen = {s.name for s in sources}
         metrics = [n for n, m in project.metrics.items()
                    if source_names is None or m.source in chosen]
+        from .expectations import check_expectations
+
         report.metrics = check_expectations(project, metrics)
     if record:
         record_results(project, report, on_wait=on_wait)
@@ -556,7 +475,7 @@ def check(project: Project, source_names: Iterable[str] | None = None, *,
 
 def record_results(project: Project, report: ContractReport, *, on_wait: Any = None) -> None:
     """Merge each source's result into .tally/contracts.json, atomically, under the lock."""
-    checked_at = _iso(datetime.now(timezone.utc))
+    checked_at = _iso(datetime.now(UTC))
     with project_lock(project.root, on_wait=on_wait):
         state = read_state(project, CONTRACT_RESULTS_FILE)
         for source in report.sources:

@@ -202,7 +202,7 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
     if obj is None:
         raise OdcsError(f"no schema object named {name!r} in the contract")
     custom = _customs(obj.customProperties)
-    server = (doc.servers or [None])[0]
+    server = doc.servers[0] if doc.servers else None
     source: dict[str, Any] = {
         "name": _name(name or obj.name or doc.name or doc.id),
         "description": (doc.description.purpose if doc.description and doc.description.purpose
