@@ -371,3 +371,109 @@ def test_register_handles_unusual_file_names(example_project: Path, tmp_path: Pa
     result = invoke(["--project", str(example_project), "register", "--", str(good)], capsys)
     assert result.code == 0, result.stderr
     assert (example_project / "metrics" / file_name).read_text() == good.read_text()
+
+
+# -- the hardened DuckDB connection ----------------------------------------------------------
+
+@pytest.fixture
+def duck_files(tmp_path: Path) -> dict[str, Path]:
+    import duckdb
+
+    root = tmp_path / "proj"
+    (root / "data" / "tables").mkdir(parents=True)
+    (root / "data" / "events").mkdir()
+    (tmp_path / "outside").mkdir()
+    files = {"source": root / "data" / "src.parquet",
+             "sibling": root / "data" / "other.parquet",
+             "part": root / "data" / "events" / "part-0.parquet",
+             "secret": tmp_path / "outside" / "secret.parquet",
+             "tables": root / "data" / "tables", "root": root, "outside": tmp_path / "outside"}
+    plain = duckdb.connect()
+    for key in ("source", "sibling", "part", "secret"):
+        plain.execute(f"COPY (SELECT 42 AS answer) TO '{files[key]}' (FORMAT parquet)")
+    plain.close()
+    (files["tables"] / "escape").symlink_to(files["outside"], target_is_directory=True)
+    return files
+
+
+def _fails(con: object, sql: str, fragment: str = "") -> str:
+    import duckdb
+
+    with pytest.raises(duckdb.Error) as refused:
+        con.execute(sql).fetchall()  # type: ignore[attr-defined]
+    assert fragment in str(refused.value), str(refused.value)
+    return str(refused.value)
+
+
+def test_duck_connection_reads_and_writes_only_what_it_is_given(
+        duck_files: dict[str, Path]) -> None:
+    import pandas as pd
+
+    from catalog.duck import connect
+
+    f = duck_files
+    con = connect([f["source"], f["root"] / "data" / "events" / "*.parquet", f["tables"]])
+    assert con.execute(f"SELECT answer FROM read_parquet('{f['source']}')").fetchall() == [(42,)]
+    assert con.execute(f"SELECT answer FROM '{f['part'].parent}/*.parquet'").fetchall() == [
+        (42,)]
+    out = f["tables"] / "t.parquet"
+    con.execute(f"COPY (SELECT 1 AS x) TO '{out}' (FORMAT parquet)")
+    assert con.execute(f"SELECT x FROM read_parquet('{out}')").fetchall() == [(1,)]
+    denied = "disabled by configuration"
+    _fails(con, f"SELECT * FROM read_parquet('{f['secret']}')", denied)
+    _fails(con, f"SELECT * FROM read_parquet('{f['sibling']}')", denied)
+    _fails(con, f"SELECT * FROM read_parquet('{f['tables']}/../other.parquet')", denied)
+    _fails(con, f"SELECT * FROM read_parquet('{f['tables']}/escape/secret.parquet')", denied)
+    _fails(con, f"COPY (SELECT 1) TO '{f['outside']}/x.parquet' (FORMAT parquet)", denied)
+    _fails(con, f"COPY (SELECT 1) TO '{f['tables']}/../x.parquet' (FORMAT parquet)", denied)
+    _fails(con, f"COPY (SELECT 1) TO '{f['tables']}/escape/x.parquet' (FORMAT parquet)",
+           denied)
+    assert not (f["outside"] / "x.parquet").exists()
+    _fails(con, "SELECT * FROM read_csv('/etc/passwd')", denied)
+    _fails(con, "SELECT * FROM read_text('/etc/hostname')")
+    _fails(con, "SELECT * FROM glob('/etc/*')", denied)
+    _fails(con, f"ATTACH '{f['outside']}/x.db'", denied)
+    _fails(con, "SELECT * FROM read_parquet('https://example.com/x.parquet')")
+    _fails(con, "INSTALL httpfs")
+    _fails(con, "LOAD httpfs")
+    # the configuration is locked: SQL cannot undo the hardening
+    for setting in ("SET enable_external_access = true", "SET allowed_directories = ['/']",
+                    "SET allowed_paths = ['/etc/passwd']", "SET lock_configuration = false",
+                    "SET autoload_known_extensions = true"):
+        _fails(con, setting, "locked")
+    settings = dict(con.execute(
+        "SELECT name, value FROM duckdb_settings() WHERE name IN ('autoinstall_known_extensions',"
+        " 'autoload_known_extensions', 'enable_external_access', 'lock_configuration')"
+    ).fetchall())
+    assert settings == {"autoinstall_known_extensions": "false",
+                        "autoload_known_extensions": "false",
+                        "enable_external_access": "false", "lock_configuration": "true"}
+    # Python objects go in by explicit registration only
+    con.register("entity_rows", pd.DataFrame({"account_id": [1, 2]}))
+    assert con.execute("SELECT count(*) FROM entity_rows").fetchone() == (2,)
+    con.close()
+
+
+def test_duck_connection_refuses_the_whole_file_system(tmp_path: Path) -> None:
+    from catalog.duck import connect
+    from catalog.errors import TallyError
+
+    with pytest.raises(TallyError, match="whole file system"):
+        connect([Path("/")])
+    with pytest.raises(TallyError, match="whole file system"):
+        connect([Path("/*.parquet")])
+
+
+def test_allowed_paths_for_a_project(example_project: Path) -> None:
+    from catalog.duck import allowed_paths_for, connect
+    from catalog.project import load_project
+
+    project = load_project(example_project)
+    paths = allowed_paths_for(project)
+    assert example_project / "data" / "tables" in paths
+    assert example_project / "data" / "crm_logins.parquet" in paths
+    con = connect(paths, temp_directory=example_project / ".tally" / "duckdb_tmp")
+    dirs = con.execute("SELECT current_setting('allowed_directories')").fetchone()[0]
+    assert f"{example_project}/data/tables/" in dirs
+    assert not any(d in ("/", f"{example_project}/") for d in dirs)
+    con.close()
