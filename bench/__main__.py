@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent))
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
                    if m.name not in {"common", "__main__"})
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=names)
