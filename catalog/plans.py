@@ -22,6 +22,7 @@ from .spec import Metric, Source
 from .sqlcheck import check_expression
 
 US = 1_000_000
+ROUND_DIGITS = 9
 
 # engine-specific scalar functions, by dialect
 _EPOCH_US = {"duckdb": "epoch_us", "spark": "unix_micros"}
@@ -217,6 +218,9 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
             start=exp.func("greatest", first_k, num(low)),
             end=exp.func("least", last_k, num(high)), step=num(g))), "__pos"),
     ).from_("spans")
+    if dialect == "spark":  # Spark's sequence() fails on an empty range; DuckDB's is empty
+        grid = grid.where(exp.LTE(this=exp.func("greatest", first_k.copy(), num(low)),
+                                  expression=exp.func("least", last_k.copy(), num(high))))
 
     # everything on one axis: grid rows, bucket partials, distinct-count deltas
     partial_names = [a.alias for a in partials]
@@ -287,7 +291,10 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
         if agg in ("count", "count_distinct"):
             value = exp.Cast(this=value, to=exp.DataType.build("BIGINT"))
         elif agg in ("sum", "avg"):
-            value = exp.Cast(this=value, to=exp.DataType.build("DOUBLE"))
+            # window sums add in an order the engine chooses; rounding far below any
+            # business precision makes reruns and incremental runs bit-identical
+            value = exp.func("round", exp.Cast(this=value, to=exp.DataType.build("DOUBLE")),
+                             num(ROUND_DIGITS))
         outputs.append(alias(value, metric.name))
     windowed = exp.select(col("__is_grid"), *outputs).from_("u")
     final = (exp.select(*[col(a.alias) for a in outputs]).from_("w")
@@ -298,6 +305,53 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
                       ("u", union), ("w", windowed)]:
         query = query.with_(name, as_=sub)
     return query.order_by(col(entity.join_key), col("event_timestamp"))
+
+
+def table_relation(path: str, dialect: str) -> exp.Expression:
+    """The FROM item reading a computed (parquet) table."""
+    if dialect == "spark":
+        return exp.Table(this=exp.Identifier(this=path, quoted=True),
+                         db=exp.to_identifier("parquet"))
+    return exp.Table(this=exp.Anonymous(this="read_parquet",
+                                        expressions=[exp.Literal.string(path)]))
+
+
+def _rename_table(tree: exp.Expression, old: str, new: str) -> exp.Expression:
+    """Re-point column references `old`.x at `new`.x."""
+    return tree.transform(lambda node: col(node.name, new) if isinstance(node, exp.Column)
+                          and node.table == old else node)
+
+
+def _asof_window(base: str, latest: str, entity_key: str) -> exp.Select:
+    """Spark has no ASOF join: for each (entity, snapshot) of `base`, the newest row of
+    `latest` (__k, __ts, __v) strictly before the snapshot, as one window over the union of
+    both on a time axis. At equal times snapshot rows sort first, so a source row at the
+    snapshot itself stays unseen (`<`, as the DuckDB ASOF join). The row is carried as a
+    struct, so a null __v in the newest row stays null rather than falling back to an
+    older value. Result columns: entity_key, event_timestamp, __ts, __v."""
+    keys = exp.select(alias(col(entity_key), "__k"), alias(col("event_timestamp"), "__t"),
+                      alias(num(0), "__o"), alias(exp.Null(), "__r")).distinct().from_(
+        exp.to_identifier(base))
+    rows = exp.select(col("__k"), alias(col("__ts"), "__t"), alias(num(1), "__o"),
+                      alias(exp.func("named_struct", exp.Literal.string("ts"), col("__ts"),
+                                     exp.Literal.string("v"), col("__v")), "__r")
+                      ).from_(exp.to_identifier(latest))
+    both = keys.union(rows, distinct=False)
+    carried = exp.Window(
+        this=exp.IgnoreNulls(this=exp.LastValue(this=col("__r"))),
+        partition_by=[col("__k")],
+        order=exp.Order(expressions=[exp.Ordered(this=col("__t")),
+                                     exp.Ordered(this=col("__o"))]),
+        spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING",
+                            end="CURRENT ROW"))
+    marked = exp.select(col("__k"), col("__t"), col("__o"), alias(carried, "__m")).from_(
+        exp.Subquery(this=both, alias=exp.TableAlias(this=ident("__u"))))
+    return exp.select(
+        alias(col("__k"), entity_key), alias(col("__t"), "event_timestamp"),
+        alias(exp.Dot(this=col("__m"), expression=ident("ts")), "__ts"),
+        alias(exp.Dot(this=col("__m"), expression=ident("v")), "__v"),
+    ).from_(exp.Subquery(this=marked, alias=exp.TableAlias(this=ident("__s")))).where(
+        exp.EQ(this=col("__o"), expression=num(0)))
 
 
 @dataclass(frozen=True)
@@ -342,8 +396,7 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
                                       distinct=True)
     ctes: list[tuple[str, exp.Expression]] = []
     for table in groups:
-        ctes.append((table, exp.select("*").from_(exp.Table(this=exp.Anonymous(
-            this="read_parquet", expressions=[exp.Literal.string(group_paths[table])])))))
+        ctes.append((table, exp.select("*").from_(table_relation(group_paths[table], dialect))))
     ctes.append(("__keys", keys_query))
     base = exp.select(col(entity_key, "__keys"), col("event_timestamp", "__keys")).from_(
         "__keys")
@@ -362,6 +415,8 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
         column = metric.expression.strip()
         created = source.created_timestamp_field
         order = [exp.Ordered(this=col(created), desc=True)] if created else []
+        if dialect == "spark" and not order:  # Spark's row_number() needs an order
+            order = [exp.Ordered(this=col(source.timestamp_field))]
         latest = (exp.select(alias(col(project.entities[source.entity].join_key), "__k"),
                              alias(exp.Cast(this=col(source.timestamp_field),
                                             to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
@@ -384,12 +439,21 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
         joined = exp.select(exp.Column(this=exp.Star(), table=ident(current)), alias(
             exp.Case(ifs=[exp.If(this=valid, true=col("__v", f"__c{i}"))]),
             metric_name)).from_(exp.to_identifier(current))
-        joined = joined.join(
-            exp.to_identifier(f"__c{i}"),
-            on=exp.and_(exp.EQ(this=col(entity_key, current), expression=col("__k", f"__c{i}")),
-                        exp.LT(this=col("__ts", f"__c{i}"),
-                               expression=col("event_timestamp", current))),
-            join_type="asof left")
+        if dialect == "spark":
+            ctes.append((f"__a{i}", _asof_window(current, f"__c{i}", entity_key)))
+            joined = joined.join(exp.to_identifier(f"__a{i}"), on=exp.and_(
+                exp.EQ(this=col(entity_key, current), expression=col(entity_key, f"__a{i}")),
+                exp.EQ(this=col("event_timestamp", current),
+                       expression=col("event_timestamp", f"__a{i}"))), join_type="left")
+            joined = _rename_table(joined, f"__c{i}", f"__a{i}")
+        else:
+            joined = joined.join(
+                exp.to_identifier(f"__c{i}"),
+                on=exp.and_(exp.EQ(this=col(entity_key, current),
+                                   expression=col("__k", f"__c{i}")),
+                            exp.LT(this=col("__ts", f"__c{i}"),
+                                   expression=col("event_timestamp", current))),
+                join_type="asof left")
         current = f"__j{i}"
         ctes.append((current, joined))
     for depth, layer in enumerate(derived_layers(project, names)):

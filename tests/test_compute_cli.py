@@ -1,0 +1,88 @@
+"""`tally compute` from the command line: gating by contracts, JSON, incremental runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import REPO, invoke
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    from feature_repo.demo_data import generate
+
+    root = tmp_path / "p"
+    shutil.copytree(REPO / "metrics", root / "metrics")
+    generate(root / "data", accounts=40, seed=5)
+    return root
+
+
+def test_compute_json_then_incremental(small_project: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--project", str(small_project), "compute", "--as-of", "2026-01-01", "--json"]
+    first = invoke(args, capsys)
+    assert first.code == 0, first.stderr
+    rows = {r["table"]: r for r in json.loads(first.stdout)}
+    assert set(rows) == {"commerce_orders_1d", "crm_logins_1d", "marketing_sends_1d",
+                         "derived_account_1d", "score_net_adoption_score"}
+    assert all(r["mode"] == "full" for r in rows.values())
+    table = small_project / "data" / "tables" / "crm_logins_1d.parquet"
+    before = pq.read_table(table)
+    second = invoke(args, capsys)
+    assert {r["table"]: r["mode"] for r in json.loads(second.stdout)}["crm_logins_1d"] == (
+        "incremental")
+    assert pq.read_table(table).equals(before)
+    stats = json.loads((small_project / ".tally" / "tables.json").read_text())
+    assert stats["crm_logins_1d"]["rows"] == before.num_rows
+    assert stats["crm_logins_1d"]["newest_snapshot"].startswith("2026-01-01")
+
+
+def test_compute_one_metric_and_unknown_metric(small_project: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--project", str(small_project), "compute", "--as-of", "2026-01-01", "--json"]
+    one = invoke([*base, "--metric", "commerce_gmv_30d"], capsys)
+    assert [r["table"] for r in json.loads(one.stdout)] == ["commerce_orders_1d"]
+    unknown = invoke([*base, "--metric", "nope"], capsys)
+    assert unknown.code == 1 and "unknown metric 'nope'" in unknown.stderr
+    bad_date = invoke([*base, "--start", "yesterday"], capsys)
+    assert bad_date.code == 2 and "YYYY-MM-DD" in bad_date.stderr
+
+
+def test_compute_refuses_a_failing_contract_then_allows(small_project: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    import pyarrow as pa
+
+    orders = small_project / "data" / "commerce_orders.parquet"
+    table = pq.read_table(orders)
+    amounts = table["amount"].to_pylist()
+    amounts[0] = -5.0  # breaks `min: 0`
+    pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount",
+                                    pa.array(amounts)), orders)
+    args = ["--project", str(small_project), "compute", "--as-of", "2026-01-01"]
+    refused = invoke(args, capsys)
+    assert refused.code == 1
+    assert "commerce_orders" in refused.stderr and "commerce-platform@example.com" in (
+        refused.stderr)
+    assert "--allow-violations" in refused.stderr
+    assert not (small_project / "data" / "tables").exists()
+    allowed = invoke([*args, "--allow-violations"], capsys)
+    assert allowed.code == 0, allowed.stderr
+    assert (small_project / "data" / "tables" / "commerce_orders_1d.parquet").exists()
+    state = json.loads((small_project / ".tally" / "contracts.json").read_text())
+    assert state["commerce_orders"]["ok"] is False
+    assert state["commerce_orders"]["allowed_violation"] is True
+
+
+def test_compute_names_a_missing_source_file(small_project: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (small_project / "data" / "marketing_sends.parquet").unlink()
+    result = invoke(["--project", str(small_project), "compute", "--as-of", "2026-01-01"],
+                    capsys)
+    assert result.code == 1
+    assert "marketing_sends.parquet" in result.stderr and "Traceback" not in result.stderr
