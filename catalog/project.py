@@ -204,14 +204,14 @@ def _ttl_of(project: Project, name: str, seen: set[str]) -> timedelta | None:
     seen.add(name)
     score = project.scores.get(name)
     if score is not None:
-        ttls = [_ttl_of(project, c.metric, seen) for c in score.components]
+        ttls = [_ttl_of(project, c.metric, set(seen)) for c in score.components]
         return None if any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
     metric = project.metrics.get(name)
     if metric is None:
         return None
     if metric.type != "derived":
         return metric.own_ttl()
-    ttls = [_ttl_of(project, i, seen) for i in project.derived_inputs(metric)]
+    ttls = [_ttl_of(project, i, set(seen)) for i in project.derived_inputs(metric)]  # per path
     return None if not ttls or any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
 
 
