@@ -11,7 +11,7 @@ from pathlib import Path
 
 from catalog.authoring import init_project
 from catalog.errors import TallyError
-from catalog.project import load_project
+from catalog.project import Project, load_project
 
 MARKER = ".tally-demo"
 EXAMPLE = Path(__file__).resolve().parent.parent / "metrics"
@@ -38,6 +38,26 @@ def _fresh_folder(root: Path) -> None:
                              "new folder")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+
+
+def _score_notes(project: Project, report: DemoReport) -> str:
+    """Band counts and the biggest adoption-challenge groups of each score (newest snapshot)."""
+    from catalog.explain import segments
+
+    summaries = []
+    for name in sorted(n for n, s in project.scores.items() if s.bands):
+        result = segments(project, name)
+        bands = ", ".join(f"{band} {count:,}" for band, count in result.bands.items())
+        summaries.append(f"{name}: {bands}")
+        report.notes.append(f"{name} at {result.snapshot[:10]}: {bands}")
+        for group in result.groups[:3]:
+            examples = ", ".join(map(str, group.examples[:3]))
+            report.notes.append(f"  outside {result.healthy_band}, held back by "
+                                f"{group.challenge}: {group.count:,} (e.g. {examples})")
+        if result.groups:
+            report.notes.append(f"  try `tally -p {project.root} explain {name} --entity "
+                                f"{result.groups[0].examples[0]} --plot score.png`")
+    return "; ".join(summaries) or "no scores"
 
 
 def run_demo(root: Path, accounts: int = 3000,
@@ -109,6 +129,7 @@ def run_demo(root: Path, accounts: int = 3000,
         return f"{len(result):,} rows x {len(result.columns)} columns"
 
     step("training-frame", frame)
+    step("scores", lambda: _score_notes(project, report))
     report.notes += [
         f"project: {root} (definitions in metrics/, tables in data/tables/)",
         f"Feast repo: {root / 'feature_repo'} (try `feast -c {root / 'feature_repo'} "
