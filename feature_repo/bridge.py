@@ -102,7 +102,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
     for spec in table_specs(project):
         if spec.kind == "column" and spec.source:
             source = project.sources[spec.source]
-            mapping = {project.metrics[f].expression.strip(): f for f in spec.features}
+            mapping = {project.metrics[f].expression.strip(): f for f in spec.features
+                       if project.metrics[f].expression.strip() != f}  # Feast refuses x->x
             batch = FileSource(
                 name=f"{spec.name}_source", path=str(spec.path(project).resolve()),
                 timestamp_field=source.timestamp_field,
