@@ -31,7 +31,8 @@ def explain(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """A score's value, band and per-component contributions for one entity."""
-    from catalog.explain import explain as run, plot_explanation
+    from catalog.explain import explain as run
+    from catalog.explain import plot_explanation
 
     result = run(load_project(project_root()), score, entity, at)
     if plot is not None:

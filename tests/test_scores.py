@@ -239,22 +239,22 @@ def test_edge_cases_in_the_data(computed) -> None:
     assert len(missing) and (missing["s_zero__b_avg_contribution"] == 0).all()
 
 
-EDGE = f"""
+EDGE = """
 entities:
-  - {{name: shop, join_key: shop_id, description: A shop., owner: o@x.com}}
+  - {name: shop, join_key: shop_id, description: A shop., owner: o@x.com}
 sources:
-  - {{name: v, description: V., owner: p@x.com, path: data/v.parquet, entity: shop,
-     timestamp_field: ts}}
+  - {name: v, description: V., owner: p@x.com, path: data/v.parquet, entity: shop,
+     timestamp_field: ts}
 metrics:
-  - {{name: x_avg, description: d, owner: o@x.com, source: v, aggregation: avg, expression: x,
-     window: 1d}}
+  - {name: x_avg, description: d, owner: o@x.com, source: v, aggregation: avg, expression: x,
+     window: 1d}
 scores:
-  - {{name: edge_mm, entity: shop, description: d, owner: o@x.com, normalize: minmax,
-     components: [{{metric: x_avg, weight: 1}}],
-     bands: {{at_risk: [0, 30], watch: [30, 60], healthy: [60, 100]}}}}
-  - {{name: edge_pct, entity: shop, description: d, owner: o@x.com,
-     components: [{{metric: x_avg, weight: 0.7}}],
-     bands: {{at_risk: [0, 30], watch: [30, 60], healthy: [60, 100]}}}}
+  - {name: edge_mm, entity: shop, description: d, owner: o@x.com, normalize: minmax,
+     components: [{metric: x_avg, weight: 1}],
+     bands: {at_risk: [0, 30], watch: [30, 60], healthy: [60, 100]}}
+  - {name: edge_pct, entity: shop, description: d, owner: o@x.com,
+     components: [{metric: x_avg, weight: 0.7}],
+     bands: {at_risk: [0, 30], watch: [30, 60], healthy: [60, 100]}}
 """
 
 
