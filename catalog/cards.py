@@ -5,8 +5,6 @@ statistics. The search index stores these cards; `tally show` prints one."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from .lineage import FEATURE_VIEW, Lineage, build_lineage, node_id, split_id
@@ -169,8 +167,3 @@ def build_cards(project: Project) -> list[dict[str, Any]]:
              for d in project.definitions.values()]
     cards += [table_card(project, graph, spec, tables) for spec in graph.tables.values()]
     return cards
-
-
-def card_hash(card: dict[str, Any]) -> str:
-    text = json.dumps(card, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -34,7 +34,7 @@ from .fsutil import TEMP_PREFIX, atomic_write_text, project_lock
 if TYPE_CHECKING:
     from .project import Project
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -52,7 +52,6 @@ def build_schema() -> tantivy.Schema:
         builder.add_text_field(facet, tokenizer_name="raw", index_option="basic")
     builder.add_text_field("name_tokens", tokenizer_name="default", index_option="freq")
     builder.add_text_field("text", tokenizer_name="default", index_option="freq")
-    builder.add_text_field("stem", tokenizer_name="en_stem", index_option="freq")
     builder.add_bytes_field("hit", stored=True, indexed=False)
     builder.add_bytes_field("card", stored=True, indexed=False)
     return builder.build()
@@ -67,7 +66,7 @@ def hit_summary(card: dict[str, Any]) -> dict[str, Any]:
             "version": card.get("version"), "model_count": card.get("model_count", 0)}
 
 
-def card_document(card: dict[str, Any]) -> tantivy.Document:
+def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_text("id", card["id"])
     doc.add_text("name", card["name"])
@@ -87,10 +86,13 @@ def card_document(card: dict[str, Any]) -> tantivy.Document:
                       " ".join(card.get("columns") or []) if card["kind"] == "feature_view"
                       else ""])
     doc.add_text("text", words)
-    doc.add_text("stem", words)
     doc.add_bytes("hit", json.dumps(hit_summary(card), ensure_ascii=False).encode())
-    doc.add_bytes("card", json.dumps(card, ensure_ascii=False, default=str).encode())
+    doc.add_bytes("card", encoded if encoded is not None else encode_card(card))
     return doc
+
+
+def encode_card(card: dict[str, Any]) -> bytes:
+    return json.dumps(card, sort_keys=True, ensure_ascii=False, default=str).encode()
 
 
 # -- inputs and freshness -----------------------------------------------------------------
@@ -168,12 +170,14 @@ def is_fresh(opened: OpenIndex | None, inputs: dict[str, Any]) -> bool:
 
 # -- building ----------------------------------------------------------------------------
 
-def _add_cards(index: tantivy.Index, cards: list[dict[str, Any]], remove: list[str]) -> None:
-    writer = index.writer(heap_size=64_000_000, num_threads=1)
+def _add_cards(index: tantivy.Index, cards: list[tuple[dict[str, Any], bytes]],
+               remove: list[str]) -> None:
+    threads = 1 if len(cards) < 20_000 else min(4, os.cpu_count() or 1)
+    writer = index.writer(heap_size=64_000_000 * threads, num_threads=threads)
     for ident in remove:
         writer.delete_documents_by_term("id", ident)
-    for card in cards:
-        writer.add_document(card_document(card))
+    for card, encoded in cards:
+        writer.add_document(card_document(card, encoded))
     writer.commit()
     writer.wait_merging_threads()
 
@@ -181,11 +185,10 @@ def _add_cards(index: tantivy.Index, cards: list[dict[str, Any]], remove: list[s
 def write_generation(root: Path, cards: list[dict[str, Any]], inputs: dict[str, Any],
                      previous: OpenIndex | None, *, incremental: bool = True) -> OpenIndex:
     """Build a new generation beside the live one and swap it in. Call under the lock."""
-    from .cards import card_hash
-
     base = root / INDEX_DIR
     base.mkdir(parents=True, exist_ok=True)
-    hashes = {card["id"]: card_hash(card) for card in cards}
+    encoded = [(card, encode_card(card)) for card in cards]
+    hashes = {card["id"]: hashlib.sha256(data).hexdigest()[:32] for card, data in encoded}
     old = None
     if incremental and previous is not None and previous.folder is not None and (
             (previous.manifest.get("inputs") or {}).get("schema") == SCHEMA_VERSION):
@@ -198,11 +201,11 @@ def write_generation(root: Path, cards: list[dict[str, Any]], inputs: dict[str, 
             shutil.copytree(previous.folder, tmp,
                             ignore=shutil.ignore_patterns(".tantivy-*.lock", MANIFEST))
             index = tantivy.Index.open(str(tmp))
-            changed = [c for c in cards if old.get(c["id"]) != hashes[c["id"]]]
+            changed = [(c, e) for c, e in encoded if old.get(c["id"]) != hashes[c["id"]]]
             remove = [i for i in old if i not in hashes or old[i] != hashes[i]]
         else:
             index = tantivy.Index(build_schema(), path=str(tmp), reuse=False)
-            changed, remove = cards, []
+            changed, remove = encoded, []
         if changed or remove or old is None:
             _add_cards(index, changed, remove)
         manifest = {"inputs": inputs, "cards": hashes, "built_at": time.time(),
@@ -235,7 +238,7 @@ def _prune(base: Path, keep: set[str]) -> None:
 
 def memory_index(cards: list[dict[str, Any]], inputs: dict[str, Any]) -> OpenIndex:
     index = tantivy.Index(build_schema())
-    _add_cards(index, cards, [])
+    _add_cards(index, [(card, encode_card(card)) for card in cards], [])
     index.reload()
     return OpenIndex(index, {"inputs": inputs, "count": len(cards)}, None)
 

@@ -1,10 +1,13 @@
 """Catalog queries over the index: ranked search with facets, one card, downstream impact.
 
-Ranking: an exact name first; then entries whose name tokens match the query's words (as
-words, as prefixes, or within one or two typos), the more words the higher; then entries
-that match only through descriptions and tags (bm25, typo-tolerant). Within each tier
-certified entries come before drafts, and deprecated entries come last of all (unless named
-exactly). Results are plain dataclasses; `to_frame()` gives a pandas DataFrame.
+Ranking: an exact name first; deprecated entries last; in between, the more query words
+found in an entry's name (as a token, a prefix, or within a typo) the higher; at equal name
+matches certified entries before drafts, then bm25 over descriptions and tags (prefixes and
+typos too). Every query word must match somewhere; when no entry matches them all, entries
+matching any of them are returned. Tantivy ranks with layered constant scores (EXACT,
+CURRENT, NAME_WORD, CERTIFIED); the exact name, the current entries and the deprecated ones
+are three small searches, so a query reads only the documents it returns. Results are plain
+dataclasses; `to_frame()` gives a pandas DataFrame.
 """
 
 from __future__ import annotations
@@ -164,82 +167,83 @@ def typo_budget(word: str) -> int:
     return 0 if len(word) < 4 else (1 if len(word) < 8 else 2)
 
 
-def edit_distance(a: str, b: str, limit: int) -> int:
-    """Levenshtein distance with adjacent transpositions costing one; stops past `limit`."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        if min(cur) > limit:
-            return limit + 1
-        prev2, prev = prev, cur
-    return prev[-1]
+# Score layers (tantivy ranks within each tier, so only the documents returned are read):
+EXACT = 1_000_000.0  # the query is the entry's name
+CURRENT = 100_000.0  # not deprecated
+NAME_WORD, NAME_PREFIX, NAME_TYPO = 1_000.0, 950.0, 900.0  # per query word found in the name
+CERTIFIED = 500.0
+TEXT_TYPO = 0.5  # per word found only with a typo in description/tags (else bm25)
 
 
-def name_matches(query_words: list[str], name: str) -> int:
-    """How many query words match a token of `name` exactly, as a prefix or within the
-    typo budget."""
-    tokens = name.split("_")
-    count = 0
-    for word in query_words:
-        budget = typo_budget(word)
-        if any(t == word or (len(word) >= 2 and t.startswith(word)) or
-               (budget and edit_distance(word, t, budget) <= budget) for t in tokens):
-            count += 1
-    return count
+def _const(query: tantivy.Query, score: float) -> tantivy.Query:
+    return tantivy.Query.const_score_query(query, score)
 
 
-def _boost(query: tantivy.Query, by: float) -> tantivy.Query:
-    return tantivy.Query.boost_query(query, by)
+def _variants(searcher: tantivy.Searcher, field_name: str, word: str) -> list[str]:
+    """Indexed terms of `field_name` that `word` stands for: itself, and the words it is a
+    prefix of (`act` -> `active`, `user` -> `users`), at most eight."""
+    if len(word) < 2:
+        return [word] if searcher.doc_freq(field_name, word) else []
+    found = [t for t, _ in searcher.terms_with_prefix(field_name, word, limit=9)]
+    return sorted(found, key=lambda t: (t != word, len(t), t))[:8]
 
 
-def _any_of(schema: tantivy.Schema, name: str, values: list[str]) -> tantivy.Query:
-    return tantivy.Query.term_set_query(schema, name, [v.lower() for v in values])
+def _word_query(opened: OpenIndex, searcher: tantivy.Searcher, word: str
+                ) -> tantivy.Query | None:
+    """One query word: found in the name (as a token, a prefix, or within the typo budget),
+    else in the description and tags (bm25, as a prefix, or within the typo budget). Only
+    terms the index holds become clauses (typos are looked for only when the word itself is
+    missing), so a correctly spelt query costs a few term lookups. None: matches nothing."""
+    schema = opened.schema
+    budget = typo_budget(word)
+    parts: list[tantivy.Query] = []
+    for field_name, exact, prefix, typo in (("name_tokens", NAME_WORD, NAME_PREFIX, NAME_TYPO),
+                                            ("text", None, None, TEXT_TYPO)):
+        variants = _variants(searcher, field_name, word)
+        for term in variants:
+            query = tantivy.Query.term_query(schema, field_name, term)
+            score = exact if term == word else prefix
+            parts.append(_const(query, score) if score else query)  # text terms: bm25
+        if budget and word not in variants:
+            parts.append(_const(tantivy.Query.fuzzy_term_query(
+                schema, field_name, word, budget, True, False), typo))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else tantivy.Query.disjunction_max_query(parts, 0.01)
 
 
-def build_query(opened: OpenIndex, text: str, filters: dict[str, list[str]]) -> tantivy.Query:
-    schema, index = opened.schema, opened.index
-    should = tantivy.Occur.Should
-    must = tantivy.Occur.Must
-    query_words = words(text)
+def _word_clauses(opened: OpenIndex, searcher: tantivy.Searcher, query_words: list[str],
+                  every_word: bool) -> list[tuple[tantivy.Occur, tantivy.Query]] | None:
+    """With `every_word` each word must match somewhere, else any word may (the fallback when
+    no entry matches them all). None when nothing can match."""
+    per_word = [_word_query(opened, searcher, w) for w in query_words]
+    if every_word:
+        if any(q is None for q in per_word):
+            return None
+        return [(tantivy.Occur.Must, q) for q in per_word if q is not None]
+    anyof = [(tantivy.Occur.Should, q) for q in per_word if q is not None]
+    return [(tantivy.Occur.Must, tantivy.Query.boolean_query(anyof))] if anyof else None
+
+
+def _filter_clauses(schema: tantivy.Schema, filters: dict[str, list[str]]
+                    ) -> list[tuple[tantivy.Occur, tantivy.Query]]:
+    must, should = tantivy.Occur.Must, tantivy.Occur.Should
     clauses: list[tuple[tantivy.Occur, tantivy.Query]] = []
-    if query_words:
-        per_word: list[tuple[tantivy.Occur, tantivy.Query]] = [
-            (should, _boost(tantivy.Query.term_query(schema, "name", "_".join(query_words)),
-                            100.0))]
-        for word in query_words:
-            budget = typo_budget(word)
-            parts = [_boost(tantivy.Query.term_query(schema, "name_tokens", word), 6.0),
-                     index.parse_query(word, ["stem"])]
-            if len(word) >= 2:
-                parts.append(_boost(tantivy.Query.fuzzy_term_query(
-                    schema, "name_tokens", word, 0, True, True), 3.0))
-            if budget:
-                parts.append(_boost(tantivy.Query.fuzzy_term_query(
-                    schema, "name_tokens", word, budget, True, False), 2.0))
-                parts.append(_boost(tantivy.Query.fuzzy_term_query(
-                    schema, "text", word, budget, True, False), 0.5))
-            per_word.append((should, tantivy.Query.boolean_query([(should, p) for p in parts])))
-        clauses.append((must, tantivy.Query.boolean_query(per_word)))
-        clauses.append((should, _boost(tantivy.Query.term_query(schema, "status", "certified"),
-                                       0.25)))
     for facet, values in filters.items():
-        if facet == "tag":
-            clauses.extend((must, tantivy.Query.term_query(schema, "tag", v.lower()))
-                           for v in values)
-        elif values:
-            clauses.append((must, _any_of(schema, facet, values)))
-    if not clauses:
-        return tantivy.Query.all_query()
-    if all(occur is must for occur, _ in clauses) and not query_words:
-        clauses.append((should, tantivy.Query.all_query()))
-    return tantivy.Query.boolean_query(clauses)
+        terms = [tantivy.Query.term_query(schema, facet, v) for v in values]
+        if facet == "tag" or len(terms) == 1:  # tags: all of them; others: any of them
+            clauses.extend((must, t) for t in terms)
+        elif terms:
+            clauses.append((must, tantivy.Query.boolean_query([(should, t) for t in terms])))
+    return clauses
+
+
+def _top(searcher: tantivy.Searcher, clauses: list[tuple[tantivy.Occur, tantivy.Query]],
+         limit: int) -> tuple[list[tuple[float, tantivy.DocAddress]], int]:
+    if not any(occur == tantivy.Occur.Must for occur, _ in clauses):
+        clauses = [*clauses, (tantivy.Occur.Must, tantivy.Query.all_query())]
+    found = searcher.search(tantivy.Query.boolean_query(clauses), limit, count=True)
+    return list(found.hits), getattr(found, "count", None) or 0
 
 
 def _check_facets(filters: dict[str, list[str]]) -> None:
@@ -260,25 +264,47 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
                (("owner", owner), ("tag", tag), ("kind", kind), ("status", status),
                 ("contract", contract)) if v}
     _check_facets(filters)
-    query = build_query(opened, text, filters)
-    searcher = opened.searcher
-    window = max(limit * 3, 50)
-    found = searcher.search(query, window, count=True)
+    searcher, schema = opened.searcher, opened.schema
+    must, must_not = tantivy.Occur.Must, tantivy.Occur.MustNot
     query_words = words(text)
-    exact = "_".join(query_words)
-    ranked = []
-    for score, address in found.hits:
-        doc = searcher.doc(address)
-        hit = json.loads(doc.get_first("hit") or b"{}")
-        name, hit_status = hit["name"], hit.get("status")
-        is_exact = bool(exact) and name == exact
-        key = (0 if is_exact else 1, 1 if hit_status == "deprecated" and not is_exact else 0,
-               -name_matches(query_words, name) if query_words else 0,
-               0 if hit_status == "certified" else 1, -score, hit["kind"], name)
-        ranked.append((key, SearchHit(score=round(float(score), 4), **hit)))
-    ranked.sort(key=lambda pair: pair[0])
-    total = getattr(found, "count", None) or len(ranked)
-    return SearchResults(text, [h for _, h in ranked[:limit]], total)
+    facets = _filter_clauses(schema, filters)
+    # Each tier is its own search with one optional clause at most: several optional clauses
+    # make tantivy walk their whole posting lists, which costs milliseconds at 100k entries.
+    ranked: list[tuple[float, tantivy.DocAddress]] = []
+    if query_words:  # 1. the entry named exactly
+        ranked += [(EXACT + score, a) for score, a in _top(searcher, [
+            (must, tantivy.Query.term_query(schema, "name", "_".join(query_words))), *facets],
+            limit)[0]]
+    total = 0
+    for every_word in (True, False) if len(query_words) > 1 else (True,):
+        matching = _word_clauses(opened, searcher, query_words, every_word) if query_words \
+            else []
+        if matching is None:
+            continue
+        # 2. current entries, certified first at equal name matches
+        hits, count = _top(searcher, [*matching, *facets, (must_not, tantivy.Query.term_query(
+            schema, "status", "deprecated")), (tantivy.Occur.Should, _const(
+                tantivy.Query.term_query(schema, "status", "certified"), CERTIFIED))], limit)
+        ranked += [(CURRENT + score, a) for score, a in hits]
+        total += count
+        if len(hits) < limit:  # 3. deprecated entries last
+            hits, count = _top(searcher, [*matching, *facets, (must, tantivy.Query.term_query(
+                schema, "status", "deprecated"))], limit - len(hits))
+            ranked += hits
+            total += count
+        if total:
+            break  # the any-word fallback only when no entry matches every word
+    results, seen = [], set()
+    for score, address in ranked:
+        key = (address.segment_ord, address.doc)
+        if key in seen:
+            continue
+        seen.add(key)
+        hit = json.loads(searcher.doc(address).get_first("hit") or b"{}")
+        results.append(SearchHit(score=round(float(score), 3), **hit))
+        if len(results) == limit:
+            break
+    return SearchResults(text, results, max(total, len(results)))
 
 
 def _lookup(opened: OpenIndex, field_name: str, values: list[str]) -> list[dict[str, Any]]:
