@@ -49,21 +49,19 @@ def explain(
              f"{result.value:.2f} ({result.band or 'no band'}){change}")
     table = Table(title=title)
     table.add_column("component", no_wrap=True)
-    for name in ("raw value", "normalised", "weight", "share", "contribution", "shortfall",
-                 "Δ raw", "Δ normalised", "Δ contribution"):
-        table.add_column(name, justify="right")
+    for name in ("raw", "normalised", "weight", "contribution", "shortfall", "Δ contrib."):
+        table.add_column(name, justify="right", no_wrap=True)
     for c in result.components:
-        table.add_row(c.metric, _num(c.raw_value, 4), _num(c.normalised, 3), f"{c.weight:g}",
-                      _num(c.share), _num(c.contribution), _num(c.shortfall),
-                      _num(c.raw_change, 4, True), _num(c.normalised_change, 3, True),
+        table.add_row(c.metric, _num(c.raw_value, 3), _num(c.normalised, 3), f"{c.weight:g}",
+                      _num(c.contribution), _num(c.shortfall),
                       _num(c.contribution_change, 2, True))
-    table.add_row("total", "", "", "", "", _num(sum(c.contribution for c in result.components)),
-                  "", "", "", _num(result.change, 2, True), end_section=True)
+    table.add_row("total", "", "", "", _num(sum(c.contribution for c in result.components)),
+                  "", _num(result.change, 2, True), end_section=True)
     console = stdout_console()
     console.print(table)
     if result.challenge:
-        console.print(f"pulls it down most: {result.challenge} (missing components: "
-                      f"{result.missing})")
+        console.print(f"pulls it down most: {result.challenge}; missing components: "
+                      f"{result.missing}; --json adds shares and the other changes")
 
 
 def segments(
