@@ -101,6 +101,8 @@ def connect(
         if memory_limit is not None:
             settings.append(("memory_limit", "'" + memory_limit.replace("'", "''") + "'"))
         settings += [
+            ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
+            ("enable_progress_bar", "false"),
             ("allowed_directories", _sql_list(folders)),
             ("allowed_paths", _sql_list(files)),
             ("enable_external_access", "false"),  # after the two lists: they freeze with it
