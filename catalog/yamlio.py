@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,21 @@ def key_path_text(path: KeyPath) -> str:
     return text
 
 
-def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
+MAX_VALUES = 100_000  # after aliases are expanded: `&a [*b, *b, ...]` chains grow exponentially
+MAX_NESTING = 64
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int], budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(f"the YAML expands to more than {MAX_VALUES} values (through anchors "
+                        "and aliases); write the definitions out plainly")
+    if len(path) > MAX_NESTING:
+        raise _TooLarge(f"the YAML is nested deeper than {MAX_NESTING} levels")
     if isinstance(node, CommentedMap):
         lines.setdefault(path, node.lc.line + 1)
         out: dict[Any, Any] = {}
@@ -55,7 +70,7 @@ def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
             except (KeyError, TypeError):
                 lines[child] = node.lc.line + 1
             out[str(key) if not isinstance(key, (int, float, bool)) else key] = _plain(
-                value, child, lines
+                value, child, lines, budget
             )
         return out
     if isinstance(node, CommentedSeq):
@@ -67,7 +82,7 @@ def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
                 lines[child] = node.lc.item(index)[0] + 1
             except (KeyError, TypeError, IndexError):
                 lines[child] = node.lc.line + 1
-            items.append(_plain(value, child, lines))
+            items.append(_plain(value, child, lines, budget))
         return items
     if isinstance(node, bool) or node is None:
         return node
@@ -82,7 +97,28 @@ def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
     return node
 
 
+CACHED_TEXT_CHARS = 64 * 1024
+
+
 def parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue]]:
+    """Parse one file's text; the result is shared between calls, so treat it as read-only.
+
+    Parsing with ruamel's pure-Python round-trip loader dominates loading a project, and
+    `register` and notebooks load the same unchanged files again and again.
+    """
+    if len(text) > CACHED_TEXT_CHARS:
+        return _parse_yaml_text(text, file)
+    loaded, issues = _parse_cached(text, file)
+    return loaded, list(issues)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(text: str, file: str) -> tuple[LoadedYaml | None, tuple[Issue, ...]]:
+    loaded, issues = _parse_yaml_text(text, file)
+    return loaded, tuple(issues)
+
+
+def _parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue]]:
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
@@ -97,7 +133,13 @@ def parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue
     except RecursionError:
         return None, [Issue(file, 1, "", "YAML nested too deeply")]
     lines: dict[KeyPath, int] = {(): 1}
-    return LoadedYaml(file, _plain(raw, (), lines), lines), []
+    try:
+        data = _plain(raw, (), lines, [MAX_VALUES])
+    except _TooLarge as exc:
+        return None, [Issue(file, 1, "", str(exc))]
+    except RecursionError:
+        return None, [Issue(file, 1, "", f"the YAML is nested deeper than {MAX_NESTING} levels")]
+    return LoadedYaml(file, data, lines), []
 
 
 def read_definition_bytes(path: Path, shown_as: str) -> tuple[bytes | None, list[Issue]]:
