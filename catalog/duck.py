@@ -15,6 +15,7 @@ Importing this module does not import duckdb; `connect` does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,12 +103,14 @@ def connect(
             settings.append(("memory_limit", "'" + memory_limit.replace("'", "''") + "'"))
         settings += [
             ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
-            ("enable_progress_bar", "false"),
             ("allowed_directories", _sql_list(folders)),
             ("allowed_paths", _sql_list(files)),
             ("enable_external_access", "false"),  # after the two lists: they freeze with it
             ("lock_configuration", "true"),
         ]
+        with contextlib.suppress(duckdb.Error):
+            # inside a Jupyter kernel DuckDB refuses this setting unless ipywidgets is there
+            con.execute("SET enable_progress_bar = false")
         for name, value in settings:
             con.execute(f"SET {name} = {value}")
     except duckdb.Error as exc:

@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from catalog.authoring import new_metric
-
 from .common import err, project_root, wait_notice
 
 app = typer.Typer(help="Write metric definitions.", no_args_is_help=True)
@@ -29,6 +27,8 @@ def new(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several.")] = None,
 ) -> None:
     """Write a new aggregate metric to metrics/NAME.yaml, after validating it."""
+    from catalog.authoring import new_metric
+
     fields = {
         "name": name, "description": description or None, "owner": owner or None,
         "source": source, "aggregation": aggregation, "expression": expression,
