@@ -118,7 +118,33 @@ def _parse_cached(text: str, file: str) -> tuple[LoadedYaml | None, tuple[Issue,
     return loaded, tuple(issues)
 
 
+def _flow_depth_line(text: str) -> int | None:
+    """The first line where `[`/`{` nest deeper than MAX_NESTING (quotes and comments
+    skipped, roughly), or None. ruamel takes seconds to fail on thousands of levels."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        quote = ""
+        for char in line:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char == "#":
+                break
+            elif char in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    return number
+            elif char in "]}":
+                depth = max(0, depth - 1)
+    return None
+
+
 def _parse_yaml_text(text: str, file: str) -> tuple[LoadedYaml | None, list[Issue]]:
+    deep = _flow_depth_line(text)
+    if deep is not None:
+        return None, [Issue(file, deep, "", f"the YAML is nested deeper than {MAX_NESTING} "
+                            "levels")]
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:

@@ -7,12 +7,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from catalog.fsutil import TEMP_PREFIX, atomic_write_text, project_lock
+from catalog.fsutil import TEMP_PREFIX, project_lock
 from catalog.project import load_project
 from tests.helpers import REPO, invoke, tree_digest
 

@@ -101,7 +101,8 @@ LAUGHS = b"".join(
     for i in range(8)
 )
 YAML_SNIPPETS = [
-    b"&anchor ", b"*anchor", b"*nowhere ", b"!!binary aGk= ", b"!custom ", b"!!python/object:os.system ",
+    b"&anchor ", b"*anchor", b"*nowhere ", b"!!binary aGk= ", b"!custom ",
+    b"!!python/object:os.system ",
     b"<<: {a: 1}\n", b"? [a, b]\n: 1\n", b"---\n", b"%YAML 1.1\n---\n", b"{", b"[", b"]",
     b"\t", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff\xfe", b"'", b'"', b"|\n", b">-\n", b"- ",
     b": ", b"#", b"@", b"`", b"%", b"\\", "\u2028".encode(), b"\x85", b"2024-01-01T00:00:00Z",

@@ -477,3 +477,23 @@ def test_allowed_paths_for_a_project(example_project: Path) -> None:
     assert f"{example_project}/data/tables/" in dirs
     assert not any(d in ("/", f"{example_project}/") for d in dirs)
     con.close()
+
+
+def test_yaml_alias_bombs_and_deep_nesting_are_refused(
+        example_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    laughs = "".join(
+        f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9) if i else '1'}]\n"
+        for i in range(9)
+    )
+    cases = {"laughs.yaml": (laughs, "expands to more than"),
+             "nested.yaml": ("metrics:\n" + "".join("  " * i + "-\n" for i in range(1, 90)),
+                             "nested deeper than"),
+             "brackets.yaml": ("metrics: " + "[" * 3000 + "]" * 3000 + "\n", "nested")}
+    before = tree_digest(example_project)
+    for name, (text, reason) in cases.items():
+        file = tmp_path / name
+        file.write_text(text)
+        result = invoke(["--project", str(example_project), "register", str(file)], capsys)
+        assert result.code == 1 and reason in result.stderr, (name, result.stderr)
+        assert f"{name}:1" in result.stderr and "Traceback" not in result.stderr
+    assert tree_digest(example_project) == before
