@@ -100,6 +100,7 @@ def temp_path_beside(path: Path, suffix: str = "") -> Path:
     """A fresh temp name in the folder of `path`, for writers that need a file name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would survive the rename
     os.close(fd)
     return Path(tmp)
 

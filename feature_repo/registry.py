@@ -4,13 +4,15 @@ with the same contents `feast -c feature_repo apply` would build."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from catalog.errors import TallyError
-from catalog.fsutil import project_lock
+from catalog.fsutil import clean_temp_files, crash_point, project_lock, temp_path_beside
 from catalog.project import Project
 
 from .bridge import REPO_DIR, feast_objects
@@ -79,18 +81,60 @@ def plan(project: Project) -> list[Change]:
 
 
 def apply(project: Project) -> list[Change]:
-    """Make the registry hold exactly the project's objects (adds, changes, removals)."""
+    """Make the registry hold exactly the project's objects (adds, changes, removals).
+
+    Feast writes its file registry in place; Tally applies to a copy and renames it over
+    the registry, so a killed apply leaves the previous registry intact."""
     from feast.repo_operations import extract_objects_for_apply_delete
 
     changes = plan(project)
     with project_lock(project.root):
-        store = open_store(project)
-        contents = repo_contents(store, feast_objects(project))
-        to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
-            store.project, store.registry, contents)
-        with contextlib.redirect_stdout(sys.stderr):
-            store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+        store, staged, final = _staged_store(project)
+        try:
+            contents = repo_contents(store, feast_objects(project))
+            to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
+                store.project, store.registry, contents)
+            with contextlib.redirect_stdout(sys.stderr):
+                store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+            if staged is not None and final is not None:
+                crash_point("apply-before-rename")
+                os.replace(staged, final)
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
     return changes
+
+
+def _staged_store(project: Project) -> tuple[Any, Path | None, Path | None]:
+    """A FeatureStore writing to a copy of a local file registry (else the store itself)."""
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    repo = project.root / REPO_DIR
+    raw = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+    registry = raw.get("registry", "data/registry.db")
+    path = registry if isinstance(registry, str) else (
+        registry.get("path") if isinstance(registry, dict) and registry.get(
+            "registry_type", "file") == "file" else None)
+    if not path or "://" in str(path):
+        return open_store(project), None, None
+    final = Path(path) if Path(path).is_absolute() else repo / path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(final.parent)
+    staged = temp_path_beside(final, ".db")
+    if final.exists():
+        shutil.copyfile(final, staged)
+    else:
+        staged.unlink()
+    raw["registry"] = ({**registry, "path": str(staged)} if isinstance(registry, dict)
+                       else str(staged))
+    try:
+        config = RepoConfig(repo_path=repo, **raw)
+        return FeatureStore(repo_path=str(repo), config=config), staged, final
+    except Exception as exc:  # feast raises many types for a bad config
+        staged.unlink(missing_ok=True)
+        raise RegistryError(f"{repo}/feature_store.yaml: {str(exc).splitlines()[0]}") from None
 
 
 def registry_path(project: Project) -> Path:
