@@ -114,6 +114,12 @@ def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
             tmp.unlink()
 
 
+def _spark_message(exc: BaseException) -> str:
+    from .engines import first_line
+
+    return first_line(exc)
+
+
 def _sql_string(text: str) -> str:
     return text.replace("'", "''")
 
@@ -128,6 +134,21 @@ class Computer:
         self.progress = progress
         self.specs = {s.name: s for s in table_specs(project)}
         self.state = read_state(project, TABLE_STATS_FILE)
+        self._spark: Any = None
+
+    def _engine(self, allowed: list[Path]) -> Any:
+        """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
+        one SparkSession of this run."""
+        from .engines import DuckDBEngine, SparkEngine, project_engine
+
+        if project_engine(self.project.root) == "spark":
+            if self._spark is None:
+                from .config import load_config
+
+                self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
+            return self._spark
+        spill = getattr(self, "_spill", None)
+        return DuckDBEngine(connect(allowed, spill) if spill is not None else connect(allowed))
 
     def selected(self) -> list[TableSpec]:
         wanted = self.options.metrics
@@ -201,8 +222,8 @@ class Computer:
         src_path = _source_path(project, group.source)
         out = spec.path(project)
         out.parent.mkdir(parents=True, exist_ok=True)
-        con = connect([Path(src_path).parent, out.parent])
-        bounds = self._time_bounds(con, source, src_path)
+        engine = self._engine([Path(src_path).parent, out.parent])
+        bounds = self._time_bounds(engine, source, src_path)
         if bounds is None:
             return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "skipped")
         low, high = plan.snapshot_bounds(*bounds)
@@ -222,11 +243,19 @@ class Computer:
         total = max(0, (high - low) // g + 1)
         if self.progress:
             self.progress(spec.name, 0, total)
-        query = group_query(project, plan, path=src_path, low=low, high=high)
-        new_sql = query.sql("duckdb")
+        query = group_query(project, plan, path=src_path, low=low, high=high,
+                            dialect=engine.dialect)
         key = project.entities[group.entity].join_key
         keep_old = out.exists() and (mode == "incremental" or self.options.start or
                                      self.options.end) and same
+        if engine.dialect == "spark":
+            keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
+            rows = self._write_spark(engine, query, out, key, spec.name, keep)
+            if self.progress:
+                self.progress(spec.name, total, total)
+            return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+        con = engine.con
+        new_sql = query.sql("duckdb")
         if keep_old:
             lo_ts, hi_ts = low * plan.bucket_us, high * plan.bucket_us
             old = (f"SELECT * FROM read_parquet('{_sql_string(str(out))}') WHERE "
@@ -247,14 +276,22 @@ class Computer:
                            ).fetchone()[0]
         return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
 
-    def _time_bounds(self, con: Any, source: Any, path: str) -> tuple[int, int] | None:
+    def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
         from .plans import col, epoch_us, source_relation
 
-        ts = col(source.timestamp_field)
-        query = exp.select(exp.Min(this=epoch_us(ts, "duckdb")),
-                           exp.Max(this=epoch_us(ts, "duckdb"))).from_(
-            source_relation(source, path, "duckdb"))
-        low, high = _run(con, query, f"reading source {source.name} ({path})").fetchone()
+        ts, dialect = col(source.timestamp_field), engine.dialect
+        query = exp.select(exp.Min(this=epoch_us(ts, dialect)),
+                           exp.Max(this=epoch_us(ts, dialect))).from_(
+            source_relation(source, path, dialect))
+        if dialect == "spark":
+            try:
+                low, high = engine.scalar_row(query)
+            except Exception as exc:  # pyspark/py4j raise many types
+                raise DataError(f"reading source {source.name} ({path}): "
+                                f"{_spark_message(exc)}") from None
+        else:
+            low, high = _run(engine.con, query,
+                             f"reading source {source.name} ({path})").fetchone()
         if low is None:
             return None
         return int(low), int(high)
@@ -282,10 +319,16 @@ class Computer:
         out = spec.path(project)
         if self.progress:
             self.progress(spec.name, 0, 1)
+        engine = self._engine([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
         query = derived_query(project, spec.features, entity_key=entity_key,
                               group_paths=group_paths, column_inputs=column_inputs,
-                              group_of=group_of)
-        con = connect([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
+                              group_of=group_of, dialect=engine.dialect)
+        if engine.dialect == "spark":
+            rows = self._write_spark(engine, query, out, entity_key, spec.name, None)
+            if self.progress:
+                self.progress(spec.name, 1, 1)
+            return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+        con = engine.con
         try:
             _write_table(con, f"SELECT * FROM ({query.sql('duckdb')})", out,
                          f'"{entity_key}", event_timestamp')
@@ -320,6 +363,18 @@ class Computer:
         rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
                            ).fetchone()[0]
         return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+
+    def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
+                     name: str, keep: tuple[int, int] | None) -> int:
+        """Run on Spark, collect as Arrow, write one sorted parquet file atomically (see
+        catalog/engines.py for why one file rather than Spark's folder of parts)."""
+        from .engines import write_arrow_table
+
+        try:
+            table = engine.to_arrow(query)
+        except Exception as exc:  # pyspark/py4j raise many types
+            raise DataError(f"computing {name} on Spark: {_spark_message(exc)}") from None
+        return write_arrow_table(table, out, key, keep)
 
     # -- state ------------------------------------------------------------------------
     def _record(self, spec: TableSpec, result: TableResult) -> None:

@@ -221,7 +221,9 @@ def check_source(project: Project, source: Source, as_of: datetime) -> SourceRep
         report.results.append(RuleResult(
             "readable", None, False, message=f"{source.path}: no such file (looked for {path})"))
         return report
-    con = connect()
+    from .contracts_spark import engine_connection  # DuckDB, or Spark per tally.yaml
+
+    con = engine_connection(project.root, source.file_format)
     try:
         _check_with(con, source, path, as_of, report)
     except duckdb.Error as exc:
@@ -375,8 +377,9 @@ def _freshness_rule(source: Source, found: dict[str, str], as_of: datetime) -> l
         return [_Rule(RuleResult("freshness", ts, False, message=(
             f"timestamp column {ts} is missing, so freshness cannot be judged")), None, None,
             all_rows=True)]
-    return [_Rule(RuleResult("freshness", ts, True), None, None,
-                  order_sql=f"{ident(ts)} DESC")]
+    # newest first, ties in column order: the same examples on every engine and run
+    return [_Rule(RuleResult("freshness", ts, True), None, None, order_sql=", ".join(
+        [f"{ident(ts)} DESC", *(ident(c) for c in found if c != ts)]))]
 
 
 def _judge_freshness(rule: _Rule, newest: Any, source: Source, as_of: datetime,

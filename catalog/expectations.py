@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contracts import EXAMPLES, RuleResult, _rows, connect, ident, literal
+from .contracts import EXAMPLES, RuleResult, _rows, ident, literal
 from .project import Project
 from .spec import Metric
 from .tables import table_of
@@ -56,7 +56,9 @@ def check_expectations(project: Project, metric_names: Iterable[str] | None = No
             report.skipped = f"{path.relative_to(project.root)} not computed yet"
             continue
         column = _metric_column(metric, table.kind)
-        con = connect()
+        from .contracts_spark import engine_connection  # DuckDB, or Spark per tally.yaml
+
+        con = engine_connection(project.root, "parquet")
         try:
             _expect_with(con, metric, column, path, report)
         except duckdb.Error as exc:
