@@ -85,11 +85,29 @@ def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
             for column, kind in served_columns(score)[1:]]
 
 
+def _batch_source_class(project: Project) -> Any:
+    """FileSource, or with `engine: spark` in tally.yaml a SparkSource over the same parquet
+    file (Feast's Spark offline store reads only SparkSources; docs/spark.md)."""
+    from catalog.engines import project_engine
+
+    if project_engine(project.root) != "spark":
+        from feast import FileSource
+
+        return FileSource
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    def spark_source(**kwargs: Any) -> Any:
+        return SparkSource(file_format="parquet", **kwargs)
+
+    return spark_source
+
+
 def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
     """Every Feast object of the project, by Python name (for a definitions module)."""
-    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+    from feast import Entity, FeatureService, FeatureView, Field, ValueType
 
     project = project_root if isinstance(project_root, Project) else load_project(project_root)
+    FileSource = _batch_source_class(project)  # noqa: N806
     entities = {
         name: Entity(
             name=name, join_keys=[e.join_key],

@@ -17,6 +17,7 @@ from catalog.tables import table_of, table_specs
 from .registry import open_store
 
 TIMESTAMP = "event_timestamp"
+SPARK_ROW = "__tally_row"
 
 
 def feature_refs(project: Project, model: str | None, features: list[str] | None
@@ -79,8 +80,15 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
     _require_computed(proj, refs)
     store = open_store(proj)
     _require_registered(store, refs, model)
+    spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
+    if spark:  # Feast's Spark store neither keeps row order nor duplicate entity rows apart
+        frame = frame.assign(**{SPARK_ROW: range(len(frame))})
     job = store.get_historical_features(entity_df=frame, features=refs)
     result = job.to_df()
+    if spark:
+        result = result.drop_duplicates(SPARK_ROW).sort_values(SPARK_ROW).drop(
+            columns=SPARK_ROW)
+        frame = frame.drop(columns=SPARK_ROW)
     if isinstance(frame, pd.DataFrame):
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]
