@@ -1,0 +1,249 @@
+"""Differential test: one project's definitions and data on DuckDB and on Spark (pyspark in
+local mode) give identical metric tables, contract results and training frames.
+
+One SparkSession serves the module (local[2], 4 shuffle partitions, UTC); Tally's engine and
+Feast's Spark offline store both pick up the active session."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.compute import ComputeOptions, compute
+from catalog.project import load_project
+from tests.helpers import REPO
+from tests.test_compute_semantics import DEFINITIONS, EPOCH, _events, _write
+
+DAY = timedelta(days=1)
+AS_OF = "2025-03-25T00:00:00Z"
+
+CONTRACTS = """
+  - name: events
+    description: Events.
+    owner: p@x.com
+    path: data/events.parquet
+    entity: shop
+    timestamp_field: ts
+    contract:
+      freshness: 2d
+      columns:
+        shop_id: {type: int64, nullable: false}
+        ts: {type: timestamp, nullable: false}
+        value: {type: float64, min: 0, max: 3}
+        kind: {type: string, values: [a, b]}
+        user_id: {type: string}
+      unique: [shop_id, ts, user_id]
+"""
+MODELS = """
+models:
+  - {name: shop_model, description: d, owner: o@x.com,
+     features: [ev_count_3d, ev_users_3d, ev_avg_7d, visits_2d, level, ev_per_visit]}
+"""
+SPARK_CONF = {
+    "spark.master": "local[2]",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.driver.memory": "1g",
+}
+
+
+def _definitions() -> str:
+    head, rest = DEFINITIONS.split("  - name: visits", 1)
+    before, _ = head.split("  - name: events", 1)
+    text = before + CONTRACTS.lstrip("\n") + "  - name: visits" + rest
+    text = text.replace("metrics:\n", "metrics:\n  - {name: ev_max_value_7d, description: d, "
+                        "owner: o@x.com, source: events, aggregation: max, expression: value,"
+                        " window: 7d, expect: {max: 3, max_null_fraction: 0.1}}\n", 1)
+    return text + MODELS
+
+
+def _data(root: Path) -> None:
+    rng = random.Random(11)
+    events = _events(rng)
+    _write(root / "data" / "events.parquet", events, pa.schema([
+        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("value", pa.float64()),
+        ("kind", pa.string()), ("user_id", pa.int64())]))
+    visits = [{"shop_id": rng.randint(1, 6),
+               "ts": EPOCH + timedelta(hours=rng.randint(0, 20 * 24))} for _ in range(60)]
+    _write(root / "data" / "visits.parquet", visits, pa.schema([
+        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC"))]))
+    levels = []
+    for shop in range(1, 7):
+        for day in (0, 4, 4, 12):
+            levels.append({"shop_id": shop, "ts": EPOCH + day * DAY,
+                           "created": EPOCH + day * DAY + timedelta(minutes=rng.randint(0, 9)),
+                           "level": float(rng.randint(1, 9))})
+    _write(root / "data" / "levels.parquet", levels, pa.schema([
+        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
+        ("created", pa.timestamp("us", tz="UTC")), ("level", pa.float64())]))
+
+
+def _feature_store_yaml(engine: str) -> str:
+    if engine == "duckdb":
+        return (REPO / "feature_repo" / "feature_store.yaml").read_text()
+    conf = "".join(f"    {k}: \"{v}\"\n" for k, v in SPARK_CONF.items())
+    return ("project: tally_spark_test\nprovider: local\nregistry: data/registry.db\n"
+            f"offline_store:\n  type: spark\n  spark_conf:\n{conf}"
+            "online_store:\n  type: sqlite\n  path: data/online_store.db\n"
+            "entity_key_serialization_version: 3\n")
+
+
+def _project(base: Path, engine: str) -> Path:
+    root = base / engine
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "defs.yaml").write_text(_definitions())
+    _data(root)
+    (root / "feature_repo").mkdir()
+    (root / "feature_repo" / "feature_store.yaml").write_text(_feature_store_yaml(engine))
+    if engine == "spark":
+        conf = "".join(f"  {k}: \"{v}\"\n" for k, v in SPARK_CONF.items())
+        (root / "tally.yaml").write_text(f"engine: spark\nspark_conf:\n{conf}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark")
+    from catalog.engines import check_spark_available
+
+    check_spark_available()
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("tally-tests")
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def projects(spark, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("engines")
+    roots = {engine: _project(base, engine) for engine in ("duckdb", "spark")}
+    compute(load_project(roots["duckdb"]))
+    # Spark: a first run up to day 8, then an incremental run to the end
+    spark_project = load_project(roots["spark"])
+    compute(spark_project, ComputeOptions(end=(EPOCH + 8 * DAY).date()))
+    results = compute(spark_project)
+    assert {r.name: r.mode for r in results}["events_1d"] == "incremental"
+    return roots
+
+
+def _loose(table: pa.Table) -> pa.Table:
+    """Nullability flags aside (DuckDB infers some NOT NULLs, Spark others)."""
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+
+def test_metric_tables_identical(projects: dict[str, Path]) -> None:
+    duck_dir = projects["duckdb"] / "data" / "tables"
+    spark_dir = projects["spark"] / "data" / "tables"
+    names = sorted(p.name for p in duck_dir.glob("*.parquet"))
+    assert names == ["derived_shop_1d.parquet", "events_1d.parquet", "visits_1d.parquet"]
+    assert sorted(p.name for p in spark_dir.iterdir()) == names  # one file each, no temp
+    for name in names:
+        duck, sparked = pq.read_table(duck_dir / name), pq.read_table(spark_dir / name)
+        assert _loose(sparked).schema == _loose(duck).schema, name
+        assert sparked.schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")
+        assert _loose(sparked).equals(_loose(duck)), name
+        assert duck.num_rows > 50
+
+
+def test_contract_results_identical(projects: dict[str, Path]) -> None:
+    from catalog.contracts import check
+
+    reports = {e: check(load_project(root), as_of=AS_OF).to_dict()
+               for e, root in projects.items()}
+    duck, sparked = reports["duckdb"], reports["spark"]
+    assert not duck["ok"]  # value max, kind values? user_id type and unique fail
+    failing = {(r["rule"], r["column"]) for s in duck["sources"] for r in s["rules"]
+               if not r["ok"]}
+    assert ("max", "value") in failing and ("column_type", "user_id") in failing
+    assert ("unique", "shop_id, ts, user_id") in failing
+    assert ("freshness", "ts") in failing
+    assert duck["metrics"] and duck["metrics"][0]["rules"]
+    assert sparked == duck
+
+
+def _entity_rows() -> pd.DataFrame:
+    rng = random.Random(5)
+    rows = [{"shop_id": rng.randint(1, 8),
+             "event_timestamp": EPOCH + timedelta(hours=rng.randint(0, 24 * 24)),
+             "label": rng.randint(0, 1)} for _ in range(120)]
+    rows += [{"shop_id": 1, "event_timestamp": EPOCH + 10 * DAY, "label": 0},  # on a snapshot
+             {"shop_id": 7, "event_timestamp": EPOCH + 11 * DAY, "label": 1}]
+    rows += rows[:3]  # duplicated entity rows stay duplicated, not multiplied
+    frame = pd.DataFrame(rows)
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return frame
+
+
+def test_training_frames_and_online_features_identical(projects: dict[str, Path]) -> None:
+    from feature_repo.registry import apply
+    from feature_repo.serving import materialize, training_frame
+
+    frames = {}
+    online = {}
+    for engine, root in projects.items():
+        project = load_project(root)
+        apply(project)
+        frame = training_frame(_entity_rows(), model="shop_model", project=project)
+        frames[engine] = frame  # in entity-frame order on both engines
+        materialize(project, start=EPOCH - 30 * DAY, end=EPOCH + 40 * DAY)
+        from feature_repo.registry import open_store
+
+        online[engine] = open_store(project).get_online_features(
+            features=["events_1d:ev_count_3d", "visits_1d:visits_2d", "levels_columns:level"],
+            entity_rows=[{"shop_id": i} for i in range(1, 9)]).to_dict()
+    duck, sparked = frames["duckdb"], frames["spark"]
+    assert list(sparked.columns) == list(duck.columns)
+    assert len(duck) == len(sparked) == len(_entity_rows())
+    assert duck["ev_count_3d"].notna().sum() > 20
+    for column in duck.columns:
+        if column == "event_timestamp":
+            assert (pd.to_datetime(sparked[column], utc=True)
+                    == pd.to_datetime(duck[column], utc=True)).all()
+            continue
+        pd.testing.assert_series_equal(sparked[column].astype("float64"),
+                                       duck[column].astype("float64"), check_names=True)
+    assert online["spark"] == online["duckdb"]
+
+
+def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    from catalog.engines import EngineUnavailableError, check_spark_available
+
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    with pytest.raises(EngineUnavailableError, match=r"tally\[spark\].*Java"):
+        check_spark_available()
+    monkeypatch.delitem(sys.modules, "pyspark")
+    pytest.importorskip("pyspark")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(EngineUnavailableError, match=r"Java 17.*tally\[spark\]"):
+        check_spark_available()
+
+
+def test_engine_setting_is_validated_with_file_and_line(tmp_path: Path) -> None:
+    from catalog.config import load_config
+    from catalog.errors import DefinitionError
+
+    (tmp_path / "tally.yaml").write_text("engine: spark\nspark_conf:\n  spark.master: local[1]\n"
+                                         "  spark.executor.instances: 2\n")
+    config = load_config(tmp_path).config
+    assert config.engine == "spark"
+    assert config.spark_conf == {"spark.master": "local[1]", "spark.executor.instances": "2"}
+    (tmp_path / "tally.yaml").write_text("allowed_data_dirs: []\nengine: postgres\n")
+    with pytest.raises(DefinitionError, match=r"tally.yaml:2: engine"):
+        load_config(tmp_path)
