@@ -1,20 +1,37 @@
 """Tally's DuckDB offline store for Feast, named in feature_store.yaml as
 `feature_repo.offline_store.TallyDuckDBOfflineStore`.
 
-This first version delegates the point-in-time join to Feast's stock DuckDB store and adds
-what that store lacks: entity frames given as SQL, and rows returned in entity order.
+It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), one
+query per feature view, and assembles the columns in the entity frame's order with
+Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
+rule: newest row with t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
+
+* the entity frame may be a DataFrame or a DuckDB SQL query;
+* rows come back in the entity frame's order, every entity column kept, duplicates kept;
+* timestamps without a time zone are read as UTC (entity frame and tables alike);
+* a relative FileSource path is resolved against the repo path (the stock store reads it
+  against the current folder), so a frame asked for from another folder works.
+
+Fallback to the stock store's logic (then results are re-ordered to the entity frame's
+order) for what this store does not plan itself: on-demand feature views, batch sources
+that are not parquet FileSources (Delta, Iceberg, ...), and a missing entity frame.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import os
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
+from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import (
     OfflineStore,
     RetrievalJob,
@@ -23,7 +40,21 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 
-ROW_ID = "__tally_row"
+from .offline_store_sql import (
+    MIN_ALIGNED_US,
+    ROW,
+    ViewPlan,
+    aligned_grain,
+    dedup_sql,
+    equality_sql,
+    latest_sql,
+    literal,
+    q,
+    range_sql,
+)
+
+ROW_ID = ROW
+TIMESTAMP = "event_timestamp"
 
 
 class TallyDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -32,49 +63,224 @@ class TallyDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     )
 
 
-class OrderedRetrievalJob(RetrievalJob):
-    """Lazy: the join runs on to_arrow()/to_df(); rows come back in entity-frame order."""
+def connect() -> Any:
+    import duckdb
 
-    def __init__(self, inner: RetrievalJob, ordered: bool):
-        self._inner = inner
-        self._ordered = ordered
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
 
-    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        table = self._inner._to_arrow_internal(timeout=timeout)
-        if self._ordered and ROW_ID in table.column_names:
-            table = table.sort_by(ROW_ID).drop_columns([ROW_ID])
-        return table
 
-    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout=timeout).to_pandas()
+def _arrow(result: Any) -> pa.Table:
+    table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.arrow()
+    return table.read_all() if isinstance(table, pa.RecordBatchReader) else table
 
-    @property
-    def full_feature_names(self) -> bool:
-        return bool(self._inner.full_feature_names)
 
-    @property
-    def on_demand_feature_views(self) -> list[Any]:
-        return list(self._inner.on_demand_feature_views)
-
-    @property
-    def metadata(self) -> RetrievalMetadata | None:
-        return self._inner.metadata
-
-    def persist(self, storage: Any, allow_overwrite: bool = False,
-                timeout: int | None = None) -> None:
-        self._inner.persist(storage, allow_overwrite=allow_overwrite, timeout=timeout)
+# -- paths and entity frames ---------------------------------------------------------------
+def resolve_path(config: RepoConfig, path: str) -> str:
+    """A FileSource path: absolute and URIs as they are; a relative one against the repo
+    path when it exists there, else against the current folder (the stock behaviour)."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    repo = getattr(config, "repo_path", None)
+    if repo is not None:
+        candidate = Path(repo) / path
+        if candidate.exists() or any(ch in path for ch in "*?["):
+            return str(candidate)
+    return path
 
 
 def entity_frame(entity_df: pd.DataFrame | str | None) -> pd.DataFrame | None:
     """A DataFrame for an entity frame given as a DataFrame or as DuckDB SQL."""
     if entity_df is None or isinstance(entity_df, pd.DataFrame):
         return entity_df
-    import duckdb
+    return _arrow(connect().sql(entity_df)).to_pandas()
 
-    con = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                 "autoload_known_extensions": False})
-    con.execute("SET TimeZone = 'UTC'")
-    return con.sql(entity_df).df()
+
+def _timestamp_column(schema: pa.Schema) -> str:
+    if TIMESTAMP in schema.names:
+        return TIMESTAMP
+    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    if len(stamps) == 1:
+        return stamps[0]
+    from feast.errors import EntityTimestampInferenceException
+
+    raise EntityTimestampInferenceException(TIMESTAMP)
+
+
+def entity_table(con: Any, entity_df: pd.DataFrame | str) -> tuple[pa.Table, str]:
+    """The entity frame as Arrow, its event timestamp column as UTC timestamps, plus a
+    row-number column that fixes the output order."""
+    if isinstance(entity_df, str):
+        table = _arrow(con.sql(entity_df))
+    else:
+        frame = entity_df
+        if TIMESTAMP in frame.columns and not pd.api.types.is_datetime64_any_dtype(
+                frame[TIMESTAMP]):
+            frame = frame.copy()
+            frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)  # as Feast does
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    ts_col = _timestamp_column(table.schema)
+    i = table.schema.get_field_index(ts_col)
+    column = table.column(i)
+    if not pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+    unit = "us" if column.type.unit in ("s", "ms", "us") else "ns"
+    target = pa.timestamp("us", tz="UTC")
+    if column.type.tz is None:
+        column = pc.assume_timezone(column.cast(pa.timestamp(unit)), "UTC")
+    table = table.set_column(i, ts_col, pc.cast(column, target, safe=False))
+    table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    return table, ts_col
+
+
+# -- planning ------------------------------------------------------------------------------
+def _is_parquet_file_source(source: Any) -> bool:
+    if not isinstance(source, FileSource):
+        return False
+    from feast.data_format import ParquetFormat
+
+    fmt = source.file_format
+    return isinstance(fmt, ParquetFormat) or (fmt is None and source.path.endswith(".parquet"))
+
+
+def _view_plans(config: RepoConfig, feature_views: list[FeatureView], feature_refs: list[str],
+                full_feature_names: bool, filter_created: bool) -> list[ViewPlan]:
+    plans = []
+    for view in feature_views:
+        source = view.batch_source
+        prefix = view.projection.name_to_use()
+        wanted = [r.split(":", 1)[1] for r in feature_refs if r.startswith(f"{prefix}:")]
+        reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+        base = view.projection.name_alias or view.name
+        features = [(reverse.get(f, f), f"{base}__{f}" if full_feature_names else f)
+                    for f in wanted]
+        key_map = view.projection.join_key_map or {
+            e.name: e.name for e in view.entity_columns} or {k: k for k in view.join_keys}
+        keys = [(reverse.get(k, k), ent) for k, ent in key_map.items()]
+        ts = reverse.get(source.timestamp_field, source.timestamp_field)
+        created = source.created_timestamp_column or None
+        created = reverse.get(created, created) if created else None
+        plans.append(ViewPlan(resolve_path(config, source.path), keys, ts, created, features,
+                              view.ttl or None, filter_created))
+    return plans
+
+
+def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
+    """Put `values` (one row per entity row number in `rows`) in entity order, nulls where
+    an entity row has no match."""
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows), dtype=np.int64)
+    index = pa.array(position, mask=position < 0)
+    return values.take(index)
+
+
+def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Table:
+    """One feature view's columns, in entity order (`__f0`, `__f1`, ...)."""
+    con.register("__tally_entities", entities)
+    relation = "__tally_entities"
+    stamps = entities.column(ts_col)
+    lo = hi = None
+    if entities.num_rows:
+        lo = literal(pc.min(stamps).as_py().isoformat()) + "::TIMESTAMPTZ"
+        hi = literal(pc.max(stamps).as_py().isoformat()) + "::TIMESTAMPTZ"
+    names = [f"__f{i}" for i in range(len(plan.features))]
+    grain = aligned_grain(con, plan)
+    parts: list[pa.Table] = []
+    rest = relation
+    if grain and grain >= MIN_ALIGNED_US and (not plan.ttl or plan.ttl.total_seconds() > 0):
+        eq = _arrow(con.sql(equality_sql(plan, relation, ts_col, grain, lo, hi)))
+        rows = eq.column(ROW).to_numpy()
+        if len(np.unique(rows)) != len(rows):  # repeated (key, timestamp): created decides
+            con.register("__tally_eq", eq)
+            eq = _arrow(con.sql(dedup_sql("__tally_eq", len(names))))
+            con.unregister("__tally_eq")
+            rows = eq.column(ROW).to_numpy()
+        parts.append(eq.select([ROW, *names]))
+        matched = np.zeros(entities.num_rows, dtype=bool)
+        matched[rows] = True
+        if matched.all():
+            rest = None
+        else:
+            con.register("__tally_rest", entities.filter(pa.array(~matched)))
+            rest = "__tally_rest"
+    if rest is not None:
+        parts.append(_arrow(con.sql(range_sql(plan, rest, ts_col, lo, hi))).select(
+            [ROW, *names]))
+    con.unregister("__tally_entities")
+    found = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
+
+
+def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str
+                  ) -> pa.Table:
+    out = entities.drop_columns([ROW])
+    for plan in plans:
+        columns = run_view(con, plan, entities.select(
+            [ROW, ts_col, *dict.fromkeys(ent for _, ent in plan.keys)]), ts_col)
+        for i, (_, name) in enumerate(plan.features):
+            out = out.append_column(name, columns.column(f"__f{i}"))
+    return out
+
+
+# -- jobs ----------------------------------------------------------------------------------
+class TallyRetrievalJob(RetrievalJob):
+    """Lazy: nothing runs until to_arrow()/to_df()."""
+
+    def __init__(self, compute: Any, full_feature_names: bool = False,
+                 on_demand_feature_views: list[Any] | None = None,
+                 metadata: RetrievalMetadata | None = None):
+        self._compute = compute
+        self._full_feature_names = full_feature_names
+        self._odfvs = on_demand_feature_views or []
+        self._metadata = metadata
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        return self._compute()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout=timeout).to_pandas()
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[Any]:
+        return self._odfvs
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return self._metadata
+
+    def persist(self, storage: Any, allow_overwrite: bool = False,
+                timeout: int | None = None) -> None:
+        import pyarrow.parquet as pq
+        from feast.errors import SavedDatasetLocationAlreadyExists
+
+        source = storage.to_data_source()
+        if not isinstance(source, FileSource):
+            raise NotImplementedError("TallyDuckDBOfflineStore persists to FileSource only")
+        path = source.path
+        if os.path.exists(path) and not allow_overwrite:
+            raise SavedDatasetLocationAlreadyExists(location=path)
+        pq.write_table(self.to_arrow(), path)
+
+
+class OrderedRetrievalJob(TallyRetrievalJob):
+    """The stock store's job (fallback), its rows put back in entity-frame order."""
+
+    def __init__(self, inner: RetrievalJob, ordered: bool):
+        def compute() -> pa.Table:
+            table = inner._to_arrow_internal()
+            if ordered and ROW_ID in table.column_names:
+                table = table.sort_by(ROW_ID).drop_columns([ROW_ID])
+            return table
+
+        super().__init__(compute, bool(inner.full_feature_names),
+                         list(inner.on_demand_feature_views), inner.metadata)
 
 
 class TallyDuckDBOfflineStore(OfflineStore):
@@ -91,15 +297,28 @@ class TallyDuckDBOfflineStore(OfflineStore):
         full_feature_names: bool = False,
         **kwargs: Any,
     ) -> RetrievalJob:
-        frame = entity_frame(entity_df)
-        ordered = frame is not None
-        if frame is not None:
-            frame = frame.copy()
-            frame[ROW_ID] = range(len(frame))
-        inner = DuckDBOfflineStore.get_historical_features(
-            config, feature_views, feature_refs, frame, registry, project, full_feature_names,
-            **kwargs)
-        return OrderedRetrievalJob(inner, ordered)
+        from feast.on_demand_feature_view import OnDemandFeatureView
+
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry) if (
+            registry is not None) else []
+        supported = entity_df is not None and not odfvs and all(
+            _is_parquet_file_source(v.batch_source) for v in feature_views)
+        if not supported:
+            return _stock_historical(config, feature_views, feature_refs, entity_df, registry,
+                                     project, full_feature_names, **kwargs)
+        plans = _view_plans(config, feature_views, feature_refs, full_feature_names,
+                            bool(kwargs.get("filter_by_created_timestamp")))
+        con = connect()
+        entities, ts_col = entity_table(con, entity_df)
+        stamps = entities.column(ts_col)
+        metadata = RetrievalMetadata(
+            features=feature_refs,
+            keys=[c for c in entities.column_names if c not in (ts_col, ROW)],
+            min_event_timestamp=pc.min(stamps).as_py() if entities.num_rows else None,
+            max_event_timestamp=pc.max(stamps).as_py() if entities.num_rows else None,
+        )
+        return TallyRetrievalJob(lambda: point_in_time(con, plans, entities, ts_col),
+                                 full_feature_names, [], metadata)
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -107,9 +326,12 @@ class TallyDuckDBOfflineStore(OfflineStore):
         feature_name_columns: list[str], timestamp_field: str,
         created_timestamp_column: str | None, start_date: datetime, end_date: datetime,
     ) -> RetrievalJob:
-        return DuckDBOfflineStore.pull_latest_from_table_or_query(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date)
+        if not _is_parquet_file_source(data_source):
+            return DuckDBOfflineStore.pull_latest_from_table_or_query(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date)
+        return _pull(config, data_source, join_key_columns, feature_name_columns,
+                     timestamp_field, created_timestamp_column, start_date, end_date, True)
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -118,6 +340,49 @@ class TallyDuckDBOfflineStore(OfflineStore):
         created_timestamp_column: str | None = None, start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        return DuckDBOfflineStore.pull_all_from_table_or_query(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date)
+        if not _is_parquet_file_source(data_source):
+            return DuckDBOfflineStore.pull_all_from_table_or_query(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date)
+        return _pull(config, data_source, join_key_columns, feature_name_columns,
+                     timestamp_field, created_timestamp_column, start_date, end_date, False)
+
+    @staticmethod
+    def offline_write_batch(config: RepoConfig, feature_view: FeatureView, table: pa.Table,
+                            progress: Any) -> None:
+        DuckDBOfflineStore.offline_write_batch(config, feature_view, table, progress)
+
+
+def _stamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return literal(value.astimezone(UTC).isoformat()) + "::TIMESTAMPTZ"
+
+
+def _pull(config: RepoConfig, source: DataSource, keys: list[str], features: list[str],
+          timestamp: str, created: str | None, start: datetime | None, end: datetime | None,
+          latest: bool) -> RetrievalJob:
+    sql = latest_sql(resolve_path(config, source.path), keys, features, timestamp,
+                     created or None, _stamp(start), _stamp(end), latest)
+    return TallyRetrievalJob(lambda: _arrow(connect().sql(sql)))
+
+
+def _stock_historical(config: RepoConfig, feature_views: list[FeatureView],
+                      feature_refs: list[str], entity_df: pd.DataFrame | str | None,
+                      registry: BaseRegistry, project: str, full_feature_names: bool,
+                      **kwargs: Any) -> RetrievalJob:
+    """Feast's stock DuckDB join, with SQL entity frames and entity order added."""
+    frame = entity_frame(entity_df)
+    ordered = frame is not None
+    if frame is not None:
+        frame = frame.copy()
+        frame[ROW_ID] = range(len(frame))
+    inner = DuckDBOfflineStore.get_historical_features(
+        config, feature_views, feature_refs, frame, registry, project, full_feature_names,
+        **kwargs)
+    return OrderedRetrievalJob(inner, ordered)
+
+
+__all__ = ["TallyDuckDBOfflineStore", "TallyDuckDBOfflineStoreConfig", "entity_frame", "q"]

@@ -1,0 +1,177 @@
+"""The DuckDB SQL of Tally's point-in-time join, one feature view at a time.
+
+Feast's rule, which the stock DuckDB store implements: for an entity row at time t, the
+newest feature row of the same key with ``t - ttl <= event_timestamp <= t`` (no lower
+bound when ttl is 0), ties on event_timestamp broken by the newest created timestamp;
+else null.
+
+Two plans, chosen per view from the table's layout:
+
+* **aligned** (Tally's own tables: every event_timestamp is a multiple of the grain G):
+  no feature row lies strictly between ``floor(t, G)`` and ``t``, so the snapshot at
+  ``floor(t, G)`` is the answer whenever it exists and is within ttl. That is an
+  equality hash join on ``(key, floor)``. The entity rows it leaves unmatched (the
+  entity had no snapshot that day) go to the range plan.
+* **range**: a hash join on the key with the ttl range predicate, reduced to one row per
+  entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash
+  aggregate; cheaper than sorting for ``row_number()``).
+
+Every identifier is quoted; paths and literals go through ``literal``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+ROW = "__tally_row"
+US_PER = {"7d": 7 * 86_400_000_000, "1d": 86_400_000_000, "12h": 43_200_000_000,
+          "6h": 21_600_000_000, "1h": 3_600_000_000}
+MIN_ALIGNED_US = 3_600_000_000  # an equality join on a finer grain would rarely match
+
+
+def q(name: str) -> str:
+    """A quoted DuckDB identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def reader(path: str) -> str:
+    """A read_parquet call over a file, a glob or a folder of parquet files."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "**", "*.parquet")
+    return f"read_parquet({literal(path)})"
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """What the SQL needs to know about one feature view."""
+
+    path: str
+    keys: list[tuple[str, str]]  # (column in the source, column in the entity frame)
+    timestamp: str
+    created: str | None
+    features: list[tuple[str, str]]  # (column in the source, output name)
+    ttl: timedelta | None
+    filter_created: bool = False
+
+
+_layout_cache: dict[tuple[str, int, int, str], int | None] = {}
+
+
+def aligned_grain(con: Any, plan: ViewPlan) -> int | None:
+    """The largest grain (us) every event_timestamp of the table is a multiple of, if
+    it is at least an hour; cached per file version. Reads one column."""
+    try:
+        st = os.stat(plan.path)
+        key = (plan.path, st.st_mtime_ns, st.st_size, plan.timestamp)
+    except OSError:
+        return None
+    if os.path.isdir(plan.path):
+        return None
+    if key in _layout_cache:
+        return _layout_cache[key]
+    ts = f"epoch_us({q(plan.timestamp)}::TIMESTAMPTZ)"
+    checks = ", ".join(f"bool_and({ts} % {us} = 0)" for us in US_PER.values())
+    row = con.sql(f"SELECT {checks} FROM {reader(plan.path)}").fetchall()[0]
+    grain = next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
+    _layout_cache[key] = grain
+    return grain
+
+
+def _source(plan: ViewPlan) -> str:
+    cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
+    cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
+    cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
+                "NULL::TIMESTAMPTZ AS __c")
+    cols += [f"{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in enumerate(plan.features)]
+    return f"(SELECT {', '.join(cols)} FROM {reader(plan.path)})"
+
+
+def _entity(plan: ViewPlan, relation: str, ts_col: str, grain: int | None) -> str:
+    cols = [q(ROW)] + [f"{q(ent)} AS {q(f'__k{i}')}" for i, (_, ent) in enumerate(plan.keys)]
+    cols.append(f"{q(ts_col)}::TIMESTAMPTZ AS __t")
+    if grain:
+        cols.append(f"make_timestamptz(epoch_us({q(ts_col)}::TIMESTAMPTZ) // {grain} * {grain})"
+                    " AS __fl")
+    return f"(SELECT {', '.join(cols)} FROM {relation})"
+
+
+def _key_match(plan: ViewPlan) -> list[str]:
+    return [f"f.{q(f'__k{i}')} = e.{q(f'__k{i}')}" for i in range(len(plan.keys))]
+
+
+def _bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
+    """Row-group pruning: only feature rows that some entity row could see."""
+    parts = []
+    if hi:
+        parts.append(f"f.__ts <= {hi}")
+    if lo and plan.ttl:
+        parts.append(f"f.__ts >= {lo} - INTERVAL {int(plan.ttl.total_seconds())} SECOND")
+    return " AND ".join(parts) or "TRUE"
+
+
+def _window(plan: ViewPlan, t: str) -> list[str]:
+    preds = []
+    if plan.ttl:
+        preds.append(f"f.__ts >= {t} - INTERVAL {int(plan.ttl.total_seconds())} SECOND")
+    if plan.filter_created and plan.created:
+        preds.append(f"f.__c <= {t}")
+    return preds
+
+
+def equality_sql(plan: ViewPlan, relation: str, ts_col: str, grain: int,
+                 lo: str | None, hi: str | None) -> str:
+    """Entity rows whose snapshot at floor(t, grain) exists and is within ttl. May hold
+    several rows per entity row when the table repeats (key, timestamp); `__c` decides."""
+    feats = ", ".join(f"f.{q(f'__f{i}')}" for i in range(len(plan.features)))
+    on = " AND ".join([*_key_match(plan), "f.__ts = e.__fl", "f.__ts <= e.__t",
+                       *_window(plan, "e.__t")])
+    return (f"SELECT e.{q(ROW)}, f.__c, {feats} FROM {_entity(plan, relation, ts_col, grain)} e "
+            f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on}")
+
+
+def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
+              hi: str | None) -> str:
+    """The newest row in [t - ttl, t] per entity row, ties broken by created timestamp."""
+    fields = ", ".join(f"{literal(f'f{i}')}: f.{q(f'__f{i}')}"
+                       for i in range(len(plan.features)))
+    on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
+    inner = (f"SELECT e.{q(ROW)}, arg_max({{{fields}}}, (f.__ts, f.__c)) AS __v "
+             f"FROM {_entity(plan, relation, ts_col, None)} e "
+             f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
+             f"GROUP BY e.{q(ROW)}")
+    outs = ", ".join(f"__v.{q(f'f{i}')} AS {q(f'__f{i}')}" for i in range(len(plan.features)))
+    return f"SELECT {q(ROW)}, {outs} FROM ({inner})"
+
+
+def dedup_sql(relation: str, n_features: int) -> str:
+    """One row per entity row of an equality result: the newest created timestamp."""
+    feats = ", ".join(q(f"__f{i}") for i in range(n_features))
+    return (f"SELECT {q(ROW)}, {feats} FROM {relation} QUALIFY row_number() OVER "
+            f"(PARTITION BY {q(ROW)} ORDER BY __c DESC NULLS LAST) = 1")
+
+
+def latest_sql(path: str, keys: list[str], features: list[str], timestamp: str,
+               created: str | None, start: str | None, end: str | None,
+               latest: bool) -> str:
+    """pull_latest / pull_all: rows with start <= timestamp <= end (the newest per key)."""
+    cols = [*keys, *features, timestamp] + ([created] if created else [])
+    where = []
+    if start:
+        where.append(f"{q(timestamp)}::TIMESTAMPTZ >= {start}")
+    if end:
+        where.append(f"{q(timestamp)}::TIMESTAMPTZ <= {end}")
+    sql = (f"SELECT {', '.join(q(c) for c in dict.fromkeys(cols))} FROM {reader(path)}"
+           + (f" WHERE {' AND '.join(where)}" if where else ""))
+    if latest:
+        order = [f"{q(timestamp)} DESC"] + ([f"{q(created)} DESC"] if created else [])
+        part = ", ".join(q(k) for k in keys) or "NULL"
+        sql += (f" QUALIFY row_number() OVER (PARTITION BY {part} ORDER BY "
+                f"{', '.join(order)}) = 1")
+    return sql
