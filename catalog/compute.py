@@ -22,10 +22,16 @@ from typing import Any
 from sqlglot import exp
 
 from .errors import DataError, LookupFailedError, TallyError
-from .fsutil import atomic_write_text, clean_temp_files, project_lock, temp_path_beside
+from .fsutil import (
+    atomic_write_text,
+    clean_temp_files,
+    crash_point,
+    project_lock,
+    temp_path_beside,
+)
 from .plans import derived_query, group_query, plan_group
 from .project import Project
-from .tables import TABLE_STATS_FILE, TABLES_DIR, TableSpec, read_state, table_specs
+from .tables import STATE_DIR, TABLE_STATS_FILE, TABLES_DIR, TableSpec, read_state, table_specs
 
 PLAN_VERSION = "1"
 Progress = Callable[[str, int, int], None]
@@ -51,20 +57,20 @@ class ComputeOptions:
     full: bool = False
 
 
-def connect(allowed: list[Path] | None = None) -> Any:
-    """A DuckDB connection for computation: UTC, no extension downloads or auto-loading."""
-    try:
+def connect(allowed: list[Path] | None = None, temp: Path | None = None) -> Any:
+    """A DuckDB connection for computation: UTC, no extension downloads or auto-loading;
+    with `allowed`, it may read and write only those files and folders."""
+    if allowed is not None:
         from .duck import connect as hardened
-    except ImportError:
-        hardened = None
-    if hardened is not None and allowed is not None:
-        return hardened(allowed)
+
+        return hardened(allowed, temp_directory=temp)
     import duckdb
 
     con = duckdb.connect(config={"autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    with contextlib.suppress(duckdb.Error):  # refused inside Jupyter without ipywidgets
+        con.execute("SET enable_progress_bar = false")
     return con
 
 
@@ -108,7 +114,9 @@ def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
     try:
         con.execute(f"COPY ({select_sql} ORDER BY {order}) TO '{_sql_string(str(tmp))}' "
                     "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
+        crash_point("compute-before-rename")
         os.replace(tmp, path)
+        crash_point("compute-after-rename")
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -134,6 +142,7 @@ class Computer:
         self.progress = progress
         self.specs = {s.name: s for s in table_specs(project)}
         self.state = read_state(project, TABLE_STATS_FILE)
+        self._spill = project.root / STATE_DIR / "duckdb_tmp"
         self._spark: Any = None
 
     def _engine(self, allowed: list[Path]) -> Any:
@@ -147,8 +156,7 @@ class Computer:
 
                 self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
             return self._spark
-        spill = getattr(self, "_spill", None)
-        return DuckDBEngine(connect(allowed, spill) if spill is not None else connect(allowed))
+        return DuckDBEngine(connect(allowed, self._spill))
 
     def selected(self) -> list[TableSpec]:
         wanted = self.options.metrics
