@@ -1,0 +1,146 @@
+"""Compute: N metrics over one source in one scan (catalog.compute) vs N separate queries
+(one single-metric project each, same source file) vs one bare scan of the file reading
+every column the metrics use (the physical floor), for N = 1, 5, 20.
+
+    python -m bench compute [--size small|large]
+
+small: 2M source rows, 20k accounts, 60 days; large: 20M rows, 200k accounts, 60 days.
+Metrics: daily grain, 30-day windows, a mix of count / sum / avg / min / max with filters
+(count_distinct is costlier by nature and has its own row). Each measurement is a fresh
+subprocess; medians of 3.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+
+from .common import DATA, run_in_subprocess, table, write_section
+
+SIZES = {"small": (2_000_000, 20_000), "large": (20_000_000, 200_000)}
+DAYS = 60
+GEN_VERSION = "1"
+AGGS = [("count", "*", None), ("sum", "amount", None), ("avg", "amount", None),
+        ("min", "amount", None), ("max", "seconds", None), ("sum", "seconds", "amount > 50"),
+        ("count", "*", "kind = 2"), ("avg", "seconds", "kind = 1"), ("max", "amount", None),
+        ("sum", "amount * seconds", None)]
+
+
+def _source(size: str) -> Path:
+    import duckdb
+
+    rows, keys = SIZES[size]
+    out = DATA / f"compute_{size}"
+    path = out / "events.parquet"
+    marker = out / "VERSION"
+    if marker.exists() and marker.read_text() == GEN_VERSION:
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"""COPY (SELECT (i * 7919) % {keys} AS account_id, (i * 104729) % 500 AS user_id,
+        TIMESTAMPTZ '2024-01-01' + to_microseconds(((i * 2654435761) % ({DAYS} * 86400))::BIGINT
+            * 1000000) AS ts,
+        ((i * 40503) % 10000) / 100.0 AS amount, ((i * 9973) % 3600)::DOUBLE AS seconds,
+        (i % 3)::BIGINT AS kind FROM range({rows}) t(i)) TO '{path}' (FORMAT parquet)""")
+    marker.write_text(GEN_VERSION)
+    return path
+
+
+def _metrics(n: int, distinct: bool = False) -> list[dict]:
+    out = []
+    for i in range(n):
+        agg, expr, flt = AGGS[i % len(AGGS)]
+        if distinct and i == 0:
+            agg, expr, flt = "count_distinct", "user_id", None
+        m = {"name": f"m{i:02d}", "description": f"Metric {i}.", "owner": "bench@example.com",
+             "source": "events", "aggregation": agg, "expression": expr,
+             "window": "30d" if i % 2 == 0 else "7d", "grain": "1d"}
+        if flt:
+            m["filter"] = flt
+        out.append(m)
+    return out
+
+
+def make_project(root: Path, source: Path, metrics: list[dict]) -> Path:
+    import yaml
+
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "metrics").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "events.parquet").symlink_to(source)
+    doc = {
+        "entities": [{"name": "account", "join_key": "account_id", "description": "An account.",
+                      "owner": "bench@example.com"}],
+        "sources": [{"name": "events", "description": "Usage events.",
+                     "owner": "bench@example.com", "path": "data/events.parquet",
+                     "entity": "account", "timestamp_field": "ts"}],
+        "metrics": metrics,
+    }
+    (root / "metrics" / "defs.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+COMPUTE = """
+import sys, time
+from catalog.project import load_project
+from catalog.compute import compute, ComputeOptions
+projects = [load_project(p) for p in sys.argv[1:]]
+t = time.perf_counter()
+for p in projects:
+    compute(p, ComputeOptions(full=True))
+OUT = {"s": time.perf_counter() - t}
+"""
+
+SCAN = """
+import sys, time, duckdb
+con = duckdb.connect(); con.execute("SET TimeZone = 'UTC'")
+t = time.perf_counter()
+con.sql("SELECT sum(account_id), sum(user_id), sum(epoch_us(ts)::DOUBLE), sum(amount), "
+        "sum(seconds), sum(kind) FROM read_parquet('" + sys.argv[1] + "')").fetchall()
+OUT = {"s": time.perf_counter() - t}
+"""
+
+
+def _median(code: str, *args: str, repeat: int = 3) -> tuple[float, float]:
+    runs = [run_in_subprocess(code, *args) for _ in range(repeat)]
+    return statistics.median(r.output["s"] for r in runs), max(r.peak_mb for r in runs)
+
+
+def run(size: str) -> None:
+    # generated in a subprocess: Linux keeps peak RSS across fork+exec, so a parent that
+    # grew would inflate every child's peak
+    source = Path(run_in_subprocess(
+        "from bench.compute import _source\nOUT = {'p': str(_source(sys.argv[1]))}", size
+    ).output["p"])
+    work = DATA / f"compute_{size}" / "projects"
+    scan_s, scan_mb = _median(SCAN, str(source))
+    rows = [["bare scan of the file (floor)", "-", f"{scan_s:.2f}", f"{scan_mb:.0f}", "1.00x"]]
+    for n in (1, 5, 20):
+        one = make_project(work / f"one_{n}", source, _metrics(n))
+        single = [make_project(work / f"single_{n}_{i}", source, [m])
+                  for i, m in enumerate(_metrics(n))]
+        s1, mb1 = _median(COMPUTE, str(one))
+        sn, mbn = _median(COMPUTE, *map(str, single), repeat=1 if n == 20 else 3)
+        rows.append(["catalog.compute, one scan", n, f"{s1:.2f}", f"{mb1:.0f}",
+                     f"{s1 / scan_s:.2f}x"])
+        rows.append([f"{n} separate single-metric queries", n, f"{sn:.2f}", f"{mbn:.0f}",
+                     f"{sn / scan_s:.2f}x"])
+        print(rows[-2], rows[-1], flush=True)
+        if n == 20:
+            ratio20 = s1 / scan_s
+    distinct = make_project(work / "distinct_20", source, _metrics(20, distinct=True))
+    sd, mbd = _median(COMPUTE, str(distinct))
+    rows.append(["catalog.compute, one scan, incl. 1 count_distinct", 20, f"{sd:.2f}",
+                 f"{mbd:.0f}", f"{sd / scan_s:.2f}x"])
+    total, keys = SIZES[size]
+    text = (f"### {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; daily grain, "
+            "7d/30d windows\n\n"
+            + table(["plan", "metrics", "seconds (median)", "peak MB", "vs bare scan"], rows)
+            + f"\n\n20 metrics in one scan cost **{ratio20:.2f}x** one bare scan (target: at "
+              "most 2x). The compute time includes writing the table (sorted by key and "
+              "snapshot).\n")
+    write_section(f"compute --size {size}", text)
+    print(text)
