@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .durations import parse_duration
@@ -123,8 +124,13 @@ def literal(value: Any) -> str:
     return exp.convert(value).sql(dialect="duckdb")
 
 
-def connect() -> Any:
-    """A fresh in-memory DuckDB connection that never installs or loads extensions."""
+def connect(allowed: list[Path] | None = None) -> Any:
+    """A fresh in-memory DuckDB connection that never installs or loads extensions; with
+    `allowed`, hardened to read only those files (catalog.duck)."""
+    if allowed is not None:
+        from .duck import connect as hardened
+
+        return hardened(allowed)
     import duckdb
 
     con = duckdb.connect()
@@ -223,7 +229,7 @@ def check_source(project: Project, source: Source, as_of: datetime) -> SourceRep
         return report
     from .contracts_spark import engine_connection  # DuckDB, or Spark per tally.yaml
 
-    con = engine_connection(project.root, source.file_format)
+    con = engine_connection(project.root, source.file_format, [Path(f) for f in files])
     try:
         _check_with(con, source, path, as_of, report)
     except duckdb.Error as exc:
