@@ -12,6 +12,7 @@ subprocess; medians of 3.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -70,7 +71,7 @@ def make_project(root: Path, source: Path, metrics: list[dict]) -> Path:
         shutil.rmtree(root)
     (root / "metrics").mkdir(parents=True)
     (root / "data").mkdir()
-    (root / "data" / "events.parquet").symlink_to(source)
+    os.link(source, root / "data" / "events.parquet")  # a hard link: inside the project
     doc = {
         "entities": [{"name": "account", "join_key": "account_id", "description": "An account.",
                       "owner": "bench@example.com"}],
