@@ -170,27 +170,41 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
         ))
     )
 
-    # buckets: partial aggregates per (entity, bucket)
-    partials: list[exp.Expression] = [alias(exp.Count(this=exp.Star()), "__n")]
+    # buckets: partial aggregates per (entity, bucket), one per distinct (kind, expression,
+    # filter) so metrics differing only by window share their partials
+    partials: dict[tuple[str, str, str], str] = {}
+    partial_cols: list[exp.Expression] = []
+
+    def partial(kind: str, i: int) -> str:
+        metric = metrics[i]
+        key = (kind, metric.expression.strip(), (metric.filter or "").strip())
+        if key not in partials:
+            name = f"__p{len(partials)}"
+            x = col(f"__x{i}")
+            node = {"count": exp.Count(this=exp.Star() if key[1] == "*" else x),
+                    "sum": exp.Sum(this=x), "min": exp.Min(this=x),
+                    "max": exp.Max(this=x)}[kind]
+            partial_cols.append(alias(exp.Filter(this=node, expression=exp.Where(
+                this=col(f"__f{i}"))), name))
+            partials[key] = name
+        return partials[key]
+
+    uses: dict[int, dict[str, str]] = {}
     for i, metric in enumerate(metrics):
-        x, cond = col(f"__x{i}"), exp.Where(this=col(f"__f{i}"))
         agg = metric.aggregation
         if agg == "count":
-            counted = exp.Count(this=exp.Star()) if metric.expression.strip() == "*" else (
-                exp.Count(this=x))
-            partials.append(alias(exp.Filter(this=counted, expression=cond), f"__p{i}"))
-        elif agg in ("sum", "avg"):
-            partials.append(alias(exp.Filter(this=exp.Sum(this=x), expression=cond), f"__p{i}"))
-            if agg == "avg":
-                partials.append(alias(exp.Filter(this=exp.Count(this=x), expression=cond.copy()),
-                                      f"__q{i}"))
+            uses[i] = {"sum": partial("count", i)}
+        elif agg == "sum":
+            uses[i] = {"sum": partial("sum", i)}
+        elif agg == "avg":
+            uses[i] = {"sum": partial("sum", i), "count": partial("count", i)}
         elif agg in ("min", "max"):
-            node = exp.Min(this=x) if agg == "min" else exp.Max(this=x)
-            partials.append(alias(exp.Filter(this=node, expression=cond), f"__p{i}"))
-    buckets = (exp.select(col("__key"), col("__b"), *partials).from_("src")
+            uses[i] = {agg: partial(agg, i)}
+    buckets = (exp.select(col("__key"), col("__b"), *partial_cols).from_("src")
                .group_by(col("__key"), col("__b")))
 
-    # islands of activity: candidate snapshot ranges per entity (the entity-row rule)
+    # islands of activity: runs of buckets closer than `reach`; an entity has a row at the
+    # snapshots from just after an island's first bucket to `reach` after its last one
     gap = op(exp.Sub, col("__b"), exp.Window(
         this=exp.func("lag", col("__b")), partition_by=[col("__key")],
         order=exp.Order(expressions=[exp.Ordered(this=col("__b"))])))
@@ -207,37 +221,33 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
                                              start_side="PRECEDING", end="CURRENT ROW")),
               "__island"),
     ).from_("marks")
-    spans = (exp.select(col("__key"), alias(exp.Min(this=col("__b")), "__first"),
+    spans = (exp.select(col("__key"), col("__island"),
+                        alias(exp.Min(this=col("__b")), "__first"),
                         alias(exp.Max(this=col("__b")), "__last"))
              .from_("numbered").group_by(col("__key"), col("__island")))
-    first_k = op(exp.Mul, op(exp.Add, op(exp.IntDiv, col("__first"), g), 1), g)
-    last_k = op(exp.Mul, op(exp.IntDiv, op(exp.Add, col("__last"), reach), g), g)
-    grid = exp.select(
-        col("__key"),
+    # every bucket position of an island: the running sums need the history, and on a
+    # dense series a window of W buckets is simply W rows
+    dense_end = exp.func("least", op(exp.Add, col("__last"), reach), num(high))
+    dense = exp.select(
+        col("__key"), col("__island"), col("__first"),
         alias(exp.Explode(this=exp.GenerateSeries(
-            start=exp.func("greatest", first_k, num(low)),
-            end=exp.func("least", last_k, num(high)), step=num(g))), "__pos"),
+            start=col("__first"), end=dense_end, step=num(1))), "__pos"),
     ).from_("spans")
     if dialect == "spark":  # Spark's sequence() fails on an empty range; DuckDB's is empty
-        grid = grid.where(exp.LTE(this=exp.func("greatest", first_k.copy(), num(low)),
-                                  expression=exp.func("least", last_k.copy(), num(high))))
+        dense = dense.where(exp.LTE(this=col("__first"), expression=dense_end.copy()))
 
-    # everything on one axis: grid rows, bucket partials, distinct-count deltas
-    partial_names = [a.alias for a in partials]
-    distinct = [i for i, m in enumerate(metrics) if m.aggregation == "count_distinct"]
-    delta_names = [f"__d{i}" for i in distinct]
-    all_cols = ["__key", "__pos", "__is_grid", *partial_names, *delta_names]
-
-    def row(values: dict[str, exp.Expression], source_name: str) -> exp.Select:
-        return exp.select(*[alias(values.get(c, exp.Null()), c) for c in all_cols]).from_(
-            source_name)
-
-    union: exp.Query = row({"__key": col("__key"), "__pos": col("__pos"),
-                            "__is_grid": exp.true()}, "grid")
-    union = union.union(row({"__key": col("__key"), "__pos": col("__b"),
-                             "__is_grid": exp.false(),
-                             **{n: col(n) for n in partial_names}}, "buckets"), distinct=False)
     ctes: list[tuple[str, exp.Expression]] = []
+    series = (exp.select(col("__key", "dense"), col("__island", "dense"),
+                         col("__first", "dense"), col("__pos", "dense"),
+                         *[col(n, "buckets") for n in partials.values()])
+              .from_("dense")
+              .join("buckets", on=exp.and_(
+                  exp.EQ(this=col("__key", "dense"), expression=col("__key", "buckets")),
+                  exp.EQ(this=col("__pos", "dense"), expression=col("__b", "buckets"))),
+                  join_type="left"))
+    # count_distinct: each value covers the snapshots after its occurrences (islands of
+    # occurrences closer than W): +1 where coverage starts, -1 where it ends
+    distinct = [i for i, m in enumerate(metrics) if m.aggregation == "count_distinct"]
     for i in distinct:
         w = plan.windows[metrics[i].name]
         occ = exp.select(col("__key"), alias(col(f"__x{i}"), "__v"), col("__b")).distinct().from_(
@@ -257,14 +267,66 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
         occ_span = (exp.select(col("__key"), alias(exp.Min(this=col("__b")), "__first"),
                                alias(exp.Max(this=col("__b")), "__last"))
                     .from_(f"occn{i}").group_by(col("__key"), col("__v"), col("__island")))
+        edges = exp.select(col("__key"), alias(op(exp.Add, col("__first"), 1), "__pos"),
+                           alias(num(1), "__d")).from_(f"occs{i}").union(
+            exp.select(col("__key"), alias(op(exp.Add, col("__last"), w + 1), "__pos"),
+                       alias(num(-1), "__d")).from_(f"occs{i}"), distinct=False)
+        deltas = (exp.select(col("__key"), col("__pos"),
+                             alias(exp.Sum(this=col("__d")), f"__d{i}"))
+                  .from_(exp.Subquery(this=edges, alias=exp.TableAlias(this=ident("e"))))
+                  .group_by(col("__key"), col("__pos")))
         ctes += [(f"occ{i}", occ), (f"occm{i}", occ_marks), (f"occn{i}", occ_num),
-                 (f"occs{i}", occ_span)]
-        union = union.union(row({"__key": col("__key"), "__pos": op(exp.Add, col("__first"), 1), "__is_grid": exp.false(),
-            f"__d{i}": num(1)}, f"occs{i}"), distinct=False)
-        union = union.union(row({"__key": col("__key"), "__pos": op(exp.Add, col("__last"), w + 1), "__is_grid": exp.false(),
-            f"__d{i}": num(-1)}, f"occs{i}"), distinct=False)
+                 (f"occs{i}", occ_span), (f"delta{i}", deltas)]
+        series = series.select(col(f"__d{i}", f"delta{i}")).join(
+            f"delta{i}", on=exp.and_(
+                exp.EQ(this=col("__key", "dense"), expression=col("__key", f"delta{i}")),
+                exp.EQ(this=col("__pos", "dense"), expression=col("__pos", f"delta{i}"))),
+            join_type="left")
 
-    # windowed values at grid positions
+    def over(node: exp.Expression, start: int | str, end: int | str | None) -> exp.Window:
+        def side(value: int | str | None) -> tuple[exp.Expression | str, str | None]:
+            if value == "unbounded":
+                return "UNBOUNDED", "PRECEDING"
+            if value is None:
+                return "CURRENT ROW", None
+            return num(value), "PRECEDING"
+
+        (start_v, start_s), (end_v, end_s) = side(start), side(end)
+        return exp.Window(
+            this=node, partition_by=[col("__key"), col("__island")],
+            order=exp.Order(expressions=[exp.Ordered(this=col("__pos"))]),
+            spec=exp.WindowSpec(kind="ROWS", start=start_v, start_side=start_s, end=end_v,
+                                end_side=end_s))
+
+    # running totals once per partial; sliding windows only for min and max
+    running_cols: list[exp.Expression] = [col("__key"), col("__island"), col("__first"),
+                                          col("__pos")]
+    summed = sorted({n for u in uses.values() for k, n in u.items() if k in ("sum", "count")})
+    for name in summed:
+        running_cols.append(alias(over(exp.Sum(this=exp.func("coalesce", col(name), num(0))),
+                                       "unbounded", None), f"__run{name}"))
+    for i, metric in enumerate(metrics):
+        w = plan.windows[metric.name]
+        if metric.aggregation in ("min", "max"):
+            node = exp.Min if metric.aggregation == "min" else exp.Max
+            running_cols.append(alias(over(node(this=col(uses[i][metric.aggregation])), w, 1),
+                                      f"__v{i}"))
+        elif metric.aggregation == "count_distinct":
+            running_cols.append(alias(over(exp.Sum(this=exp.func("coalesce", col(f"__d{i}"),
+                                                                     num(0))),
+                                           "unbounded", None), f"__v{i}"))
+    running = exp.select(*running_cols).from_("series")
+
+    def windowed_total(name: str, w: int) -> exp.Expression:
+        """The partial's total over buckets K-W..K-1: S(K-1) - S(K-1-W)."""
+        def lag(offset: int) -> exp.Expression:
+            return exp.Window(this=exp.Anonymous(this="lag", expressions=[
+                col(f"__run{name}"), num(offset), num(0)]),
+                partition_by=[col("__key"), col("__island")],
+                order=exp.Order(expressions=[exp.Ordered(this=col("__pos"))]))
+
+        return op(exp.Sub, lag(1), lag(w + 1))
+
     outputs: list[exp.Expression] = [
         alias(col("__key"), entity.join_key),
         alias(from_us(op(exp.Mul, col("__pos"), plan.bucket_us), dialect), "event_timestamp"),
@@ -272,37 +334,33 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
     ]
     for i, metric in enumerate(metrics):
         w = plan.windows[metric.name]
-
-        def framed(name: str, agg: type[exp.Expression] = exp.Sum) -> exp.Window:
-            return _window(agg(this=col(name)), start=w, end=1)  # noqa: B023
-
         agg = metric.aggregation
         if agg in ("count", "sum"):
-            value: exp.Expression = exp.func("coalesce", framed(f"__p{i}"), num(0))
+            value: exp.Expression = windowed_total(uses[i]["sum"], w)
         elif agg == "avg":
-            value = op(exp.Div, framed(f"__p{i}"), exp.func("nullif", framed(f"__q{i}"), num(0)))
-        elif agg == "min":
-            value = framed(f"__p{i}", exp.Min)
-        elif agg == "max":
-            value = framed(f"__p{i}", exp.Max)
-        else:  # count_distinct: running sum of island deltas up to and including here
-            value = exp.func("coalesce", _window(exp.Sum(this=col(f"__d{i}")),
-                                                 start="unbounded", end=None), num(0))
+            value = op(exp.Div, windowed_total(uses[i]["sum"], w),
+                       exp.func("nullif", windowed_total(uses[i]["count"], w), num(0)))
+        else:  # min, max, count_distinct: computed in `running`
+            value = col(f"__v{i}")
         if agg in ("count", "count_distinct"):
             value = exp.Cast(this=value, to=exp.DataType.build("BIGINT"))
         elif agg in ("sum", "avg"):
-            # window sums add in an order the engine chooses; rounding far below any
+            # running totals add in an order the engine chooses; rounding far below any
             # business precision makes reruns and incremental runs bit-identical
             value = exp.func("round", exp.Cast(this=value, to=exp.DataType.build("DOUBLE")),
                              num(ROUND_DIGITS))
         outputs.append(alias(value, metric.name))
-    windowed = exp.select(col("__is_grid"), *outputs).from_("u")
-    final = (exp.select(*[col(a.alias) for a in outputs]).from_("w")
-             .where(col("__is_grid")))
+    keep = exp.and_(
+        exp.EQ(this=exp.Mod(this=col("__pos"), expression=num(g)), expression=num(0)),
+        exp.GT(this=col("__pos"), expression=col("__first")),
+        exp.GTE(this=col("__pos"), expression=num(low)),
+        exp.LTE(this=col("__pos"), expression=num(high)))
+    values = exp.select(col("__pos"), col("__first"), *outputs).from_("running")
+    final = (exp.select(*[col(a.alias) for a in outputs]).from_("vals").where(keep))
     query = final
     for name, sub in [("src", src), ("buckets", buckets), ("marks", marks),
-                      ("numbered", numbered), ("spans", spans), ("grid", grid), *ctes,
-                      ("u", union), ("w", windowed)]:
+                      ("numbered", numbered), ("spans", spans), ("dense", dense), *ctes,
+                      ("series", series), ("running", running), ("vals", values)]:
         query = query.with_(name, as_=sub)
     return query.order_by(col(entity.join_key), col("event_timestamp"))
 
