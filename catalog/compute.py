@@ -60,18 +60,11 @@ class ComputeOptions:
 def connect(allowed: list[Path] | None = None, temp: Path | None = None) -> Any:
     """A DuckDB connection for computation: UTC, no extension downloads or auto-loading;
     with `allowed`, it may read and write only those files and folders."""
-    if allowed is not None:
-        from .duck import connect as hardened
+    from .duck import connect as hardened
+    from .duck import connect_unrestricted
 
-        return hardened(allowed, temp_directory=temp)
-    import duckdb
-
-    con = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                 "autoload_known_extensions": False})
-    con.execute("SET TimeZone = 'UTC'")
-    with contextlib.suppress(duckdb.Error):  # refused inside Jupyter without ipywidgets
-        con.execute("SET enable_progress_bar = false")
-    return con
+    return connect_unrestricted() if allowed is None else hardened(allowed,
+                                                                   temp_directory=temp)
 
 
 def _definition_hash(project: Project, spec: TableSpec) -> str:
@@ -336,10 +329,14 @@ class Computer:
             if self.progress:
                 self.progress(spec.name, 1, 1)
             return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
-        con = engine.con
+        return self._write_whole(engine.con, f"SELECT * FROM ({query.sql('duckdb')})", out,
+                                 entity_key, spec)
+
+    def _write_whole(self, con: Any, select_sql: str, out: Path, key: str,
+                     spec: TableSpec) -> TableResult:
+        """Write a table computed whole (derived, score) and report it."""
         try:
-            _write_table(con, f"SELECT * FROM ({query.sql('duckdb')})", out,
-                         f'"{entity_key}", event_timestamp')
+            _write_table(con, select_sql, out, f'"{key}", event_timestamp')
         except Exception as exc:
             raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
                             ) from None
@@ -361,16 +358,7 @@ class Computer:
         query = score_query(self.project, score, self.specs)
         con = connect([out.parent, *input_paths(self.project, score, self.specs)])
         key = self.project.entities[score.entity].join_key
-        try:
-            _write_table(con, query, out, f'"{key}", event_timestamp')
-        except Exception as exc:
-            raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
-                            ) from None
-        if self.progress:
-            self.progress(spec.name, 1, 1)
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
-                           ).fetchone()[0]
-        return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+        return self._write_whole(con, query, out, key, spec)
 
     def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
                      name: str, keep: tuple[int, int] | None) -> int:

@@ -125,19 +125,12 @@ def literal(value: Any) -> str:
 
 
 def connect(allowed: list[Path] | None = None) -> Any:
-    """A fresh in-memory DuckDB connection that never installs or loads extensions; with
-    `allowed`, hardened to read only those files (catalog.duck)."""
-    if allowed is not None:
-        from .duck import connect as hardened
+    """A DuckDB connection that never installs or loads extensions; with `allowed`,
+    hardened to read only those files (catalog.duck)."""
+    from .duck import connect as hardened
+    from .duck import connect_unrestricted
 
-        return hardened(allowed)
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET autoinstall_known_extensions=false")
-    con.execute("SET autoload_known_extensions=false")
-    con.execute("SET TimeZone='UTC'")
-    return con
+    return connect_unrestricted() if allowed is None else hardened(allowed)
 
 
 def scan_sql(path: str, file_format: str) -> str:

@@ -123,6 +123,21 @@ def connect(
     return con
 
 
+def connect_unrestricted() -> duckdb.DuckDBPyConnection:
+    """A connection for Tally's own reads (computed tables, entity frames): UTC, no
+    extension downloads or auto-loading, but no path restrictions."""
+    import duckdb
+
+    con = duckdb.connect(database=":memory:", config={
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    })
+    con.execute("SET TimeZone = 'UTC'")
+    with contextlib.suppress(duckdb.Error):  # refused inside Jupyter without ipywidgets
+        con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def allowed_paths_for(project: Project, *, root: Path | None = None) -> list[Path]:
     """The declared source files (or glob folders) of `project` plus root/data/tables."""
     base = Path(root or project.root)

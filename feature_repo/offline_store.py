@@ -64,13 +64,9 @@ class TallyDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 
 
 def connect() -> Any:
-    import duckdb
+    from catalog.duck import connect_unrestricted
 
-    con = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                 "autoload_known_extensions": False})
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    return con
+    return connect_unrestricted()
 
 
 def _arrow(result: Any) -> pa.Table:

@@ -145,18 +145,16 @@ def _same(a: object, b: object) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
 
 
-@pytest.fixture
-def semantics_project(tmp_path: Path) -> tuple[Path, list[dict], list[dict], list[dict]]:
+def write_semantics_data(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """The events, visits and levels sources of DEFINITIONS, generated under root/data."""
     rng = random.Random(11)
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "defs.yaml").write_text(DEFINITIONS)
     events = _events(rng)
-    _write(tmp_path / "data" / "events.parquet", events, pa.schema([
+    _write(root / "data" / "events.parquet", events, pa.schema([
         ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("value", pa.float64()),
         ("kind", pa.string()), ("user_id", pa.int64())]))
     visits = [{"shop_id": rng.randint(1, 6),
                "ts": EPOCH + timedelta(hours=rng.randint(0, 20 * 24))} for _ in range(60)]
-    _write(tmp_path / "data" / "visits.parquet", visits, pa.schema([
+    _write(root / "data" / "visits.parquet", visits, pa.schema([
         ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC"))]))
     levels = []
     for shop in range(1, 7):
@@ -164,10 +162,17 @@ def semantics_project(tmp_path: Path) -> tuple[Path, list[dict], list[dict], lis
             levels.append({"shop_id": shop, "ts": EPOCH + day * DAY,
                            "created": EPOCH + day * DAY + timedelta(minutes=rng.randint(0, 9)),
                            "level": float(rng.randint(1, 9))})
-    _write(tmp_path / "data" / "levels.parquet", levels, pa.schema([
+    _write(root / "data" / "levels.parquet", levels, pa.schema([
         ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
         ("created", pa.timestamp("us", tz="UTC")), ("level", pa.float64())]))
-    return tmp_path, events, visits, levels
+    return events, visits, levels
+
+
+@pytest.fixture
+def semantics_project(tmp_path: Path) -> tuple[Path, list[dict], list[dict], list[dict]]:
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "defs.yaml").write_text(DEFINITIONS)
+    return (tmp_path, *write_semantics_data(tmp_path))
 
 
 EVENT_METRICS = {

@@ -20,7 +20,7 @@ import pytest
 from catalog.compute import ComputeOptions, compute
 from catalog.project import load_project
 from tests.helpers import REPO
-from tests.test_compute_semantics import DEFINITIONS, EPOCH, _events, _write
+from tests.test_compute_semantics import DEFINITIONS, EPOCH, write_semantics_data
 
 DAY = timedelta(days=1)
 AS_OF = "2025-03-25T00:00:00Z"
@@ -69,24 +69,7 @@ def _definitions() -> str:
 
 
 def _data(root: Path) -> None:
-    rng = random.Random(11)
-    events = _events(rng)
-    _write(root / "data" / "events.parquet", events, pa.schema([
-        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("value", pa.float64()),
-        ("kind", pa.string()), ("user_id", pa.int64())]))
-    visits = [{"shop_id": rng.randint(1, 6),
-               "ts": EPOCH + timedelta(hours=rng.randint(0, 20 * 24))} for _ in range(60)]
-    _write(root / "data" / "visits.parquet", visits, pa.schema([
-        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC"))]))
-    levels = []
-    for shop in range(1, 7):
-        for day in (0, 4, 4, 12):
-            levels.append({"shop_id": shop, "ts": EPOCH + day * DAY,
-                           "created": EPOCH + day * DAY + timedelta(minutes=rng.randint(0, 9)),
-                           "level": float(rng.randint(1, 9))})
-    _write(root / "data" / "levels.parquet", levels, pa.schema([
-        ("shop_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
-        ("created", pa.timestamp("us", tz="UTC")), ("level", pa.float64())]))
+    write_semantics_data(root)
 
 
 def _feature_store_yaml(engine: str) -> str:
@@ -114,7 +97,8 @@ def _project(base: Path, engine: str) -> Path:
 
 @pytest.fixture(scope="module")
 def spark():
-    pytest.importorskip("pyspark")
+    import pyspark  # noqa: F401 - the spark extra is part of the test install
+
     from catalog.engines import check_spark_available
 
     check_spark_available()
@@ -228,7 +212,7 @@ def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypat
     with pytest.raises(EngineUnavailableError, match=r"tally\[spark\].*Java"):
         check_spark_available()
     monkeypatch.delitem(sys.modules, "pyspark")
-    pytest.importorskip("pyspark")
+    import pyspark  # noqa: F401 - the spark extra is part of the test install
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(EngineUnavailableError, match=r"Java 17.*tally\[spark\]"):
