@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import TallyError
+from .fsutil import glob_base
 
 if TYPE_CHECKING:
     import duckdb
 
     from .project import Project
 
-GLOB_CHARS = "*?[{"
 TABLES_DIR = Path("data") / "tables"
 
 
@@ -44,14 +44,7 @@ def _split(allowed_paths: Iterable[Path | str]) -> tuple[list[str], list[str]]:
         text = os.fspath(entry)
         if not text or "\x00" in text:
             raise TallyError(f"cannot allow the path {text!r} in DuckDB; give a file or folder")
-        parts = Path(text).parts
-        base_parts: list[str] = []
-        for part in parts:
-            if any(ch in part for ch in GLOB_CHARS):
-                break
-            base_parts.append(part)
-        is_glob = len(base_parts) < len(parts)
-        base = Path(*base_parts) if base_parts else Path(".")
+        base, is_glob = glob_base(Path(text))
         real = os.path.realpath(base)
         missing_folder = not Path(real).exists() and not Path(real).suffix
         if is_glob or Path(real).is_dir() or text.endswith(os.sep) or missing_folder:

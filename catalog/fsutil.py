@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import LockTimeoutError, TallyError, UsageError
 
@@ -94,6 +94,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+GLOB_CHARS = "*?[{"
+
+
+def glob_base(path: PurePath) -> tuple[PurePath, bool]:
+    """The folder a glob pattern starts from, and whether `path` is a pattern at all."""
+    base_parts: list[str] = []
+    for part in path.parts:
+        if any(ch in part for ch in GLOB_CHARS):
+            break
+        base_parts.append(part)
+    is_glob = len(base_parts) < len(path.parts)
+    return (type(path)(*base_parts) if base_parts else type(path)(".")), is_glob
 
 
 def temp_path_beside(path: Path, suffix: str = "") -> Path:

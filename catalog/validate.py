@@ -9,12 +9,12 @@ from pathlib import Path, PurePosixPath
 
 from .config import CONFIG_FILE, read_config
 from .errors import Issue
+from .fsutil import glob_base
 from .project import Definition, Project
 from .spec import Metric, Model, Score, Source
 from .sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
 from .yamlio import LoadedYaml
 
-GLOB_CHARS = "*?["
 MAX_GLOB_MATCHES_CHECKED = 1000
 
 
@@ -127,14 +127,7 @@ def _path_problem(c: _Checker, raw: str) -> str | None:
     roots = (c.project.root, *c.allowed_dirs)
     if not _within(written, roots) or (".." in pure.parts and len(c.allowed_dirs) == 1):
         return f"{raw!r} leaves the project; {fix}"
-    parts = pure.parts
-    base_parts = []
-    for part in parts:
-        if any(ch in part for ch in GLOB_CHARS):
-            break
-        base_parts.append(part)
-    is_glob = len(base_parts) < len(parts)
-    base = PurePosixPath(*base_parts) if base_parts else PurePosixPath(".")
+    base, is_glob = glob_base(pure)
     base_path = base if base.is_absolute() else c.project.root / base
     real = Path(os.path.realpath(base_path))
     if not _within(real, c.allowed_dirs):
