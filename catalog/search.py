@@ -32,6 +32,7 @@ STATUSES = ("certified", "draft", "deprecated", "none")
 CONTRACT_FACETS = ("passing", "failing", "violated", "unchecked", "none")
 MAX_QUERY_WORDS = 12
 _WORD = re.compile(r"[a-z0-9]+")
+_DECODE = json.JSONDecoder().decode  # skips json.loads' bytes sniffing
 _SHOW_ORDER = ("metric", "score", "source", "entity", "model", "feature_view")
 
 
@@ -271,10 +272,11 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
     # Each tier is its own search with one optional clause at most: several optional clauses
     # make tantivy walk their whole posting lists, which costs milliseconds at 100k entries.
     ranked: list[tuple[float, tantivy.DocAddress]] = []
-    if query_words:  # 1. the entry named exactly
+    exact_name = "_".join(query_words)
+    # 1. the entry named exactly; a term-dictionary lookup skips the search for most queries
+    if query_words and searcher.doc_freq("name", exact_name):
         ranked += [(EXACT + score, a) for score, a in _top(searcher, [
-            (must, tantivy.Query.term_query(schema, "name", "_".join(query_words))), *facets],
-            limit)[0]]
+            (must, tantivy.Query.term_query(schema, "name", exact_name)), *facets], limit)[0]]
     total = 0
     for every_word in (True, False) if len(query_words) > 1 else (True,):
         matching = _word_clauses(opened, searcher, query_words, every_word) if query_words \
@@ -294,14 +296,18 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
             total += count
         if total:
             break  # the any-word fallback only when no entry matches every word
-    results, seen = [], set()
+    # Only the hits shown are read and decoded (the stored summary, not the whole card).
+    results: list[SearchHit] = []
+    seen: set[tuple[int, int]] = set()
+    decode, doc = _DECODE, searcher.doc
     for score, address in ranked:
         key = (address.segment_ord, address.doc)
         if key in seen:
             continue
         seen.add(key)
-        hit = json.loads(searcher.doc(address).get_first("hit") or b"{}")
-        results.append(SearchHit(score=round(float(score), 3), **hit))
+        raw = doc(address).get_first("hit")
+        results.append(SearchHit(score=round(float(score), 3),
+                                 **(decode(raw.decode()) if raw else {})))
         if len(results) == limit:
             break
     return SearchResults(text, results, max(total, len(results)))
