@@ -201,6 +201,8 @@ class _Rule:
     order_sql: str | None = None
     all_rows: bool = False  # every row offends when the rule fails
     recount_sql: str | None = None  # an exact recount, run only when count_sql finds some
+    key: list[str] = field(default_factory=list)  # unique: the key's columns
+    where_key_sql: str | None = None  # unique: rows whose key has no null
 
 
 def _resolve_files(project: Project, source: Source) -> tuple[str, list[str]]:
@@ -308,6 +310,7 @@ def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]
                 f"THEN hash({key}) END)",
                 f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
                 order_sql=", ".join([key, *others]),
+                key=list(contract.unique), where_key_sql=whole,
                 recount_sql=f"count(*) - count(DISTINCT row({key})) FILTER (WHERE {whole}) "
                             f"- count(*) FILTER (WHERE NOT ({whole}))"))
     if contract and contract.freshness:
@@ -321,6 +324,9 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
     found = {row[0]: _base_type(row[1])
              for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
     rules = _plan(source, found, as_of)
+    ordered = _ordered_key(con, source, path, found, rules)
+    if ordered is not None:
+        ordered[0].count_sql, unique_sql = None, ordered[0].count_sql
     counted = [r for r in rules if r.count_sql]
     selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
     fresh = next((r for r in rules if r.result.rule == "freshness"), None)
@@ -335,6 +341,15 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
             rule.result.offending_rows = int(recount or 0)
         if rule.result.rule != "column_type":
             rule.result.ok = rule.result.offending_rows == 0
+    if ordered is not None:
+        rule, column = ordered
+        count = _ordered_duplicates(con, scan, rule, column, found[column])
+        if count is None:  # not in order after all: the hash count, as in the single pass
+            count = con.sql(f"SELECT {unique_sql} FROM {scan}").fetchall()[0][0]
+            if count and rule.recount_sql:
+                count = con.sql(f"SELECT {rule.recount_sql} FROM {scan}").fetchall()[0][0]
+        rule.result.offending_rows = int(count or 0)
+        rule.result.ok = rule.result.offending_rows == 0
     if source.file_format == "csv":
         rules.insert(0, _parse_rule(con))
     if fresh is not None and source.timestamp_field in found:
@@ -354,6 +369,80 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
         elif not result.examples and rule.all_rows and result.rule != "missing_column":
             result.examples = _rows(con, f"SELECT * FROM {scan} LIMIT {EXAMPLES}")
     report.results.extend(r.result for r in rules)
+
+
+# -- unique keys of data stored in key order ------------------------------------------------
+#
+# Counting distinct keys needs a hash table over every row: most of a check's time. Data is
+# often stored in the order of one key column (events by time); then rows sharing that
+# column's value are neighbours, a row whose value differs from both neighbours has a key no
+# other row has, and only the few rows with a tied value need counting. Parquet row-group
+# statistics say which key column may be in order (metadata only); streaming that one
+# column then proves it, and any disorder falls back to the hash count.
+
+_ORDERED_TYPES = {**{t: "CAST({} AS BIGINT)" for t in (*_INTS, "BIGINT", "UINTEGER")},
+                  **{t: "epoch_us({})" for t in _TIMESTAMPS}}
+_MAX_TIES = 10_000  # more tied values than this: the hash count is as cheap
+
+
+def _ordered_key(con: Any, source: Source, path: str, found: dict[str, str],
+                 rules: list[_Rule]) -> tuple[_Rule, str] | None:
+    """The unique rule and a key column whose row groups are in order, when there is one."""
+    import duckdb
+
+    rule = next((r for r in rules if r.result.rule == "unique" and r.count_sql), None)
+    if (rule is None or source.file_format != "parquet"
+            or not isinstance(con, duckdb.DuckDBPyConnection)):
+        return None
+    for column in rule.key:
+        duck_type = found[column]
+        if duck_type not in _ORDERED_TYPES:
+            continue
+        bounds = (f"SELECT TRY_CAST(stats_min_value AS {duck_type}) AS lo, "
+                  f"TRY_CAST(stats_max_value AS {duck_type}) AS hi, file_name, row_group_id "
+                  f"FROM parquet_metadata({literal(path)}) "
+                  f"WHERE path_in_schema = {literal(column)}")
+        bad = con.sql(
+            f"SELECT count(*) FILTER (WHERE lo IS NULL OR hi IS NULL OR lo < prev), count(*) "
+            f"FROM (SELECT lo, hi, lag(hi) OVER (ORDER BY file_name, row_group_id) AS prev "
+            f"FROM ({bounds}))").fetchall()[0]
+        if bad[1] and not bad[0]:
+            return rule, column
+    return None
+
+
+def _ordered_duplicates(con: Any, scan: str, rule: _Rule, column: str,
+                        duck_type: str) -> int | None:
+    """Rows repeating a key, counted exactly, if `column` is in order; None if it is not."""
+    import numpy as np
+
+    value = _ORDERED_TYPES[duck_type].format(ident(column))
+    reader = con.sql(f"SELECT {value} FROM {scan} WHERE {rule.where_key_sql}"
+                     ).to_arrow_reader(1 << 20)
+    tied: set[int] = set()
+    last: int | None = None
+    for batch in reader:
+        values = batch.column(0).to_numpy()
+        if not len(values):
+            continue
+        if last is not None:
+            values = np.concatenate(([last], values))
+        steps = np.diff(values)
+        if (steps < 0).any():
+            return None
+        same = np.flatnonzero(steps == 0)
+        if len(same):
+            tied.update(values[same].tolist())
+            if len(tied) > _MAX_TIES:
+                return None
+        last = int(values[-1])
+    if not tied:
+        return 0
+    listed = ", ".join(str(v) for v in sorted(tied))
+    key = ", ".join(ident(c) for c in rule.key)
+    return int(con.sql(
+        f"SELECT count(*) - count(DISTINCT row({key})) FROM {scan} "
+        f"WHERE {rule.where_key_sql} AND {value} IN ({listed})").fetchall()[0][0] or 0)
 
 
 def _value_as(value: Any, column_type: str) -> Any:
