@@ -430,10 +430,10 @@ def _ordered_duplicates(con: Any, scan: str, rule: _Rule, column: str,
             continue
         if last is not None:
             values = np.concatenate(([last], values))
-        steps = np.diff(values)
-        if (steps < 0).any():
+        before, after = values[:-1], values[1:]
+        if (after < before).any():
             return None
-        same = np.flatnonzero(steps == 0)
+        same = np.flatnonzero(after == before)
         if len(same):
             tied.update(values[same].tolist())
             if len(tied) > _MAX_TIES:
