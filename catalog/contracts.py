@@ -327,10 +327,18 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
     ordered = _ordered_key(con, source, path, found, rules)
     if ordered is not None:
         ordered[0].count_sql, unique_sql = None, ordered[0].count_sql
+    fresh = next((r for r in rules if r.result.rule == "freshness"), None)
+    # the ordered column, read anyway, gives its own null count and (last) newest value:
+    # the aggregate pass then skips it - exact for microsecond timestamps (epoch_us)
+    newest_by_order = (ordered is not None and ordered[1] == source.timestamp_field
+                       and found[ordered[1]] in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"))
+    by_order = [r for r in rules if newest_by_order and r.result.rule == "not_null"
+                and r.result.column == source.timestamp_field]
+    for r in by_order:
+        r.count_sql = None
     counted = [r for r in rules if r.count_sql]
     selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
-    fresh = next((r for r in rules if r.result.rule == "freshness"), None)
-    if fresh is not None and source.timestamp_field in found:
+    if fresh is not None and source.timestamp_field in found and not newest_by_order:
         selects.append(f"max({ident(source.timestamp_field)})")
     row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
     report.rows = int(row[0])
@@ -341,19 +349,34 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
             rule.result.offending_rows = int(recount or 0)
         if rule.result.rule != "column_type":
             rule.result.ok = rule.result.offending_rows == 0
+    newest = row[-1]
     if ordered is not None:
         rule, column = ordered
-        count = _ordered_duplicates(con, scan, rule, column, found[column], report.rows)
+        count, present, last = _ordered_duplicates(con, scan, rule, column, found[column],
+                                                   report.rows)
         if count is None:  # not in order after all: the hash count, as in the single pass
             count = con.sql(f"SELECT {unique_sql} FROM {scan}").fetchall()[0][0]
             if count and rule.recount_sql:
                 count = con.sql(f"SELECT {rule.recount_sql} FROM {scan}").fetchall()[0][0]
         rule.result.offending_rows = int(count or 0)
         rule.result.ok = rule.result.offending_rows == 0
+        if newest_by_order:
+            if present is None:  # the fetch stopped early: ask the file
+                present, newest = con.sql(f"SELECT count({ident(column)}), "
+                                          f"max({ident(column)}) FROM {scan}").fetchall()[0]
+            elif last is not None:
+                newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=last)
+                if found[column] == "TIMESTAMP":
+                    newest = newest.replace(tzinfo=None)
+            else:
+                newest = None
+            for r in by_order:
+                r.result.offending_rows = report.rows - int(present)
+                r.result.ok = r.result.offending_rows == 0
     if source.file_format == "csv":
         rules.insert(0, _parse_rule(con))
     if fresh is not None and source.timestamp_field in found:
-        _judge_freshness(fresh, row[-1], source, as_of, report.rows)
+        _judge_freshness(fresh, newest, source, as_of, report.rows)
     for rule in rules:
         result = rule.result
         if result.ok:
@@ -413,8 +436,10 @@ def _ordered_key(con: Any, source: Source, path: str, found: dict[str, str],
 
 
 def _ordered_duplicates(con: Any, scan: str, rule: _Rule, column: str,
-                        duck_type: str, rows: int) -> int | None:
-    """Rows repeating a key, counted exactly, if `column` is in order; None if it is not."""
+                        duck_type: str, rows: int
+                        ) -> tuple[int | None, int | None, int | None]:
+    """(rows repeating a key, counted exactly, rows with a value in `column`, its last
+    value) if `column` is in order; (None, None, None) if it is not."""
     import numpy as np
 
     value = _ORDERED_TYPES[duck_type].format(ident(column))
@@ -427,27 +452,30 @@ def _ordered_duplicates(con: Any, scan: str, rule: _Rule, column: str,
         batches = (batch.column(0).to_numpy() for batch in query.to_arrow_reader(1 << 20))
     tied: set[int] = set()
     last: int | None = None
+    present = 0
     for values in batches:
+        present += len(values)
         if not len(values):
             continue
         if last is not None:
             values = np.concatenate(([last], values))
         before, after = values[:-1], values[1:]
         if (after < before).any():
-            return None
+            return None, None, None
         same = np.flatnonzero(after == before)
         if len(same):
             tied.update(values[same].tolist())
             if len(tied) > _MAX_TIES:
-                return None
+                return None, None, None
         last = int(values[-1])
     if not tied:
-        return 0
+        return 0, present, last
     listed = ", ".join(str(v) for v in sorted(tied))
     key = ", ".join(ident(c) for c in rule.key)
     return int(con.sql(
         f"SELECT count(*) - count(DISTINCT row({key})) FROM {scan} "
-        f"WHERE {rule.where_key_sql} AND {value} IN ({listed})").fetchall()[0][0] or 0)
+        f"WHERE {rule.where_key_sql} AND {value} IN ({listed})").fetchall()[0][0] or 0
+        ), present, last
 
 
 def _value_as(value: Any, column_type: str) -> Any:

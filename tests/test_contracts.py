@@ -336,6 +336,7 @@ sources:
     entity: account
     timestamp_field: event_ts
     contract:
+      freshness: 2d
       columns:
         account_id: {type: int64}
         user_id:    {type: int64, nullable: false}
@@ -354,12 +355,13 @@ def _ordering_cases() -> dict[str, pa.Table]:
     start = 1_735_689_600_000_000
 
     def table(event: object, account: object = accounts, user: object = users,
-              nulls: bool = False) -> pa.Table:
+              nulls: bool = False, null_times: bool = False) -> pa.Table:
         mask = rng.random(n) < 0.05 if nulls else None
+        times = rng.random(n) < 0.05 if null_times else None
         return pa.table({
             "account_id": pa.array(account, mask=mask),
             "user_id": user,
-            "event_ts": pa.array(event).cast(pa.timestamp("us", tz="UTC"))})
+            "event_ts": pa.array(event, mask=times).cast(pa.timestamp("us", tz="UTC"))})
 
     distinct = start + np.sort(rng.choice(10**9, n, replace=False))
     tied = start + np.sort(rng.integers(0, 4000, n))  # ties, some full-key repeats
@@ -375,6 +377,9 @@ def _ordering_cases() -> dict[str, pa.Table]:
         "in order, unique": table(distinct),
         "in order, ties and repeats": table(tied),
         "in order, nulls in the key": table(tied, nulls=True),
+        "in order, null times": table(tied, null_times=True),
+        "in order, naive times": table(tied).set_column(
+            2, "event_ts", pa.array(tied).cast(pa.timestamp("us"))),
         "many ties": table(start + np.sort(rng.integers(0, 50, n))),
         "out of order within a row group": table(swapped, repeat_account, repeat_user),
         "shuffled": table(shuffled),
