@@ -171,6 +171,24 @@ class Computer:
         order = {"group": 0, "derived": 1, "score": 2}
         return sorted((self.specs[n] for n in names), key=lambda s: (order[s.kind], s.name))
 
+    def sources_read(self, tables: list[TableSpec]) -> list[str]:
+        """Every source the tables read: scanned groups, column inputs of derived metrics,
+        column metrics that segment a score. Their contracts gate the run."""
+        columns: set[str] = set()
+        for spec in tables:
+            if spec.kind == "derived":
+                columns |= {i for n in spec.features
+                            for i in self.project.derived_inputs(self.project.metrics[n])}
+            elif spec.kind == "score":
+                columns |= {c.segment_by for c in self.project.scores[spec.features[0]].components
+                            if c.segment_by}
+        sources = {spec.source for spec in tables if spec.kind == "group" and spec.source}
+        for name in columns:
+            metric = self.project.metrics.get(name)
+            if metric is not None and metric.type == "column" and metric.source:
+                sources.add(metric.source)
+        return sorted(sources)
+
     def _selected_scores(self, names: set[str], wanted: list[str]) -> set[str]:
         """Scores named (with their input tables), or whose inputs are being computed and
         the rest already are."""
@@ -273,9 +291,7 @@ class Computer:
                             f"{str(exc).strip().splitlines()[0]}") from None
         if self.progress:
             self.progress(spec.name, total, total)
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
-                           ).fetchone()[0]
-        return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+        return TableResult(spec.name, spec.kind, 0, total, 0.0, out, mode, plan.bucket_us)
 
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
         from .plans import col, epoch_us, source_relation
@@ -342,9 +358,7 @@ class Computer:
                             ) from None
         if self.progress:
             self.progress(spec.name, 1, 1)
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_string(str(out))}')"
-                           ).fetchone()[0]
-        return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+        return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "full")
 
     # -- scores -----------------------------------------------------------------------
     def _compute_score(self, spec: TableSpec) -> TableResult:
@@ -374,6 +388,7 @@ class Computer:
 
     # -- state ------------------------------------------------------------------------
     def _record(self, spec: TableSpec, result: TableResult) -> None:
+        """Read the written table once for its statistics (rows included) into the state."""
         if result.mode == "skipped":
             return
         con = connect(None)
@@ -382,10 +397,11 @@ class Computer:
                           for f in spec.features)
         row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
                           f", {nulls} FROM read_parquet('{path}')").fetchone()
+        result.rows = int(row[0])
         entry = {
             "path": result.path.relative_to(self.project.root).as_posix(),
             "kind": spec.kind,
-            "rows": int(row[0]),
+            "rows": result.rows,
             "newest_snapshot": row[1].isoformat() if row[1] is not None else None,
             "null_fraction": {f: (float(v) if v is not None else None)
                               for f, v in zip(spec.features, row[3:], strict=True)},

@@ -71,8 +71,7 @@ def compute(
     project = load_project(project_root())
     computer = Computer(project, options)
     tables = computer.selected()
-    sources = sorted({t.source for t in tables if t.source} | _column_sources(project, tables))
-    _gate(project, sources, as_of, allow_violations)
+    _gate(project, computer.sources_read(tables), as_of, allow_violations)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=None if not as_json else None) as bar:
@@ -99,19 +98,6 @@ def compute(
         table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
                       f"{r['snapshots']:,}" if r["kind"] == "group" else "-", f"{r['seconds']}")
     stdout_console().print(table)
-
-
-def _column_sources(project: Project, tables: list) -> set[str]:
-    out: set[str] = set()
-    for table in tables:
-        if table.kind != "derived":
-            continue
-        for name in table.features:
-            for i in project.derived_inputs(project.metrics[name]):
-                metric = project.metrics.get(i)
-                if metric is not None and metric.type == "column" and metric.source:
-                    out.add(metric.source)
-    return out
 
 
 def _print_changes(changes: list, as_json: bool, verb: str) -> None:
@@ -169,7 +155,8 @@ def training_frame(
     features: Annotated[str | None, typer.Option("--features", help="A,B,C")] = None,
 ) -> None:
     """Point-in-time-correct training data for entity rows, in their order."""
-    from feature_repo.serving import read_entity_file, training_frame as build, write_frame
+    from feature_repo.serving import read_entity_file, write_frame
+    from feature_repo.serving import training_frame as build
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     if (model is None) == (names is None):
