@@ -144,16 +144,6 @@ def spark_session(conf: dict[str, str]) -> Any:
     return active
 
 
-def engine_for(root: Path, allowed: list[Path] | None = None) -> DuckDBEngine | SparkEngine:
-    """The engine the project config names (DuckDB without a tally.yaml)."""
-    from .config import load_config
-
-    config = load_config(root).config
-    if config.engine == "spark":
-        return SparkEngine(dict(config.spark_conf))
-    return DuckDBEngine(allowed=allowed)
-
-
 def project_engine(root: Path) -> str:
     """`duckdb` or `spark`: the engine tally.yaml names."""
     from .config import load_config

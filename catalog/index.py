@@ -282,15 +282,3 @@ def ensure_index(root: Path | str, project: Project | None = None,
         return memory_index(build_cards(_project_for(root, project, inputs)), inputs)
 
 
-def rebuild_index(root: Path | str, on_wait: Callable[[str], None] | None = None) -> OpenIndex:
-    """Force a full rebuild (used by benchmarks and after a schema change)."""
-    root = Path(root).resolve()
-    with project_lock(root, on_wait=on_wait):
-        from .cards import build_cards
-        from .project import load_project
-
-        project = load_project(root)
-        inputs = current_inputs(root)
-        inputs["definitions"] = dict(project.file_hashes)
-        return write_generation(root, build_cards(project), inputs, open_current(root),
-                                incremental=False)

@@ -73,9 +73,6 @@ class Lineage:
         return sort_ids(walk(ident, lambda i: self.down.get(i, ()) if (
             i == ident or not i.startswith(FEATURE_VIEW + ":")) else ()))
 
-    def transitive_up(self, ident: str) -> list[str]:
-        return sort_ids(walk(ident, lambda i: self.up.get(i, ())))
-
     def models_using(self, ident: str) -> list[str]:
         """Models that use `ident` directly or through derived metrics and scores."""
         return [i for i in self.transitive_down(ident) if i.startswith("model:")]

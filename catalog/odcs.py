@@ -20,7 +20,7 @@ from typing import Any
 from .durations import DURATION_RE
 from .errors import DefinitionError, Issue, LookupFailedError, TallyError, UsageError
 from .project import METRICS_DIR, Project
-from .spec import ColumnType, Source, spec_to_yaml_dict
+from .spec import ColumnType, Source
 
 API_VERSION = "v3.2.0"
 VENDOR = "tally"
@@ -353,11 +353,6 @@ def import_file(root: Path, file: Path, *, replace: bool = False, name: str | No
                 Issue(shown, 0, i.key, i.message) if i.file == str(staged) else i
                 for i in exc.issues]) from None
     return result.path, source["name"]
-
-
-def round_trip_equal(source: Source, imported: dict[str, Any]) -> bool:
-    """Whether an imported definition says what `source` says (defaults ignored)."""
-    return spec_to_yaml_dict(Source.model_validate(imported)) == spec_to_yaml_dict(source)
 
 
 __all__ = ["ColumnType", "OdcsError", "export_yaml", "from_odcs", "import_file", "to_odcs"]

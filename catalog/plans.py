@@ -412,13 +412,6 @@ def _asof_window(base: str, latest: str, entity_key: str) -> exp.Select:
         exp.EQ(this=col("__o"), expression=num(0)))
 
 
-@dataclass(frozen=True)
-class DerivedInput:
-    metric: str
-    table: str  # group table name, or the column source name for column metrics
-    kind: str  # group | column
-
-
 def derived_layers(project: Project, names: tuple[str, ...]) -> list[list[str]]:
     """Derived metrics in evaluation order: each layer needs only earlier ones."""
     pending = {n: set(project.derived_inputs(project.metrics[n])) & set(names) for n in names}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +12,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import DefinitionError, Issue, ProjectNotFoundError
-from .spec import KIND_KEYS, FieldError, KIND_MODELS, KIND_SINGULAR, Entity, Metric, Model, Score, Source, Spec
+from .spec import (
+    KIND_KEYS,
+    KIND_MODELS,
+    KIND_SINGULAR,
+    Entity,
+    FieldError,
+    Metric,
+    Model,
+    Score,
+    Source,
+    Spec,
+)
 from .yamlio import KeyPath, LoadedYaml, key_path_text, parse_yaml_text, read_yaml_file
 
 METRICS_DIR = "metrics"
@@ -86,11 +97,6 @@ class Project:
     def get(self, name: str) -> Definition | None:
         return self.definitions.get(name)
 
-    def source_path(self, source: Source) -> Path:
-        return (self.root / source.path).resolve() if "*" not in source.path else (
-            self.root / source.path
-        )
-
     # -- semantics shared by compute, registration and the catalog ------------------
     def entity_of(self, name: str) -> str | None:
         return _entity_of(self, name, set())
@@ -141,27 +147,6 @@ class Project:
         from .reuse import reuse_report
 
         return reuse_report(self)
-
-    def downstream_of(self, name: str) -> set[str]:
-        """Names that directly use `name`."""
-        out: set[str] = set()
-        for other, definition in self.definitions.items():
-            spec = definition.spec
-            if definition.kind == "metric":
-                if spec.source == name:
-                    out.add(other)
-                elif spec.type == "derived" and name in self.derived_inputs(spec):
-                    out.add(other)
-            elif definition.kind == "source" and spec.entity == name:
-                out.add(other)
-            elif definition.kind == "model" and name in spec.features:
-                out.add(other)
-            elif definition.kind == "score" and (
-                spec.entity == name or any(c.metric == name for c in spec.components)
-            ):
-                out.add(other)
-        return out
-
 
 def _entity_of(project: Project, name: str, seen: set[str]) -> str | None:
     if name in seen:
@@ -311,9 +296,8 @@ def load_project(
     so a change can be validated together with the project before anything is written.
     Raises DefinitionError with every issue found.
     """
-    from .validate import cross_check
-
     from .fsutil import pending_commit
+    from .validate import cross_check
 
     root = check_project_root(Path(root))
     texts: dict[str, LoadedYaml | None] = {}
@@ -330,10 +314,8 @@ def load_project(
             continue  # removed by a concurrent writer since the listing: not part of the project
         issues.extend(problems)
         texts[shown] = loaded
-        try:
+        with contextlib.suppress(OSError):
             hashes[shown] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            pass
     for shown, text in overrides.items():
         if text is None:
             continue
@@ -354,9 +336,3 @@ def load_project(
     return project
 
 
-def iter_kind(project: Project, kind: str) -> Iterator[Definition]:
-    return (d for d in project.definitions.values() if d.kind == kind)
-
-
-def names_in(definitions: Iterable[Definition]) -> set[str]:
-    return {d.name for d in definitions}

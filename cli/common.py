@@ -40,12 +40,6 @@ def stdout_console() -> Any:
     return Console(highlight=False, soft_wrap=False)
 
 
-def stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
 def wait_notice(message: str) -> None:
     err(message)
 

@@ -8,15 +8,15 @@ microsecond UTC (Spark refuses nanoseconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-START = datetime(2025, 1, 1, tzinfo=timezone.utc)
-END = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2026, 1, 1, tzinfo=UTC)
 US_PER_DAY = 86_400_000_000
 TS = pa.timestamp("us", tz="UTC")
 
@@ -88,7 +88,7 @@ def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
     drift = np.exp(np.cumsum(rng.normal(0.01, 0.05, acc.size).reshape(accounts, months),
                              axis=1)).ravel()
     seat_values = np.maximum(1, (np.repeat(seats, months) * drift).astype(np.int64))
-    month_starts = np.array([int(datetime(2025, m + 1, 1, tzinfo=timezone.utc).timestamp()
+    month_starts = np.array([int(datetime(2025, m + 1, 1, tzinfo=UTC).timestamp()
                                  * 1e6) for m in range(months)], dtype=np.int64)
     reported_us = month_starts[month] + rng.integers(0, 6 * 3_600_000_000, acc.size)
     emit("crm_licenses", pa.table({

@@ -44,7 +44,8 @@ def open_store(project: Project) -> Any:
 
 def repo_contents(store: Any, objects: dict[str, Any]) -> Any:
     """What feast's parse_repo would return for a definitions module with these objects."""
-    from feast import Entity, FeatureService, FeatureView, Project as FeastProject
+    from feast import Entity, FeatureService, FeatureView
+    from feast import Project as FeastProject
     from feast.feature_view import DUMMY_ENTITY
     from feast.repo_contents import RepoContents
 
