@@ -63,10 +63,14 @@ def repo_contents(store: Any, objects: dict[str, Any]) -> Any:
 
 
 def plan(project: Project) -> list[Change]:
+    store = open_store(project)
+    return _changes(store, repo_contents(store, feast_objects(project)))
+
+
+def _changes(store: Any, contents: Any) -> list[Change]:
     from feast.diff.property_diff import TransitionType
 
-    store = open_store(project)
-    registry_diff, _, _ = store.plan(repo_contents(store, feast_objects(project)))
+    registry_diff, _, _ = store.plan(contents)
     names = {TransitionType.CREATE: "add", TransitionType.UPDATE: "change",
              TransitionType.DELETE: "remove", TransitionType.UNCHANGED: "keep"}
     changes = []
@@ -88,11 +92,11 @@ def apply(project: Project) -> list[Change]:
     the registry, so a killed apply leaves the previous registry intact."""
     from feast.repo_operations import extract_objects_for_apply_delete
 
-    changes = plan(project)
     with project_lock(project.root):
         store, staged, final = _staged_store(project)
         try:
             contents = repo_contents(store, feast_objects(project))
+            changes = _changes(store, contents)
             to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
                 store.project, store.registry, contents)
             with contextlib.redirect_stdout(sys.stderr):
