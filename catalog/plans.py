@@ -136,18 +136,27 @@ def plan_group(project: Project, group: MetricGroup) -> GroupPlan:
     return GroupPlan(group, bucket, grain_b, windows, max(windows.values()) + grain_b)
 
 
-def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high: int,
-                dialect: str = "duckdb") -> exp.Select:
-    """One scan of the source computing every metric of the group for snapshot positions
-    `low`..`high` (multiples of G, inclusive)."""
+@dataclass
+class Partials:
+    """The scan (`src`) and per-(entity, bucket) partial aggregates (`buckets`) of a group.
+
+    `uses[i]` maps a role of metric i (sum, count, min, max) to its partial column."""
+    metrics: list[Metric]
+    src: exp.Select
+    buckets: exp.Select
+    uses: dict[int, dict[str, str]]
+    names: list[str]  # every partial column, in order
+
+
+def partial_plan(project: Project, plan: GroupPlan, *, path: str, low: int, high: int,
+                 dialect: str = "duckdb") -> Partials:
     group = plan.group
     source = project.sources[group.source]
     entity = project.entities[group.entity]
     metrics: list[Metric] = [project.metrics[m] for m in group.metrics]
     ts = col(source.timestamp_field)
     bucket = num(plan.bucket_us)
-    g, reach = plan.grain_buckets, plan.reach
-    scan_from = (low - reach) * plan.bucket_us
+    scan_from = (low - plan.reach) * plan.bucket_us
 
     # src: one pass over the file; each metric's expression and filter as columns
     src_cols: list[exp.Expression] = [
@@ -202,6 +211,24 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
             uses[i] = {agg: partial(agg, i)}
     buckets = (exp.select(col("__key"), col("__b"), *partial_cols).from_("src")
                .group_by(col("__key"), col("__b")))
+    return Partials(metrics, src, buckets, uses, list(partials.values()))
+
+
+def occurrences(metric_index: int) -> exp.Select:
+    """Distinct (entity, value, bucket) occurrences of a count_distinct metric (from `src`)."""
+    x, f = col(f"__x{metric_index}"), col(f"__f{metric_index}")
+    return exp.select(col("__key"), alias(x, "__v"), col("__b")).distinct().from_("src").where(
+        exp.and_(f, exp.Not(this=exp.Is(this=x.copy(), expression=exp.Null()))))
+
+
+def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high: int,
+                dialect: str = "duckdb") -> exp.Select:
+    """One scan of the source computing every metric of the group for snapshot positions
+    `low`..`high` (multiples of G, inclusive)."""
+    entity = project.entities[plan.group.entity]
+    g, reach = plan.grain_buckets, plan.reach
+    parts = partial_plan(project, plan, path=path, low=low, high=high, dialect=dialect)
+    metrics, src, buckets, uses = parts.metrics, parts.src, parts.buckets, parts.uses
 
     # islands of activity: runs of buckets closer than `reach`; an entity has a row at the
     # snapshots from just after an island's first bucket to `reach` after its last one
@@ -239,7 +266,7 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
     ctes: list[tuple[str, exp.Expression]] = []
     series = (exp.select(col("__key", "dense"), col("__island", "dense"),
                          col("__first", "dense"), col("__pos", "dense"),
-                         *[col(n, "buckets") for n in partials.values()])
+                         *[col(n, "buckets") for n in parts.names])
               .from_("dense")
               .join("buckets", on=exp.and_(
                   exp.EQ(this=col("__key", "dense"), expression=col("__key", "buckets")),
@@ -250,9 +277,7 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
     distinct = [i for i, m in enumerate(metrics) if m.aggregation == "count_distinct"]
     for i in distinct:
         w = plan.windows[metrics[i].name]
-        occ = exp.select(col("__key"), alias(col(f"__x{i}"), "__v"), col("__b")).distinct().from_(
-            "src").where(exp.and_(col(f"__f{i}"), exp.Not(this=exp.Is(
-                this=col(f"__x{i}"), expression=exp.Null()))))
+        occ = occurrences(i)
         gap_v = op(exp.Sub, col("__b"), exp.Window(
             this=exp.func("lag", col("__b")), partition_by=[col("__key"), col("__v")],
             order=exp.Order(expressions=[exp.Ordered(this=col("__b"))])))
@@ -298,13 +323,20 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
             spec=exp.WindowSpec(kind="ROWS", start=start_v, start_side=start_s, end=end_v,
                                 end_side=end_s))
 
-    # running totals once per partial; sliding windows only for min and max
+    # sliding windows of W rows over the dense series (a running total differenced would
+    # carry a NaN or an infinity into every later window)
     running_cols: list[exp.Expression] = [col("__key"), col("__island"), col("__first"),
                                           col("__pos")]
-    summed = sorted({n for u in uses.values() for k, n in u.items() if k in ("sum", "count")})
-    for name in summed:
-        running_cols.append(alias(over(exp.Sum(this=exp.func("coalesce", col(name), num(0))),
-                                       "unbounded", None), f"__run{name}"))
+    sliding: dict[tuple[str, int], str] = {}
+
+    def windowed_total(name: str, w: int) -> exp.Expression:
+        """The partial's total over buckets K-W..K-1 (0 over none)."""
+        if (name, w) not in sliding:
+            sliding[(name, w)] = f"__s{len(sliding)}"
+            running_cols.append(alias(exp.func("coalesce", over(exp.Sum(this=col(name)), w, 1),
+                                               num(0)), sliding[(name, w)]))
+        return col(sliding[(name, w)])
+
     for i, metric in enumerate(metrics):
         w = plan.windows[metric.name]
         if metric.aggregation in ("min", "max"):
@@ -315,17 +347,6 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
             running_cols.append(alias(over(exp.Sum(this=exp.func("coalesce", col(f"__d{i}"),
                                                                      num(0))),
                                            "unbounded", None), f"__v{i}"))
-    running = exp.select(*running_cols).from_("series")
-
-    def windowed_total(name: str, w: int) -> exp.Expression:
-        """The partial's total over buckets K-W..K-1: S(K-1) - S(K-1-W)."""
-        def lag(offset: int) -> exp.Expression:
-            return exp.Window(this=exp.Anonymous(this="lag", expressions=[
-                col(f"__run{name}"), num(offset), num(0)]),
-                partition_by=[col("__key"), col("__island")],
-                order=exp.Order(expressions=[exp.Ordered(this=col("__pos"))]))
-
-        return op(exp.Sub, lag(1), lag(w + 1))
 
     outputs: list[exp.Expression] = [
         alias(col("__key"), entity.join_key),
@@ -345,8 +366,8 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
         if agg in ("count", "count_distinct"):
             value = exp.Cast(this=value, to=exp.DataType.build("BIGINT"))
         elif agg in ("sum", "avg"):
-            # running totals add in an order the engine chooses; rounding far below any
-            # business precision makes reruns and incremental runs bit-identical
+            # engines add a window's buckets in orders of their own; rounding far below
+            # any business precision makes reruns, incremental runs and engines agree
             value = exp.func("round", exp.Cast(this=value, to=exp.DataType.build("DOUBLE")),
                              num(ROUND_DIGITS))
         outputs.append(alias(value, metric.name))
@@ -355,6 +376,7 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
         exp.GT(this=col("__pos"), expression=col("__first")),
         exp.GTE(this=col("__pos"), expression=num(low)),
         exp.LTE(this=col("__pos"), expression=num(high)))
+    running = exp.select(*running_cols).from_("series")
     values = exp.select(col("__pos"), col("__first"), *outputs).from_("running")
     final = (exp.select(*[col(a.alias) for a in outputs]).from_("vals").where(keep))
     query = final
