@@ -1,0 +1,385 @@
+"""The windows of a metric group, computed column-wise (the DuckDB engine's path).
+
+DuckDB does the one scan of the source: the partial aggregates per (entity, bucket) of
+`plans.partial_plan`, sorted by entity and bucket. The windows over those cells are then
+a few vectorised passes in numpy instead of SQL window functions, which DuckDB evaluates
+an order of magnitude slower here. The semantics are those of `plans.group_query` (which
+the Spark engine still runs, and which tests compare against this path):
+
+* islands: an entity's cells closer than `reach` buckets form one island; it has a row at
+  each snapshot K (a multiple of G) with first < K <= last + reach, within low..high;
+* each island is laid out densely, one slot per bucket, after `reach` empty slots, so a
+  window of W buckets is W consecutive slots and never reaches into another island;
+* window totals are read from running sums restarted every SEGMENT slots (so each sum
+  only grows over one segment, and an entity's rounding never depends on another's), with
+  NaN and infinities counted apart; minimums and maximums from doubling tables. Each is a
+  handful of whole-array numpy passes, shared by the metrics that use the same partial.
+* when the dense columns would not fit in half the memory, `group_table` returns None and
+  the SQL plan (which DuckDB can spill to disk) runs instead; so do partial types the
+  kernel does not handle (text, dates, decimals as min or max).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .plans import ROUND_DIGITS, GroupPlan, Partials, occurrences
+
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating)
+
+
+def kernel_types_ok(schema: pa.Schema, parts: Partials) -> bool:
+    """The kernel handles numeric partials (decimal sums and counts as floats) and
+    timestamp minimums and maximums; anything else (text, dates, decimal extremes) goes
+    through the SQL plan."""
+    extremes = {use[k] for use in parts.uses.values() for k in ("min", "max") if k in use}
+    for name in parts.names:
+        kind = schema.field(name).type
+        if any(test(kind) for test in _NUMERIC):
+            continue
+        if name in extremes and not pa.types.is_timestamp(kind):
+            return False
+        if name not in extremes and not pa.types.is_decimal(kind):
+            return False
+    return True
+
+
+@dataclass
+class Layout:
+    """Where every cell and every output row sits in the dense per-island layout."""
+    size: int  # dense slots
+    cell_slot: np.ndarray  # per cell
+    row_slot: np.ndarray  # per output row: the slot of its snapshot K
+    row_pos: np.ndarray  # per output row: K (bucket position)
+    row_key: np.ndarray  # per output row: index into the distinct keys
+    key_of_cell: np.ndarray  # per cell: index into the distinct keys
+    distinct_keys: pa.Array
+
+
+def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) -> Layout:
+    n = len(b)
+    g, reach = plan.grain_buckets, plan.reach
+    key_change = np.ones(n, dtype=bool)
+    if n > 1:
+        key_change[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(
+            zero_copy_only=False)
+    new_island = key_change.copy()
+    new_island[1:] |= (b[1:] - b[:-1]) > reach
+    starts = np.flatnonzero(new_island)
+    ends = np.r_[starts[1:], n] - 1
+    first, last = b[starts], b[ends]
+    island_of_cell = np.cumsum(new_island) - 1
+    key_of_cell = np.cumsum(key_change) - 1
+    # slots: `reach` empty ones, then first .. last + reach
+    length = reach + (last + reach - first + 1)
+    offset = np.cumsum(length) - length + reach  # slot of `first`
+    cell_slot = offset[island_of_cell] + (b - first[island_of_cell])
+    k_start = np.maximum((first // g + 1) * g, low)
+    k_end = np.minimum(((last + reach) // g) * g, high)
+    count = np.maximum(0, (k_end - k_start) // g + 1)
+    row_island = np.repeat(np.arange(len(starts)), count)
+    within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    row_pos = k_start[row_island] + g * within
+    row_slot = offset[row_island] + (row_pos - first[row_island])
+    distinct_keys = keys.take(pa.array(np.flatnonzero(key_change)))
+    return Layout(int(length.sum()), cell_slot, row_slot, row_pos,
+                  key_of_cell[starts][row_island], key_of_cell, distinct_keys)
+
+
+SEGMENT = 1024  # slots per running-total segment (at least the widest window)
+
+
+class Windows:
+    """Window reads at the output rows' slots, with what each window width and each dense
+    column needs computed once.
+
+    Totals are running sums restarted every `segment` slots, kept with a leading zero per
+    segment: a window spans at most two segments, so its total is `tail - head`, plus the
+    first segment's total when it crosses (each sum only grows over one segment, so its
+    rounding stays small). Minimums and maximums come from doubling tables: level k holds
+    op over 2**k slots, and a window is op of two overlapping power-of-two spans."""
+
+    def __init__(self, slots: np.ndarray, size: int, widest: int):
+        self.slots = slots
+        self.segment = max(SEGMENT, 1 << int(widest - 1).bit_length())
+        self.size = size + (-size) % self.segment
+        self.segments = self.size // self.segment
+        self._reads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._running: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._levels: dict[tuple[int, int], np.ndarray] = {}
+
+    def _read(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indexes of head, tail (in the zero-led running sums) and of the crossed
+        segment's total (the appended zero when the window stays in one segment)."""
+        if w not in self._reads:
+            seg, stride = self.segment, self.segment + 1
+            start, end = self.slots - w, self.slots  # the window is start .. end - 1
+            start_seg, last_seg = start // seg, (end - 1) // seg
+            head = start_seg * stride + start % seg
+            tail = last_seg * stride + (end - 1) % seg + 1
+            crossed = np.where(start_seg == last_seg, self.segments, start_seg)
+            self._reads[w] = (head, tail, crossed)
+        return self._reads[w]
+
+    def total(self, dense: np.ndarray, w: int) -> np.ndarray:
+        """sum(dense[s - w : s]) for every output slot s (`dense` has `size` slots)."""
+        if id(dense) not in self._running:
+            running = np.zeros((self.segments, self.segment + 1), dtype=dense.dtype)
+            np.cumsum(dense.reshape(self.segments, self.segment), axis=1, out=running[:, 1:])
+            totals = np.append(running[:, -1], np.zeros(1, dtype=dense.dtype))
+            self._running[id(dense)] = (running.ravel(), totals)
+        running, totals = self._running[id(dense)]
+        head, tail, crossed = self._read(w)
+        out = running[tail]
+        out -= running[head]
+        out += totals[crossed]
+        return out
+
+    def extreme(self, dense: np.ndarray, w: int, op: np.ufunc) -> np.ndarray:
+        """op.reduce(dense[s - w : s]) for every output slot s (op: fmin or maximum)."""
+        k = int(w).bit_length() - 1
+        level = self._level(dense, k, op)
+        span = 1 << k
+        return op(level[self.slots - w], level[self.slots - span])
+
+    def _level(self, dense: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+        """level[i] = op over dense[i : i + 2**k] (shorter at the end)."""
+        if k == 0:
+            return dense
+        key = (id(dense), k)
+        if key not in self._levels:
+            below = self._level(dense, k - 1, op)
+            half = 1 << (k - 1)
+            level = below.copy()
+            op(below[:-half], below[half:], out=level[:-half])
+            self._levels[key] = level
+        return self._levels[key]
+
+
+def _product_error(a: np.ndarray, b: float) -> np.ndarray:
+    """The exact rounding error of a * b (Dekker's two-product, no FMA needed)."""
+    split = 134217729.0  # 2**27 + 1
+
+    def halves(x: np.ndarray | float) -> tuple[Any, Any]:
+        c = split * x
+        high = c - (c - x)
+        return high, x - high
+
+    a_hi, a_lo = halves(a)
+    b_hi, b_lo = halves(b)
+    product = a * b
+    return ((a_hi * b_hi - product) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def round_like_duckdb(values: np.ndarray) -> np.ndarray:
+    """round(x, ROUND_DIGITS) exactly as DuckDB gives it: x * 10^d rounded to the nearest
+    whole number as if computed exactly (halves away from zero), then / 10^d; the input
+    itself where that is not finite. Where the rounded product lands on a half, the sign of
+    its exact error decides."""
+    modifier = 10.0 ** ROUND_DIGITS
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = values * modifier
+        whole = np.trunc(scaled)
+        fraction = np.abs(scaled - whole)
+        up = fraction > 0.5
+        half = np.flatnonzero(fraction == 0.5)
+        if len(half):
+            error = _product_error(values[half], modifier) * np.sign(scaled[half])
+            up[half] = error >= 0  # above the half, or exactly on it: away from zero
+        whole[up] += np.sign(scaled[up])
+        whole /= modifier
+    bad = ~np.isfinite(whole)
+    if bad.any():
+        whole[bad] = values[bad]
+    return whole
+
+
+class _Dense:
+    """Partial columns scattered into the dense layout (`size` slots), each made once."""
+
+    def __init__(self, cells: pa.Table, lay: Layout, size: int):
+        self.cells, self.lay, self.size = cells, lay, size
+        self._made: dict[tuple[str, str], tuple[np.ndarray, np.ufunc | None]] = {}
+
+    def values(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A partial as numbers (timestamps as microseconds, decimals as floats) and its
+        validity; nulls become 0 so integers keep their type."""
+        column = self.cells.column(name).combine_chunks()
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        kind = column.type
+        if pa.types.is_timestamp(kind):
+            column = column.cast(pa.int64())
+        elif pa.types.is_decimal(kind):  # sums of integers arrive as HUGEINT (decimal)
+            column = column.cast(pa.float64())
+        return column.fill_null(0).to_numpy(zero_copy_only=False), valid
+
+    def _scatter(self, data: np.ndarray, valid: np.ndarray, fill: Any) -> np.ndarray:
+        dense = np.full(self.size, fill, dtype=data.dtype) if fill else np.zeros(
+            self.size, dtype=data.dtype)
+        if valid.all():
+            dense[self.lay.cell_slot] = data
+        else:
+            dense[self.lay.cell_slot[valid]] = data[valid]
+        return dense
+
+    def summed(self, name: str) -> np.ndarray:
+        """Null partials count as 0; integers stay exact. Non-finite floats are kept out
+        of the running sums (see `total`)."""
+        key = ("sum", name)
+        if key not in self._made:
+            data, valid = self.values(name)
+            if data.dtype.kind not in "iuf":
+                data = data.astype(np.int64)
+            finite = np.isfinite(data) if data.dtype.kind == "f" else None
+            if finite is not None and not finite.all():
+                for label, hit in (("nan", np.isnan(data)), ("+inf", data == np.inf),
+                                   ("-inf", data == -np.inf)):
+                    self._made[(label, name)] = (self._scatter(
+                        hit.astype(np.int64), valid, 0), None)
+                data = np.where(finite, data, 0.0)
+            self._made[key] = (self._scatter(data, valid, 0), None)
+        return self._made[key][0]
+
+    def total(self, windows: Windows, name: str, w: int) -> np.ndarray:
+        """The window sums of a partial. A running sum that met a NaN or an infinity would
+        stay NaN for every later window (even of other entities), so those values are
+        counted apart and a window that holds any gets what IEEE addition gives it: NaN,
+        or the infinity's sign when all of them agree."""
+        total = windows.total(self.summed(name), w)
+        if ("nan", name) not in self._made:
+            return total
+        nan, pos, neg = (windows.total(self._made[(label, name)][0], w)
+                         for label in ("nan", "+inf", "-inf"))
+        total[pos > 0] = np.inf
+        total[neg > 0] = -np.inf
+        total[(nan > 0) | ((pos > 0) & (neg > 0))] = np.nan
+        return total
+
+    def present(self, name: str) -> np.ndarray:
+        """1 where the partial is not null (the bucket has a value), as int64."""
+        key = ("present", name)
+        if key not in self._made:
+            valid = self.cells.column(name).is_valid().to_numpy(zero_copy_only=False)
+            dense = np.zeros(self.size, dtype=np.int64)
+            dense[self.lay.cell_slot[valid]] = 1
+            self._made[key] = (dense, None)
+        return self._made[key][0]
+
+    def extreme(self, name: str, kind: str) -> tuple[np.ndarray, np.ufunc]:
+        """Empty slots hold op's neutral value; fmin skips NaN as DuckDB's min does, and
+        maximum keeps it (NaN sorts last there)."""
+        key = (kind, name)
+        if key not in self._made:
+            data, valid = self.values(name)
+            fill: Any
+            if data.dtype.kind == "f":
+                fill, op = (np.nan, np.fmin) if kind == "min" else (-np.inf, np.maximum)
+            else:
+                info = np.iinfo(data.dtype)
+                fill, op = (info.max, np.minimum) if kind == "min" else (info.min, np.maximum)
+            self._made[key] = (self._scatter(data, valid, fill), op)
+        dense, op = self._made[key]
+        assert op is not None
+        return dense, op
+
+
+def _distinct_counts(occ: pa.Table, cells_keys: pa.Array, cells_b: np.ndarray, lay: Layout,
+                     w: int) -> np.ndarray:
+    """count_distinct at every output row: each run of a value's occurrences closer than W
+    buckets covers the snapshots after its first occurrence up to W after its last; the
+    count is the number of runs covering K (+1 where one starts, -1 after it ends)."""
+    n = occ.num_rows
+    if n == 0:
+        return np.zeros(len(lay.row_slot), dtype=np.int64)
+    keys, values = occ.column("__key").combine_chunks(), occ.column("__v").combine_chunks()
+    ob = occ.column("__b").to_numpy()
+    key_index = pc.index_in(keys, value_set=lay.distinct_keys).to_numpy(zero_copy_only=False)
+    span = int(cells_b.max() - cells_b.min() + 1)
+    base = int(cells_b.min())
+    cell_code = lay.key_of_cell.astype(np.int64) * span + (cells_b - base)
+    slot = lay.cell_slot[np.searchsorted(cell_code, key_index.astype(np.int64) * span
+                                         + (ob - base))]
+    change = np.ones(n, dtype=bool)
+    if n > 1:
+        same_key = pc.equal(keys.slice(1), keys.slice(0, n - 1))
+        same_value = pc.equal(values.slice(1), values.slice(0, n - 1))
+        change[1:] = ~pc.and_(same_key, same_value).to_numpy(zero_copy_only=False)
+        change[1:] |= (ob[1:] - ob[:-1]) > w
+    starts = np.flatnonzero(change)
+    ends = np.r_[starts[1:], n] - 1
+    delta = np.bincount(slot[starts] + 1, minlength=lay.size + 1)[: lay.size + 1]
+    delta = delta - np.bincount(slot[ends] + w + 1, minlength=lay.size + 1)[: lay.size + 1]
+    return np.cumsum(delta)[lay.row_slot]
+
+
+def memory_budget() -> int:
+    """Half the machine's memory: the kernel holds its dense columns and output in RAM."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _bytes_needed(lay: Layout, parts: Partials) -> int:
+    """Dense columns (a few per partial) plus the output columns, 8 bytes a value."""
+    return 8 * (lay.size * (2 * len(parts.names) + 4)
+                + len(lay.row_slot) * (len(parts.metrics) + 6))
+
+
+def group_table(con: Any, parts: Partials, plan: GroupPlan, *, key_name: str, low: int,
+                high: int) -> pa.Table | None:
+    """The group's table for snapshots low..high, sorted by key and snapshot; None when the
+    partials have types the kernel does not handle (the caller then runs the SQL plan)."""
+    cells_sql = (parts.buckets.with_("src", as_=parts.src)
+                 .order_by("__key", "__b").sql("duckdb"))
+    relation = con.sql(cells_sql)
+    cells = relation.to_arrow_table()
+    if not kernel_types_ok(cells.schema, parts):
+        return None
+    keys = cells.column("__key").combine_chunks()
+    b = cells.column("__b").to_numpy().astype(np.int64)
+    lay = layout(keys, b, plan, low, high)
+    if _bytes_needed(lay, parts) > memory_budget():
+        return None  # the SQL plan streams through DuckDB, which can spill to disk
+    windows = Windows(lay.row_slot, lay.size, max(plan.windows.values()))
+    dense = _Dense(cells, lay, windows.size)
+    columns: dict[str, Any] = {
+        key_name: lay.distinct_keys.take(pa.array(lay.row_key)),
+    }
+    stamps = pa.array(lay.row_pos * plan.bucket_us, type=pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))
+    columns["event_timestamp"] = stamps
+    columns["created_timestamp"] = stamps
+    for i, metric in enumerate(parts.metrics):
+        w = plan.windows[metric.name]
+        agg, uses = metric.aggregation, parts.uses.get(i, {})
+        if agg in ("count", "sum"):
+            total = dense.total(windows, uses["sum"], w)
+            columns[metric.name] = (total.astype(np.int64) if agg == "count" else
+                                    round_like_duckdb(total.astype(np.float64)))
+        elif agg == "avg":
+            total = dense.total(windows, uses["sum"], w).astype(np.float64)
+            count = dense.total(windows, uses["count"], w)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = round_like_duckdb(total / np.maximum(count, 1))
+            columns[metric.name] = pa.array(value, mask=count == 0)
+        elif agg in ("min", "max"):
+            name = uses[agg]
+            values, op = dense.extreme(name, agg)
+            found = windows.total(dense.present(name), w)
+            result = windows.extreme(values, w, op)
+            array = pa.array(result, mask=found == 0)
+            kind = cells.schema.field(name).type
+            columns[metric.name] = array.cast(kind) if pa.types.is_timestamp(kind) else array
+        else:  # count_distinct
+            occ_sql = occurrences(i).with_("src", as_=parts.src).order_by(
+                "__key", "__v", "__b").sql("duckdb")
+            columns[metric.name] = _distinct_counts(con.sql(occ_sql).to_arrow_table(), keys,
+                                                    b, lay, w)
+    return pa.table(columns)
