@@ -72,7 +72,7 @@ def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) 
     new_island = key_change.copy()
     new_island[1:] |= (b[1:] - b[:-1]) > reach
     starts = np.flatnonzero(new_island)
-    ends = np.r_[starts[1:], n] - 1
+    ends = np.r_[starts[1:], n].astype(np.int64) - 1 if n else starts
     first, last = b[starts], b[ends]
     island_of_cell = np.cumsum(new_island) - 1
     key_of_cell = np.cumsum(key_change) - 1
@@ -192,7 +192,7 @@ def round_like_duckdb(values: np.ndarray) -> np.ndarray:
         if len(half):
             error = _product_error(values[half], modifier) * np.sign(scaled[half])
             up[half] = error >= 0  # above the half, or exactly on it: away from zero
-        whole[up] += np.sign(scaled[up])
+        whole += np.copysign(up, scaled)  # ±0 where not up keeps the sign of a zero
         whole /= modifier
     bad = ~np.isfinite(whole)
     if bad.any():
@@ -289,8 +289,7 @@ class _Dense:
         return dense, op
 
 
-def _distinct_counts(occ: pa.Table, cells_keys: pa.Array, cells_b: np.ndarray, lay: Layout,
-                     w: int) -> np.ndarray:
+def _distinct_counts(occ: pa.Table, cells_b: np.ndarray, lay: Layout, w: int) -> np.ndarray:
     """count_distinct at every output row: each run of a value's occurrences closer than W
     buckets covers the snapshots after its first occurrence up to W after its last; the
     count is the number of runs covering K (+1 where one starts, -1 after it ends)."""
@@ -380,6 +379,6 @@ def group_table(con: Any, parts: Partials, plan: GroupPlan, *, key_name: str, lo
         else:  # count_distinct
             occ_sql = occurrences(i).with_("src", as_=parts.src).order_by(
                 "__key", "__v", "__b").sql("duckdb")
-            columns[metric.name] = _distinct_counts(con.sql(occ_sql).to_arrow_table(), keys,
-                                                    b, lay, w)
+            columns[metric.name] = _distinct_counts(con.sql(occ_sql).to_arrow_table(), b,
+                                                    lay, w)
     return pa.table(columns)

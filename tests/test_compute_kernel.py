@@ -108,13 +108,17 @@ def _same(kernel: pa.Table, sql: pa.Table) -> None:
 
 
 @pytest.mark.parametrize("text_keys", [True, False], ids=["text-keys", "integer-keys"])
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, 2, 0])  # 0: every key null, so no cells at all
 def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "defs.yaml").write_text(_definitions("text" if text_keys else "int"))
     path = tmp_path / "data" / "events.parquet"
-    pq.write_table(_events(random.Random(seed), text_keys), path)
+    events = _events(random.Random(seed), text_keys)
+    if seed == 0:
+        events = events.set_column(0, "shop_id", pa.nulls(events.num_rows,
+                                                          events.schema.field(0).type))
+    pq.write_table(events, path)
     project = load_project(tmp_path)
     (group,) = project.groups()
     plan = plan_group(project, group)
@@ -132,7 +136,8 @@ def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int) -> N
         assert kernel is not None
         sql = con.sql(group_query(project, plan, path=str(path), low=low, high=high
                                   ).sql("duckdb")).to_arrow_table()
-        assert kernel.num_rows == sql.num_rows > 0
+        assert kernel.num_rows == sql.num_rows
+        assert (kernel.num_rows > 0) == (seed != 0)
         _same(kernel, sql)
 
 
