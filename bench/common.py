@@ -50,7 +50,8 @@ def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
         f"{code}\n"
         "elapsed = time.perf_counter() - t0\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "print(json.dumps({'seconds': elapsed, 'peak_mb': peak, 'out': globals().get('OUT', {})}))\n"
+        "print(json.dumps({'seconds': elapsed, 'peak_mb': peak,\n"
+        "                  'out': globals().get('OUT', {})}))\n"
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,

@@ -24,7 +24,7 @@ def metric_with(**changes: str) -> str:
     text = GOOD_METRIC
     for key, value in changes.items():
         lines = text.splitlines()
-        def is_key(line: str) -> bool:
+        def is_key(line: str, key: str = key) -> bool:
             return line.strip().removeprefix("- ").startswith(f"{key}:")
 
         lines = [line.split(key)[0] + f"{key}: {value}" if is_key(line) else line
@@ -72,7 +72,8 @@ CASES: dict[str, tuple[bytes | str, int, str | None, str]] = {
                                "metrics[0].expression", "'duration_ms' not among"),
     "filter_column_not_in_contract": (metric_with(filter="region = 'eu'"), 9,
                                       "metrics[0].filter", "'region' not among"),
-    "star_with_sum": (metric_with(expression="'*'"), 7, "metrics[0].expression", "`*` only goes with"),
+    "star_with_sum": (metric_with(expression="'*'"), 7, "metrics[0].expression",
+                      "`*` only goes with"),
     "column_metric_arithmetic": (
         "metrics:\n  - name: seats_x2\n    description: d\n    owner: o@example.com\n"
         "    type: column\n    source: crm_licenses\n    expression: seats * 2\n",
