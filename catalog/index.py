@@ -34,7 +34,7 @@ from .fsutil import TEMP_PREFIX, atomic_write_text, project_lock
 if TYPE_CHECKING:
     from .project import Project
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -52,6 +52,7 @@ def build_schema() -> tantivy.Schema:
         builder.add_text_field(facet, tokenizer_name="raw", index_option="basic")
     builder.add_text_field("name_tokens", tokenizer_name="default", index_option="freq")
     builder.add_text_field("text", tokenizer_name="default", index_option="freq")
+    builder.add_text_field("name_numbers", tokenizer_name="default", index_option="freq")
     builder.add_bytes_field("hit", stored=True, indexed=False)
     builder.add_bytes_field("card", stored=True, indexed=False)
     return builder.build()
@@ -81,7 +82,11 @@ def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy
     for state in (card.get("contract") or {}).get("states", []) if card["kind"] == "source" \
             else []:
         doc.add_text("contract", state)
-    doc.add_text("name_tokens", card["name"].replace("_", " "))
+    # Numbers apart from words: a query's typo automaton walks only the words (a catalog may
+    # hold tens of thousands of numbered names), and numbers are matched exactly or as prefix.
+    tokens = card["name"].split("_")
+    doc.add_text("name_tokens", " ".join(t for t in tokens if not t.isdigit()))
+    doc.add_text("name_numbers", " ".join(t for t in tokens if t.isdigit()))
     words = " ".join([card.get("description") or "", " ".join(card.get("tags") or []),
                       " ".join(card.get("columns") or []) if card["kind"] == "feature_view"
                       else ""])

@@ -4,10 +4,11 @@ Ranking: an exact name first; deprecated entries last; in between, the more quer
 found in an entry's name (as a token, a prefix, or within a typo) the higher; at equal name
 matches certified entries before drafts, then bm25 over descriptions and tags (prefixes and
 typos too). Every query word must match somewhere; when no entry matches them all, entries
-matching any of them are returned. Tantivy ranks with layered constant scores (EXACT,
-CURRENT, NAME_WORD, CERTIFIED); the exact name, the current entries and the deprecated ones
-are three small searches, so a query reads only the documents it returns. Results are plain
-dataclasses; `to_frame()` gives a pandas DataFrame.
+matching any of them are returned. A field is searched for typos of a word only when none of
+its terms is the word or starts with it; numbers match exactly or as a prefix, never as a
+typo. catalog.ranking turns this into tantivy searches, tier by tier, stopping at the first
+tier that fills the limit. Results are plain dataclasses; `to_frame()` gives a pandas
+DataFrame.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tantivy
 
 from .errors import LookupFailedError, UsageError
 from .index import OpenIndex, ensure_index
+from .ranking import rank
 
 if TYPE_CHECKING:
     from .project import Project
@@ -51,9 +53,21 @@ class SearchHit:
 
 @dataclass
 class SearchResults(Sequence[SearchHit]):
+    """The hits shown (at most the limit) and `total`: how many entries match the query and
+    the facets, deprecated ones included (those matching every word; when none does, those
+    matching any word). When the hits fill the limit, counting them all costs another pass
+    over every match, so it runs the first time `total` is read (the CLI reads it to say
+    "20 of N"; `--json` and ranking do not)."""
+
     query: str
     hits: list[SearchHit] = field(default_factory=list)
-    total: int = 0
+    counted: int | Callable[[], int] = field(default=0, repr=False, compare=False)
+
+    @property
+    def total(self) -> int:
+        if callable(self.counted):
+            self.counted = max(self.counted(), len(self.hits))
+        return self.counted
 
     def __getitem__(self, item):  # type: ignore[no-untyped-def]
         return self.hits[item]
@@ -164,68 +178,6 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())[:MAX_QUERY_WORDS]
 
 
-def typo_budget(word: str) -> int:
-    return 0 if len(word) < 4 else (1 if len(word) < 8 else 2)
-
-
-# Score layers (tantivy ranks within each tier, so only the documents returned are read):
-EXACT = 1_000_000.0  # the query is the entry's name
-CURRENT = 100_000.0  # not deprecated
-NAME_WORD, NAME_PREFIX, NAME_TYPO = 1_000.0, 950.0, 900.0  # per query word found in the name
-CERTIFIED = 500.0
-TEXT_TYPO = 0.5  # per word found only with a typo in description/tags (else bm25)
-
-
-def _const(query: tantivy.Query, score: float) -> tantivy.Query:
-    return tantivy.Query.const_score_query(query, score)
-
-
-def _variants(searcher: tantivy.Searcher, field_name: str, word: str) -> list[str]:
-    """Indexed terms of `field_name` that `word` stands for: itself, and the words it is a
-    prefix of (`act` -> `active`, `user` -> `users`), at most eight."""
-    if len(word) < 2:
-        return [word] if searcher.doc_freq(field_name, word) else []
-    found = [t for t, _ in searcher.terms_with_prefix(field_name, word, limit=9)]
-    return sorted(found, key=lambda t: (t != word, len(t), t))[:8]
-
-
-def _word_query(opened: OpenIndex, searcher: tantivy.Searcher, word: str
-                ) -> tantivy.Query | None:
-    """One query word: found in the name (as a token, a prefix, or within the typo budget),
-    else in the description and tags (bm25, as a prefix, or within the typo budget). Only
-    terms the index holds become clauses (typos are looked for only when the word itself is
-    missing), so a correctly spelt query costs a few term lookups. None: matches nothing."""
-    schema = opened.schema
-    budget = typo_budget(word)
-    parts: list[tantivy.Query] = []
-    for field_name, exact, prefix, typo in (("name_tokens", NAME_WORD, NAME_PREFIX, NAME_TYPO),
-                                            ("text", None, None, TEXT_TYPO)):
-        variants = _variants(searcher, field_name, word)
-        for term in variants:
-            query = tantivy.Query.term_query(schema, field_name, term)
-            score = exact if term == word else prefix
-            parts.append(_const(query, score) if score else query)  # text terms: bm25
-        if budget and word not in variants:
-            parts.append(_const(tantivy.Query.fuzzy_term_query(
-                schema, field_name, word, budget, True, False), typo))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else tantivy.Query.disjunction_max_query(parts, 0.01)
-
-
-def _word_clauses(opened: OpenIndex, searcher: tantivy.Searcher, query_words: list[str],
-                  every_word: bool) -> list[tuple[tantivy.Occur, tantivy.Query]] | None:
-    """With `every_word` each word must match somewhere, else any word may (the fallback when
-    no entry matches them all). None when nothing can match."""
-    per_word = [_word_query(opened, searcher, w) for w in query_words]
-    if every_word:
-        if any(q is None for q in per_word):
-            return None
-        return [(tantivy.Occur.Must, q) for q in per_word if q is not None]
-    anyof = [(tantivy.Occur.Should, q) for q in per_word if q is not None]
-    return [(tantivy.Occur.Must, tantivy.Query.boolean_query(anyof))] if anyof else None
-
-
 def _filter_clauses(schema: tantivy.Schema, filters: dict[str, list[str]]
                     ) -> list[tuple[tantivy.Occur, tantivy.Query]]:
     must, should = tantivy.Occur.Must, tantivy.Occur.Should
@@ -237,14 +189,6 @@ def _filter_clauses(schema: tantivy.Schema, filters: dict[str, list[str]]
         elif terms:
             clauses.append((must, tantivy.Query.boolean_query([(should, t) for t in terms])))
     return clauses
-
-
-def _top(searcher: tantivy.Searcher, clauses: list[tuple[tantivy.Occur, tantivy.Query]],
-         limit: int) -> tuple[list[tuple[float, tantivy.DocAddress]], int]:
-    if not any(occur == tantivy.Occur.Must for occur, _ in clauses):
-        clauses = [*clauses, (tantivy.Occur.Must, tantivy.Query.all_query())]
-    found = searcher.search(tantivy.Query.boolean_query(clauses), limit, count=True)
-    return list(found.hits), getattr(found, "count", None) or 0
 
 
 def _check_facets(filters: dict[str, list[str]]) -> None:
@@ -266,51 +210,17 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
                 ("contract", contract)) if v}
     _check_facets(filters)
     searcher, schema = opened.searcher, opened.schema
-    must, must_not = tantivy.Occur.Must, tantivy.Occur.MustNot
-    query_words = words(text)
-    facets = _filter_clauses(schema, filters)
-    # Each tier is its own search with one optional clause at most: several optional clauses
-    # make tantivy walk their whole posting lists, which costs milliseconds at 100k entries.
-    ranked: list[tuple[float, tantivy.DocAddress]] = []
-    exact_name = "_".join(query_words)
-    # 1. the entry named exactly; a term-dictionary lookup skips the search for most queries
-    if query_words and searcher.doc_freq("name", exact_name):
-        ranked += [(EXACT + score, a) for score, a in _top(searcher, [
-            (must, tantivy.Query.term_query(schema, "name", exact_name)), *facets], limit)[0]]
-    total = 0
-    for every_word in (True, False) if len(query_words) > 1 else (True,):
-        matching = _word_clauses(opened, searcher, query_words, every_word) if query_words \
-            else []
-        if matching is None:
-            continue
-        # 2. current entries, certified first at equal name matches
-        hits, count = _top(searcher, [*matching, *facets, (must_not, tantivy.Query.term_query(
-            schema, "status", "deprecated")), (tantivy.Occur.Should, _const(
-                tantivy.Query.term_query(schema, "status", "certified"), CERTIFIED))], limit)
-        ranked += [(CURRENT + score, a) for score, a in hits]
-        total += count
-        if len(hits) < limit:  # 3. deprecated entries last
-            hits, count = _top(searcher, [*matching, *facets, (must, tantivy.Query.term_query(
-                schema, "status", "deprecated"))], limit - len(hits))
-            ranked += hits
-            total += count
-        if total:
-            break  # the any-word fallback only when no entry matches every word
+    ranked, count = rank(searcher, schema, words(text), _filter_clauses(schema, filters),
+                         limit)
     # Only the hits shown are read and decoded (the stored summary, not the whole card).
     results: list[SearchHit] = []
-    seen: set[tuple[int, int]] = set()
     decode, doc = _DECODE, searcher.doc
     for score, address in ranked:
-        key = (address.segment_ord, address.doc)
-        if key in seen:
-            continue
-        seen.add(key)
         raw = doc(address).get_first("hit")
         results.append(SearchHit(score=round(float(score), 3),
                                  **(decode(raw.decode()) if raw else {})))
-        if len(results) == limit:
-            break
-    return SearchResults(text, results, max(total, len(results)))
+    # a short list holds every match; a full one is counted only if `total` is read
+    return SearchResults(text, results, count if len(results) == limit else len(results))
 
 
 def _lookup(opened: OpenIndex, field_name: str, values: list[str]) -> list[dict[str, Any]]:

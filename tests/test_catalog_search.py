@@ -233,3 +233,55 @@ def test_notebook_api(example_project: Path) -> None:
     card = project.show("net_adoption_score")
     assert card.kind == "score" and card.feast["feature_view"] == "score_net_adoption_score"
     assert card.to_dict()["upstream"][0] == {"kind": "entity", "name": "account"}
+
+
+NUMBERED_FIXTURE = RANKING_FIXTURE + """\
+  - name: zeta_widget_2024
+    description: Widgets counted in the year.
+    owner: widgets@example.com
+    source: commerce_orders
+    aggregation: count
+    expression: order_id
+    window: 28d
+"""
+
+
+def test_total_counts_every_match(example_project: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (example_project / "metrics" / "zeta.yaml").write_text(RANKING_FIXTURE)
+    project = catalog.load(str(example_project))
+    # five entries have both words: the four metrics and the feature view whose columns
+    # name them; the deprecated metric counts too, though it is listed last
+    full = project.search("zeta widget", limit=2)
+    assert len(full) == 2 and full.total == 5
+    listed = project.search("zeta widget", limit=10)
+    assert len(listed) == listed.total == 5 and listed.names()[-1] == "zeta_widget_old"
+    assert project.search("zeta widget", status=["deprecated"], limit=1).total == 1
+    # no entry has both words: the entries with either are listed and counted
+    zeta, churn = project.search("zeta", limit=50), project.search("churn", limit=50)
+    either = project.search("zeta churn", limit=2)
+    assert len(either) == 2 and either.total == zeta.total + churn.total
+    assert set(either.names()) <= set(zeta.names()) | set(churn.names())
+    hint = invoke(["--project", str(example_project), "search", "zeta widget", "--limit", "2"],
+                  capsys)
+    assert hint.code == 0 and "2 of 5 matches" in hint.stderr
+
+
+def test_numbers_match_exactly_or_as_prefix(example_project: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (example_project / "metrics" / "zeta.yaml").write_text(NUMBERED_FIXTURE)
+    assert names(search(example_project, capsys, "widget 2024"))[0] == "zeta_widget_2024"
+    assert names(search(example_project, capsys, "widget 202"))[0] == "zeta_widget_2024"
+    # a number is not a typo of another number (a word of four letters would be)
+    assert search(example_project, capsys, "2025") == []
+    assert names(search(example_project, capsys, "widgte"))[0].startswith("zeta_widget")
+
+
+def test_long_query_ranks_name_words_then_deprecated(example_project: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (example_project / "metrics" / "zeta.yaml").write_text(NUMBERED_FIXTURE)
+    # four words: three in the name of zeta_widget_count, two in the others' names; every
+    # word is somewhere in each (count as a prefix of "counted" in the description)
+    ranked = names(search(example_project, capsys, "zeta widget count counted"))
+    assert ranked == ["zeta_widget_count", "zeta_widget_2024", "zeta_widget_old"]
+
