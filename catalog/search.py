@@ -6,9 +6,9 @@ matches certified entries before drafts, then bm25 over descriptions and tags (p
 typos too). Every query word must match somewhere; when no entry matches them all, entries
 matching any of them are returned. A field is searched for typos of a word only when none of
 its terms is the word or starts with it; numbers match exactly or as a prefix, never as a
-typo. catalog.ranking turns this into tantivy searches, tier by tier, stopping at the first
-tier that fills the limit. Results are plain dataclasses; `to_frame()` gives a pandas
-DataFrame.
+typo. Facets filter without scoring. catalog.ranking turns this into tantivy searches, tier
+by tier, stopping at the first tier that fills the limit. Results are plain dataclasses;
+`to_frame()` gives a pandas DataFrame.
 """
 
 from __future__ import annotations
@@ -180,14 +180,20 @@ def words(text: str) -> list[str]:
 
 def _filter_clauses(schema: tantivy.Schema, filters: dict[str, list[str]]
                     ) -> list[tuple[tantivy.Occur, tantivy.Query]]:
+    """Facets filter and do not score (a constant zero)."""
     must, should = tantivy.Occur.Must, tantivy.Occur.Should
     clauses: list[tuple[tantivy.Occur, tantivy.Query]] = []
+
+    def zero(query: tantivy.Query) -> tantivy.Query:
+        return tantivy.Query.const_score_query(query, 0.0)
+
     for facet, values in filters.items():
         terms = [tantivy.Query.term_query(schema, facet, v) for v in values]
         if facet == "tag" or len(terms) == 1:  # tags: all of them; others: any of them
-            clauses.extend((must, t) for t in terms)
+            clauses.extend((must, zero(t)) for t in terms)
         elif terms:
-            clauses.append((must, tantivy.Query.boolean_query([(should, t) for t in terms])))
+            clauses.append((must, zero(tantivy.Query.boolean_query(
+                [(should, t) for t in terms]))))
     return clauses
 
 

@@ -285,3 +285,10 @@ def test_long_query_ranks_name_words_then_deprecated(example_project: Path,
     ranked = names(search(example_project, capsys, "zeta widget count counted"))
     assert ranked == ["zeta_widget_count", "zeta_widget_2024", "zeta_widget_old"]
 
+
+def test_facets_filter_without_changing_scores(example_project: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (example_project / "metrics" / "zeta.yaml").write_text(RANKING_FIXTURE)
+    plain = {h["name"]: h["score"] for h in search(example_project, capsys, "zeta widget")}
+    owned = search(example_project, capsys, "zeta widget", "--owner", "widgets")
+    assert len(owned) >= 4 and all(plain[h["name"]] == h["score"] for h in owned)
