@@ -34,7 +34,7 @@ from .fsutil import TEMP_PREFIX, atomic_write_text, project_lock
 if TYPE_CHECKING:
     from .project import Project
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -175,6 +175,25 @@ def is_fresh(opened: OpenIndex | None, inputs: dict[str, Any]) -> bool:
 
 # -- building ----------------------------------------------------------------------------
 
+STORE_BLOCK = 4096  # bytes of stored documents compressed together (tantivy's default 16384)
+
+
+def _create_index(folder: Path) -> tantivy.Index:
+    """A new empty index whose document store compresses small blocks: a search reads the
+    stored summary of each hit it shows, a random document each, and decompressing a 4 KB
+    block instead of 16 KB halves that (the index grows by a fifth). The Python bindings
+    do not take index settings, so the setting goes into the meta.json tantivy reads them
+    from, before anything is written; without that key the default stays."""
+    tantivy.Index(build_schema(), path=str(folder), reuse=False)
+    meta_path = folder / "meta.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        meta = json.loads(meta_path.read_text("utf-8"))
+        if "docstore_blocksize" in meta.get("index_settings", {}):
+            meta["index_settings"]["docstore_blocksize"] = STORE_BLOCK
+            meta_path.write_text(json.dumps(meta), "utf-8")
+    return tantivy.Index.open(str(folder))
+
+
 def _add_cards(index: tantivy.Index, cards: list[tuple[dict[str, Any], bytes]],
                remove: list[str]) -> None:
     threads = 1 if len(cards) < 20_000 else min(4, os.cpu_count() or 1)
@@ -209,7 +228,7 @@ def write_generation(root: Path, cards: list[dict[str, Any]], inputs: dict[str, 
             changed = [(c, e) for c, e in encoded if old.get(c["id"]) != hashes[c["id"]]]
             remove = [i for i in old if i not in hashes or old[i] != hashes[i]]
         else:
-            index = tantivy.Index(build_schema(), path=str(tmp), reuse=False)
+            index = _create_index(tmp)
             changed, remove = encoded, []
         if changed or remove or old is None:
             _add_cards(index, changed, remove)

@@ -292,3 +292,14 @@ def test_facets_filter_without_changing_scores(example_project: Path,
     plain = {h["name"]: h["score"] for h in search(example_project, capsys, "zeta widget")}
     owned = search(example_project, capsys, "zeta widget", "--owner", "widgets")
     assert len(owned) >= 4 and all(plain[h["name"]] == h["score"] for h in owned)
+
+
+def test_index_compresses_small_store_blocks(example_project: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from catalog.index import STORE_BLOCK
+
+    assert names(search(example_project, capsys, "crm_logins"))[0] == "crm_logins"
+    live = open_current(example_project)
+    assert live is not None and live.folder is not None
+    meta = json.loads((live.folder / "meta.json").read_text())
+    assert meta["index_settings"]["docstore_blocksize"] == STORE_BLOCK == 4096
