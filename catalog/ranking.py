@@ -19,6 +19,7 @@ less (below zero) and wait until every current tier is done.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -38,6 +39,8 @@ CERTIFIED = 500.0
 TEXT_TYPO = 0.5  # per word found only with a typo in description/tags (else bm25)
 TIE = 0.01  # a word's other clauses count a hundredth
 SUBSET_WORDS = 3  # up to this many words every combination of name words is its own search
+BM25_K1 = 1.2  # tantivy's
+BOUND_SLACK = 0.01  # score bounds are computed in float64, tantivy scores in float32
 
 
 def typo_budget(word: str) -> int:
@@ -48,13 +51,24 @@ def _const(query: tantivy.Query, score: float) -> tantivy.Query:
     return Query.const_score_query(query, score)
 
 
-def _variants(searcher: tantivy.Searcher, field_name: str, word: str) -> list[str]:
-    """Indexed terms of `field_name` that `word` stands for: itself, and the words it is a
-    prefix of (`act` -> `active`, `user` -> `users`), at most eight."""
+def _variants(searcher: tantivy.Searcher, field_name: str, word: str) -> list[tuple[str, int]]:
+    """Indexed terms of `field_name` that `word` stands for, with their document counts:
+    itself, and the words it is a prefix of (`act` -> `active`, `user` -> `users`), at most
+    eight."""
     if len(word) < 2:
-        return [word] if searcher.doc_freq(field_name, word) else []
-    found = [t for t, _ in searcher.terms_with_prefix(field_name, word, limit=9)]
-    return sorted(found, key=lambda t: (t != word, len(t), t))[:8]
+        count = searcher.doc_freq(field_name, word)
+        return [(word, count)] if count else []
+    found = searcher.terms_with_prefix(field_name, word, limit=9)
+    return sorted(found, key=lambda t: (t[0] != word, len(t[0]), t[0]))[:8]
+
+
+def _bm25_bound(doc_freq: int, docs: int) -> float:
+    """The most a term can score in bm25 as tantivy computes it: idf * (k1 + 1)."""
+    return math.log(1.0 + (docs - doc_freq + 0.5) / (doc_freq + 0.5)) * (1.0 + BM25_K1)
+
+
+def _dismax_bound(bounds: list[float], tie: float = TIE) -> float:
+    return max(bounds) + tie * (sum(bounds) - max(bounds)) if bounds else 0.0
 
 
 def _dismax(parts: list[tantivy.Query], tie: float = TIE) -> tantivy.Query:
@@ -73,6 +87,8 @@ class Word:
     name_parts: list[tantivy.Query] = field(default_factory=list)
     text_parts: list[tantivy.Query] = field(default_factory=list)
     text_terms: list[tantivy.Query] = field(default_factory=list)  # without the typo
+    name_bounds: list[float] = field(default_factory=list)  # the most each part scores
+    text_bounds: list[float] = field(default_factory=list)
 
     @classmethod
     def build(cls, searcher: tantivy.Searcher, schema: tantivy.Schema, word: str) -> Word:
@@ -81,10 +97,12 @@ class Word:
         name_field = "name_numbers" if number else "name_tokens"
         names, texts = _variants(searcher, name_field, word), _variants(searcher, "text", word)
         out = cls(word)
-        out.name_parts = [_const(Query.term_query(schema, name_field, t),
-                                 NAME_WORD if t == word else NAME_PREFIX) for t in names]
-        out.text_terms = [Query.term_query(schema, "text", t) for t in texts]  # bm25
+        out.name_bounds = [NAME_WORD if t == word else NAME_PREFIX for t, _ in names]
+        out.name_parts = [_const(Query.term_query(schema, name_field, t), bound)
+                          for (t, _), bound in zip(names, out.name_bounds, strict=True)]
+        out.text_terms = [Query.term_query(schema, "text", t) for t, _ in texts]  # bm25
         out.text_parts = list(out.text_terms)
+        out.text_bounds = [_bm25_bound(n, searcher.num_docs) for _, n in texts]
         if budget and not names:  # no term is the word or starts with it: look for typos
             typo = _const(Query.fuzzy_term_query(schema, name_field, word, budget, True,
                                                  False), NAME_TYPO)
@@ -92,10 +110,20 @@ class Word:
             # look now spares every tier that would need it in the name.
             if not texts or searcher.search(typo, 1, count=False).hits:
                 out.name_parts.append(typo)
+                out.name_bounds.append(NAME_TYPO)
         if budget and not texts:
             out.text_parts.append(_const(Query.fuzzy_term_query(
                 schema, "text", word, budget, True, False), TEXT_TYPO))
+            out.text_bounds.append(TEXT_TYPO)
         return out
+
+    def bound(self, in_name: bool) -> float:
+        """The most this word adds to an entry's score when required in the name (the
+        text adds a hundredth of its bm25 terms) or in the text."""
+        if in_name:
+            terms = self.text_bounds[:len(self.text_terms)]
+            return _dismax_bound(self.name_bounds) + TIE * sum(terms)
+        return _dismax_bound(self.text_bounds)
 
     @property
     def matchable(self) -> bool:
@@ -174,17 +202,24 @@ class Ranker:
                                    *self.facets], []), EXACT)
 
     def every_word(self, query_words: list[Word]) -> None:
-        """Entries matching every word, by tiers: current ones, then deprecated ones."""
+        """Entries matching every word, by tiers: current ones, then deprecated ones. The
+        searches of one tier run in order of the most they can score; once the hits found
+        fill the limit with scores above that, the remaining searches are skipped."""
         for tier in _tiers(query_words):
             for clauses, optional in self._splits(tier):
                 if self.needed <= 0:
                     return
-                hits: list[Hit] = []
+                planned = []
                 for in_name in tier:
                     words, ties = self._tier_clauses(query_words, in_name)
                     if words is not None:
-                        hits += self.search([*words, *self.facets, *clauses],
-                                            [*optional, *ties])
+                        planned.append((_bound(query_words, in_name), words, ties))
+                planned.sort(key=lambda plan: -plan[0])
+                hits: list[Hit] = []
+                for bound, words, ties in planned:
+                    if _nth_best(hits, self.needed) > bound + BOUND_SLACK:
+                        break
+                    hits += self.search([*words, *self.facets, *clauses], [*optional, *ties])
                 self.take_tier(hits)
         self.take_held()
 
@@ -243,6 +278,19 @@ class Ranker:
             found = self.searcher.search(query, 1, count=True)
             return int(getattr(found, "count", None) or 0)
         return count
+
+
+def _bound(query_words: list[Word], in_name: tuple[int, ...] | None) -> float:
+    """The most an entry of one tier search can score (certified included)."""
+    if in_name is None:
+        return math.inf
+    return CERTIFIED + sum(w.bound(i in in_name) for i, w in enumerate(query_words))
+
+
+def _nth_best(hits: list[Hit], n: int) -> float:
+    """The n-th best score among current hits (those at or above zero), or -inf."""
+    scores = sorted((s for s, _ in hits if s >= 0.0), reverse=True)
+    return scores[n - 1] if n >= 1 and len(scores) >= n else -math.inf
 
 
 def _tiers(query_words: list[Word]) -> Iterator[list[tuple[int, ...] | None]]:

@@ -303,3 +303,34 @@ def test_index_compresses_small_store_blocks(example_project: Path,
     assert live is not None and live.folder is not None
     meta = json.loads((live.folder / "meta.json").read_text())
     assert meta["index_settings"]["docstore_blocksize"] == STORE_BLOCK == 4096
+
+
+def test_score_bounds_hold(example_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tier's searches are skipped on the strength of score bounds: every hit of a tier
+    search must score at most its bound, or a better entry could be skipped."""
+    import tantivy
+
+    from catalog import ranking
+    from catalog.search import words
+
+    (example_project / "metrics" / "zeta.yaml").write_text(NUMBERED_FIXTURE)
+    search(example_project, capsys, "crm")
+    opened = open_current(example_project)
+    assert opened is not None
+    searcher, schema = opened.searcher, opened.schema
+    certified = ranking._const(tantivy.Query.term_query(schema, "status", "certified"),
+                               ranking.CERTIFIED)
+    checked = 0
+    for text in ("crm logins", "actve usres", "zeta widget counted", "revenue gmv",
+                 "session hours crm", "widgte 2024", "seats"):
+        built = [ranking.Word.build(searcher, schema, w) for w in words(text)]
+        ranker = ranking.Ranker(searcher, schema, [], 1000)
+        for tier in ranking._tiers(built):
+            for in_name in tier:
+                clauses, ties = ranker._tier_clauses(built, in_name)
+                if clauses is not None:
+                    hits = ranker.search(clauses, [certified, *ties])
+                    bound = ranking._bound(built, in_name)
+                    assert all(score <= bound for score, _ in hits), (text, in_name)
+                    checked += len(hits)
+    assert checked > 20
