@@ -6,7 +6,7 @@ tags bm25, or 0.5 for a typo) plus a hundredth of the word's other bm25 clauses;
 when certified. The tiers, in order: the exact name; current entries by how many query
 words their name holds, all of them first; deprecated entries the same way. Up to four
 words the constants alone would order entries so; the tiers make it exact and, above all,
-cheap. Each tier (up to three words, each set of name words) is its own search requiring
+cheap. Each tier (up to four words, each set of name words) is its own search requiring
 those words in the name, whose posting lists are short, and the others in the description
 and tags; the walk stops at the first tier that fills the limit. In a small vocabulary most
 descriptions hold most words, so a query whose words are names never scores the thousands
@@ -38,7 +38,7 @@ NAME_WORD, NAME_PREFIX, NAME_TYPO = 1_000.0, 950.0, 900.0  # per query word foun
 CERTIFIED = 500.0
 TEXT_TYPO = 0.5  # per word found only with a typo in description/tags (else bm25)
 TIE = 0.01  # a word's other clauses count a hundredth
-SUBSET_WORDS = 3  # up to this many words every combination of name words is its own search
+SUBSET_WORDS = 4  # up to this many words every combination of name words is its own search
 BM25_K1 = 1.2  # tantivy's
 BOUND_SLACK = 0.01  # score bounds are computed in float64, tantivy scores in float32
 

@@ -284,6 +284,9 @@ def test_long_query_ranks_name_words_then_deprecated(example_project: Path,
     # word is somewhere in each (count as a prefix of "counted" in the description)
     ranked = names(search(example_project, capsys, "zeta widget count counted"))
     assert ranked == ["zeta_widget_count", "zeta_widget_2024", "zeta_widget_old"]
+    # five words: all of them in the name first, then the rest in one search
+    ranked = names(search(example_project, capsys, "zeta widget count counted widgets"))
+    assert ranked == ["zeta_widget_count", "zeta_widget_2024", "zeta_widget_old"]
 
 
 def test_facets_filter_without_changing_scores(example_project: Path,
