@@ -34,7 +34,7 @@ from .fsutil import TEMP_PREFIX, atomic_write_text, project_lock
 if TYPE_CHECKING:
     from .project import Project
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -58,13 +58,17 @@ def build_schema() -> tantivy.Schema:
     return builder.build()
 
 
-def hit_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The few fields a search result shows, stored apart from the card to decode fast."""
+HIT_FIELDS = ("kind", "name", "owner", "description", "tags", "status", "version",
+              "model_count")  # catalog.search.SearchHit's fields before the score
+
+
+def hit_summary(card: dict[str, Any]) -> list[Any]:
+    """The few fields a search result shows (HIT_FIELDS, in order), stored apart from the
+    card as a JSON list: a hit decodes it without parsing keys."""
     description = (card.get("description") or "").strip().splitlines()
-    return {"kind": card["kind"], "name": card["name"], "owner": card.get("owner"),
-            "description": description[0] if description else "",
-            "tags": card.get("tags") or [], "status": card.get("status"),
-            "version": card.get("version"), "model_count": card.get("model_count", 0)}
+    return [card["kind"], card["name"], card.get("owner"),
+            description[0] if description else "", card.get("tags") or [],
+            card.get("status"), card.get("version"), card.get("model_count", 0)]
 
 
 def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy.Document:

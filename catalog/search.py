@@ -222,9 +222,9 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
     results: list[SearchHit] = []
     decode, doc = _DECODE, searcher.doc
     for score, address in ranked:
-        raw = doc(address).get_first("hit")
-        results.append(SearchHit(score=round(float(score), 3),
-                                 **(decode(raw.decode()) if raw else {})))
+        raw = doc(address).get_first("hit") or b"[]"
+        summary: list[Any] = decode(raw.decode())  # HIT_FIELDS, in order
+        results.append(SearchHit(*summary, round(float(score), 3)))  # type: ignore[call-arg]
     # a short list holds every match; a full one is counted only if `total` is read
     return SearchResults(text, results, count if len(results) == limit else len(results))
 

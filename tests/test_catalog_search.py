@@ -337,3 +337,12 @@ def test_score_bounds_hold(example_project: Path, capsys: pytest.CaptureFixture[
                     assert all(score <= bound for score, _ in hits), (text, in_name)
                     checked += len(hits)
     assert checked > 20
+
+
+def test_stored_hit_fields_follow_search_hit() -> None:
+    from dataclasses import fields
+
+    from catalog.index import HIT_FIELDS
+    from catalog.search import SearchHit
+
+    assert tuple(f.name for f in fields(SearchHit)) == (*HIT_FIELDS, "score")
