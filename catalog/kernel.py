@@ -76,8 +76,10 @@ def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) 
     first, last = b[starts], b[ends]
     island_of_cell = np.cumsum(new_island) - 1
     key_of_cell = np.cumsum(key_change) - 1
-    # slots: `reach` empty ones, then first .. last + reach
-    length = reach + (last + reach - first + 1)
+    # slots first .. last + reach of each island in turn, after `reach` empty ones: a
+    # window (at most reach - G wide) read at K > first never gets past the empty tail of
+    # the island before
+    length = last + reach - first + 1
     offset = np.cumsum(length) - length + reach  # slot of `first`
     cell_slot = offset[island_of_cell] + (b - first[island_of_cell])
     k_start = np.maximum((first // g + 1) * g, low)
@@ -88,7 +90,7 @@ def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) 
     row_pos = k_start[row_island] + g * within
     row_slot = offset[row_island] + (row_pos - first[row_island])
     distinct_keys = keys.take(pa.array(np.flatnonzero(key_change)))
-    return Layout(int(length.sum()), cell_slot, row_slot, row_pos,
+    return Layout(reach + int(length.sum()), cell_slot, row_slot, row_pos,
                   key_of_cell[starts][row_island], key_of_cell, distinct_keys)
 
 
@@ -99,11 +101,13 @@ class Windows:
     """Window reads at the output rows' slots, with what each window width and each dense
     column needs computed once.
 
-    Totals are running sums restarted every `segment` slots, kept with a leading zero per
-    segment: a window spans at most two segments, so its total is `tail - head`, plus the
-    first segment's total when it crosses (each sum only grows over one segment, so its
-    rounding stays small). Minimums and maximums come from doubling tables: level k holds
-    op over 2**k slots, and a window is op of two overlapping power-of-two spans."""
+    Totals are running sums restarted every `segment` slots: a window spans at most two
+    segments, so its total is `tail - head`, plus the first segment's total when it
+    crosses (each sum only grows over one segment, so its rounding stays small); a window
+    starting a segment reads its head from a zero kept after the last slot. Minimums and
+    maximums come from doubling tables: level k holds op over 2**k slots, and a window is
+    op of two overlapping power-of-two spans. Results are cached per (column, width), so
+    metrics that differ only by name cost nothing more."""
 
     def __init__(self, slots: np.ndarray, size: int, widest: int):
         self.slots = slots
@@ -113,33 +117,41 @@ class Windows:
         self._reads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._running: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._levels: dict[tuple[int, int], np.ndarray] = {}
+        self._results: dict[tuple[int, int], np.ndarray] = {}
 
     def _read(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat indexes of head, tail (in the zero-led running sums) and of the crossed
-        segment's total (the appended zero when the window stays in one segment)."""
+        """Flat indexes of head and tail in the running sums (head: the zero after the last
+        slot when the window starts a segment) and of the crossed segment's total (a zero
+        when the window stays in one segment)."""
         if w not in self._reads:
-            seg, stride = self.segment, self.segment + 1
-            start, end = self.slots - w, self.slots  # the window is start .. end - 1
-            start_seg, last_seg = start // seg, (end - 1) // seg
-            head = start_seg * stride + start % seg
-            tail = last_seg * stride + (end - 1) % seg + 1
-            crossed = np.where(start_seg == last_seg, self.segments, start_seg)
-            self._reads[w] = (head, tail, crossed)
+            seg = self.segment
+            start, last = self.slots - w, self.slots - 1  # the window is start .. last
+            start_seg = start // seg
+            head = np.where(start % seg == 0, self.size, start - 1)
+            crossed = np.where(start_seg == last // seg, self.segments, start_seg)
+            self._reads[w] = (head, last, crossed)
         return self._reads[w]
 
     def total(self, dense: np.ndarray, w: int) -> np.ndarray:
         """sum(dense[s - w : s]) for every output slot s (`dense` has `size` slots)."""
+        key = (id(dense), w)
+        if key in self._results:
+            return self._results[key].copy()
         if id(dense) not in self._running:
-            running = np.zeros((self.segments, self.segment + 1), dtype=dense.dtype)
-            np.cumsum(dense.reshape(self.segments, self.segment), axis=1, out=running[:, 1:])
-            totals = np.append(running[:, -1], np.zeros(1, dtype=dense.dtype))
-            self._running[id(dense)] = (running.ravel(), totals)
+            running = np.empty(self.size + 1, dtype=dense.dtype)
+            np.cumsum(dense.reshape(self.segments, self.segment), axis=1,
+                      out=running[:-1].reshape(self.segments, self.segment))
+            running[-1] = 0
+            totals = np.zeros(self.segments + 1, dtype=dense.dtype)
+            totals[:-1] = running[self.segment - 1:-1:self.segment]
+            self._running[id(dense)] = (running, totals)
         running, totals = self._running[id(dense)]
         head, tail, crossed = self._read(w)
         out = running[tail]
         out -= running[head]
         out += totals[crossed]
-        return out
+        self._results[key] = out
+        return out.copy()
 
     def extreme(self, dense: np.ndarray, w: int, op: np.ufunc) -> np.ndarray:
         """op.reduce(dense[s - w : s]) for every output slot s (op: fmin or maximum)."""
@@ -156,8 +168,9 @@ class Windows:
         if key not in self._levels:
             below = self._level(dense, k - 1, op)
             half = 1 << (k - 1)
-            level = below.copy()
+            level = np.empty_like(below)
             op(below[:-half], below[half:], out=level[:-half])
+            level[-half:] = below[-half:]
             self._levels[key] = level
         return self._levels[key]
 
@@ -185,14 +198,15 @@ def round_like_duckdb(values: np.ndarray) -> np.ndarray:
     modifier = 10.0 ** ROUND_DIGITS
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = values * modifier
-        whole = np.trunc(scaled)
-        fraction = np.abs(scaled - whole)
-        up = fraction > 0.5
-        half = np.flatnonzero(fraction == 0.5)
+        whole = np.rint(scaled)  # halves to even: the only place it differs from DuckDB
+        np.subtract(scaled, whole, out=scaled)  # now the distance, |.| <= 0.5
+        half = np.flatnonzero(np.abs(scaled) == 0.5)
         if len(half):
-            error = _product_error(values[half], modifier) * np.sign(scaled[half])
-            up[half] = error >= 0  # above the half, or exactly on it: away from zero
-        whole += np.copysign(up, scaled)  # ±0 where not up keeps the sign of a zero
+            product = values[half] * modifier
+            sign = np.sign(product)
+            below = np.trunc(product)  # the whole number nearer zero
+            error = _product_error(values[half], modifier) * sign
+            whole[half] = below + sign * (error >= 0)  # above or exactly on it: away
         whole /= modifier
     bad = ~np.isfinite(whole)
     if bad.any():
