@@ -274,12 +274,8 @@ class Computer:
                 self.progress(spec.name, total, total)
             return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
         con = engine.con
-        table = self._kernel_table(con, plan, src_path, low, high, key, spec.name)
-        if table is not None:
-            keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
-            from .engines import write_arrow_table
-
-            write_arrow_table(table, out, key, keep, presorted=True)
+        if self._kernel_write(con, plan, src_path, low, high, key, spec.name, out,
+                              bool(keep_old)):
             if self.progress:
                 self.progress(spec.name, total, total)
             return TableResult(spec.name, spec.kind, 0, total, 0.0, out, mode, plan.bucket_us)
@@ -302,15 +298,30 @@ class Computer:
             self.progress(spec.name, total, total)
         return TableResult(spec.name, spec.kind, 0, total, 0.0, out, mode, plan.bucket_us)
 
-    def _kernel_table(self, con: Any, plan: Any, src_path: str, low: int, high: int,
-                      key: str, name: str) -> Any:
-        """The group's new rows through the columnar kernel (catalog/kernel.py), or None
-        when its partial types need the SQL plan."""
-        from .kernel import group_table
+    def _kernel_write(self, con: Any, plan: Any, src_path: str, low: int, high: int,
+                      key: str, name: str, out: Path, keep_old: bool) -> bool:
+        """Compute and write the group through the columnar kernel (catalog/kernel.py);
+        False when it declines (partial types it does not handle, or an incremental run
+        whose merged table would not fit in memory) and the SQL plan should run instead."""
+        import pyarrow as pa
+
+        from .engines import write_arrow_chunks, write_arrow_table
+        from .kernel import fits_in_memory, prepare_group
 
         parts = partial_plan(self.project, plan, path=src_path, low=low, high=high)
         try:
-            return group_table(con, parts, plan, key_name=key, low=low, high=high)
+            run = prepare_group(con, parts, plan, low=low, high=high)
+            if run is None:
+                return False
+            if not keep_old:
+                write_arrow_chunks(run.tables(key), out, key)
+                return True
+            if not fits_in_memory(run):
+                return False
+            table = pa.concat_tables(list(run.tables(key)))
+            write_arrow_table(table, out, key, (low * plan.bucket_us, high * plan.bucket_us),
+                              presorted=True)
+            return True
         except TallyError:
             raise
         except Exception as exc:  # duckdb raises a family of its own errors

@@ -2,26 +2,29 @@
 
 DuckDB does the one scan of the source: the partial aggregates per (entity, bucket) of
 `plans.partial_plan`, sorted by entity and bucket. The windows over those cells are then
-a few vectorised passes in numpy instead of SQL window functions, which DuckDB evaluates
-an order of magnitude slower here. The semantics are those of `plans.group_query` (which
-the Spark engine still runs, and which tests compare against this path):
+whole-array numpy passes instead of SQL window functions (DuckDB's window operator was
+about three times slower on the compute bench). The semantics are those of
+`plans.group_query`, which the Spark engine still runs and which tests compare against
+this path:
 
 * islands: an entity's cells closer than `reach` buckets form one island; it has a row at
   each snapshot K (a multiple of G) with first < K <= last + reach, within low..high;
-* each island is laid out densely, one slot per bucket, after `reach` empty slots, so a
-  window of W buckets is W consecutive slots and never reaches into another island;
-* window totals are read from running sums restarted every SEGMENT slots (so each sum
-  only grows over one segment, and an entity's rounding never depends on another's), with
-  NaN and infinities counted apart; minimums and maximums from doubling tables. Each is a
-  handful of whole-array numpy passes, shared by the metrics that use the same partial.
-* when the dense columns would not fit in half the memory, `group_table` returns None and
-  the SQL plan (which DuckDB can spill to disk) runs instead; so do partial types the
-  kernel does not handle (text, dates, decimals as min or max).
+* each island is laid out densely, one slot per bucket from first to last + reach; its
+  empty tail of `reach` slots keeps a window of the next island from seeing it;
+* window totals are read from running sums restarted every SEGMENT slots (so a sum only
+  grows over one segment), with NaN and infinities counted apart; minimums and maximums
+  come from doubling tables; each (partial, width) is computed once;
+* the cells are taken a chunk of whole entities at a time and the table is written chunk
+  by chunk, so memory stays bounded whatever the source's size. An incremental run merges
+  its rows with the kept ones in memory; when that would not fit in half the memory, or
+  when a partial has a type the kernel does not handle (text, dates, decimals as min or
+  max), the SQL plan (which DuckDB can spill to disk) runs instead.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,18 +65,36 @@ class Layout:
     distinct_keys: pa.Array
 
 
-def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) -> Layout:
-    n = len(b)
-    g, reach = plan.grain_buckets, plan.reach
-    key_change = np.ones(n, dtype=bool)
+def key_changes(keys: pa.Array) -> np.ndarray:
+    """True where a sorted run of keys starts a new key."""
+    n = len(keys)
+    change = np.ones(n, dtype=bool)
     if n > 1:
-        key_change[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(
+        change[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(
             zero_copy_only=False)
+    return change
+
+
+def _islands(key_change: np.ndarray, b: np.ndarray, plan: GroupPlan, low: int, high: int
+             ) -> tuple[np.ndarray, ...]:
+    """Where each island starts, its first and last bucket, the first and last snapshot it
+    has a row at, and how many rows (snapshots) that is."""
+    n, g, reach = len(b), plan.grain_buckets, plan.reach
     new_island = key_change.copy()
     new_island[1:] |= (b[1:] - b[:-1]) > reach
     starts = np.flatnonzero(new_island)
     ends = np.r_[starts[1:], n].astype(np.int64) - 1 if n else starts
     first, last = b[starts], b[ends]
+    k_start = np.maximum((first // g + 1) * g, low)
+    k_end = np.minimum(((last + reach) // g) * g, high)
+    count = np.maximum(0, (k_end - k_start) // g + 1)
+    return new_island, starts, first, last, k_start, count
+
+
+def layout(keys: pa.Array, key_change: np.ndarray, b: np.ndarray, plan: GroupPlan, low: int,
+           high: int) -> Layout:
+    g, reach = plan.grain_buckets, plan.reach
+    new_island, starts, first, last, k_start, count = _islands(key_change, b, plan, low, high)
     island_of_cell = np.cumsum(new_island) - 1
     key_of_cell = np.cumsum(key_change) - 1
     # slots first .. last + reach of each island in turn, after `reach` empty ones: a
@@ -82,9 +103,6 @@ def layout(keys: pa.Array, b: np.ndarray, plan: GroupPlan, low: int, high: int) 
     length = last + reach - first + 1
     offset = np.cumsum(length) - length + reach  # slot of `first`
     cell_slot = offset[island_of_cell] + (b - first[island_of_cell])
-    k_start = np.maximum((first // g + 1) * g, low)
-    k_end = np.minimum(((last + reach) // g) * g, high)
-    count = np.maximum(0, (k_end - k_start) // g + 1)
     row_island = np.repeat(np.arange(len(starts)), count)
     within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
     row_pos = k_start[row_island] + g * within
@@ -303,27 +321,51 @@ class _Dense:
         return dense, op
 
 
-def _distinct_counts(occ: pa.Table, cells_b: np.ndarray, lay: Layout, w: int) -> np.ndarray:
+@dataclass
+class Occurrences:
+    """Distinct (key, value, bucket) occurrences of a count_distinct metric, sorted, with
+    each key's index among the group's distinct keys and where a new (key, value) starts."""
+    key_index: np.ndarray
+    b: np.ndarray
+    new_value: np.ndarray
+
+    @classmethod
+    def read(cls, table: pa.Table, distinct_keys: pa.Array) -> Occurrences:
+        keys = table.column("__key").combine_chunks()
+        values = table.column("__v").combine_chunks()
+        n = table.num_rows
+        new_value = np.ones(n, dtype=bool)
+        if n > 1:
+            same = pc.and_(pc.equal(keys.slice(1), keys.slice(0, n - 1)),
+                           pc.equal(values.slice(1), values.slice(0, n - 1)))
+            new_value[1:] = ~same.to_numpy(zero_copy_only=False)
+        key_index = pc.index_in(keys, value_set=distinct_keys).to_numpy(zero_copy_only=False)
+        return cls(key_index.astype(np.int64), table.column("__b").to_numpy().astype(np.int64),
+                   new_value)
+
+    def of_keys(self, first: int, last: int) -> Occurrences:
+        """The occurrences of keys first..last, re-indexed from 0."""
+        lo = int(np.searchsorted(self.key_index, first, "left"))
+        hi = int(np.searchsorted(self.key_index, last, "right"))
+        new_value = self.new_value[lo:hi].copy()
+        if len(new_value):
+            new_value[0] = True
+        return Occurrences(self.key_index[lo:hi] - first, self.b[lo:hi], new_value)
+
+
+def _distinct_counts(occ: Occurrences, cells_b: np.ndarray, lay: Layout, w: int) -> np.ndarray:
     """count_distinct at every output row: each run of a value's occurrences closer than W
     buckets covers the snapshots after its first occurrence up to W after its last; the
     count is the number of runs covering K (+1 where one starts, -1 after it ends)."""
-    n = occ.num_rows
+    n = len(occ.b)
     if n == 0:
         return np.zeros(len(lay.row_slot), dtype=np.int64)
-    keys, values = occ.column("__key").combine_chunks(), occ.column("__v").combine_chunks()
-    ob = occ.column("__b").to_numpy()
-    key_index = pc.index_in(keys, value_set=lay.distinct_keys).to_numpy(zero_copy_only=False)
-    span = int(cells_b.max() - cells_b.min() + 1)
     base = int(cells_b.min())
+    span = int(cells_b.max()) - base + 1
     cell_code = lay.key_of_cell.astype(np.int64) * span + (cells_b - base)
-    slot = lay.cell_slot[np.searchsorted(cell_code, key_index.astype(np.int64) * span
-                                         + (ob - base))]
-    change = np.ones(n, dtype=bool)
-    if n > 1:
-        same_key = pc.equal(keys.slice(1), keys.slice(0, n - 1))
-        same_value = pc.equal(values.slice(1), values.slice(0, n - 1))
-        change[1:] = ~pc.and_(same_key, same_value).to_numpy(zero_copy_only=False)
-        change[1:] |= (ob[1:] - ob[:-1]) > w
+    slot = lay.cell_slot[np.searchsorted(cell_code, occ.key_index * span + (occ.b - base))]
+    change = occ.new_value.copy()
+    change[1:] |= (occ.b[1:] - occ.b[:-1]) > w
     starts = np.flatnonzero(change)
     ends = np.r_[starts[1:], n] - 1
     delta = np.bincount(slot[starts] + 1, minlength=lay.size + 1)[: lay.size + 1]
@@ -339,62 +381,108 @@ def memory_budget() -> int:
         return 4 << 30
 
 
-def _bytes_needed(lay: Layout, parts: Partials) -> int:
-    """What the kernel will hold, 8 bytes a value: per partial its dense column, running
-    sums or doubling levels and presence counts; per metric its window reads, result and
-    Arrow copy. Calibrated on the compute bench (20 metrics: about 1 GB past the scan)."""
-    return 8 * (lay.size * (4 * len(parts.names) + 8)
-                + len(lay.row_slot) * 2 * (len(parts.metrics) + 6))
+CHUNK_CELLS = 1 << 18  # cells per chunk: whole entities, so windows never cross a chunk
+
+
+class GroupRun:
+    """A group's cells, read once from DuckDB, computed a chunk of whole entities at a time
+    so memory stays bounded by the chunk, whatever the source's size."""
+
+    def __init__(self, con: Any, parts: Partials, plan: GroupPlan, cells: pa.Table, *,
+                 low: int, high: int, chunk_cells: int):
+        self.con, self.parts, self.plan, self.cells = con, parts, plan, cells
+        self.low, self.high = low, high
+        self.keys = cells.column("__key").combine_chunks()
+        self.b = cells.column("__b").to_numpy().astype(np.int64)
+        self.key_change = key_changes(self.keys)
+        self.key_of_cell = np.cumsum(self.key_change) - 1
+        key_starts = np.flatnonzero(self.key_change)
+        wanted = np.arange(chunk_cells, len(self.b), chunk_cells)
+        cuts = key_starts[np.minimum(np.searchsorted(key_starts, wanted), len(key_starts) - 1)]
+        self.bounds = np.unique(np.r_[0, cuts[cuts > 0], len(self.b)]) if len(self.b) else \
+            np.array([0, 0])
+        self._distinct_keys = self.keys.take(pa.array(key_starts))
+        self._occurrences: dict[int, Occurrences] = {}
+
+    def output_rows(self) -> int:
+        """How many rows the table will have (from the islands alone)."""
+        return int(_islands(self.key_change, self.b, self.plan, self.low, self.high)[-1].sum())
+
+    def _occ(self, i: int) -> Occurrences:
+        if i not in self._occurrences:
+            sql = occurrences(i).with_("src", as_=self.parts.src).order_by(
+                "__key", "__v", "__b").sql("duckdb")
+            self._occurrences[i] = Occurrences.read(self.con.sql(sql).to_arrow_table(),
+                                                    self._distinct_keys)
+        return self._occurrences[i]
+
+    def tables(self, key_name: str) -> Iterator[pa.Table]:
+        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk."""
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            yield self._chunk(int(lo), int(hi), key_name)
+
+    def _chunk(self, lo: int, hi: int, key_name: str) -> pa.Table:
+        plan, parts = self.plan, self.parts
+        b = self.b[lo:hi]
+        lay = layout(self.keys.slice(lo, hi - lo), self.key_change[lo:hi], b, plan, self.low,
+                     self.high)
+        windows = Windows(lay.row_slot, lay.size, max(plan.windows.values()))
+        dense = _Dense(self.cells.slice(lo, hi - lo), lay, windows.size)
+        stamps = pa.array(lay.row_pos * plan.bucket_us, type=pa.int64()).cast(
+            pa.timestamp("us", tz="UTC"))
+        columns: dict[str, Any] = {key_name: lay.distinct_keys.take(pa.array(lay.row_key)),
+                                   "event_timestamp": stamps, "created_timestamp": stamps}
+        for i, metric in enumerate(parts.metrics):
+            w = plan.windows[metric.name]
+            agg, uses = metric.aggregation, parts.uses.get(i, {})
+            if agg in ("count", "sum"):
+                total = dense.total(windows, uses["sum"], w)
+                columns[metric.name] = (total.astype(np.int64) if agg == "count" else
+                                        round_like_duckdb(total.astype(np.float64)))
+            elif agg == "avg":
+                total = dense.total(windows, uses["sum"], w).astype(np.float64)
+                count = dense.total(windows, uses["count"], w)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    value = round_like_duckdb(total / np.maximum(count, 1))
+                columns[metric.name] = pa.array(value, mask=count == 0)
+            elif agg in ("min", "max"):
+                name = uses[agg]
+                values, op = dense.extreme(name, agg)
+                found = windows.total(dense.present(name), w)
+                array = pa.array(windows.extreme(values, w, op), mask=found == 0)
+                kind = self.cells.schema.field(name).type
+                columns[metric.name] = array.cast(kind) if pa.types.is_timestamp(kind) \
+                    else array
+            else:  # count_distinct
+                first_key = int(self.key_of_cell[lo]) if hi > lo else 0
+                last_key = int(self.key_of_cell[hi - 1]) if hi > lo else -1
+                occ = self._occ(i).of_keys(first_key, last_key)
+                columns[metric.name] = _distinct_counts(occ, b, lay, w)
+        return pa.table(columns)
+
+
+def prepare_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high: int,
+                  chunk_cells: int = CHUNK_CELLS) -> GroupRun | None:
+    """Run the scan into partial aggregates; None when they have types the kernel does
+    not handle (the caller then runs the SQL plan)."""
+    cells_sql = (parts.buckets.with_("src", as_=parts.src)
+                 .order_by("__key", "__b").sql("duckdb"))
+    cells = con.sql(cells_sql).to_arrow_table()
+    if not kernel_types_ok(cells.schema, parts):
+        return None
+    return GroupRun(con, parts, plan, cells, low=low, high=high, chunk_cells=chunk_cells)
+
+
+def fits_in_memory(run: GroupRun) -> bool:
+    """Whether the whole table fits in half the memory (needed when it is merged with the
+    rows kept from the previous run; a full run streams chunk by chunk)."""
+    return 8 * run.output_rows() * 2 * (len(run.parts.metrics) + 3) <= memory_budget()
 
 
 def group_table(con: Any, parts: Partials, plan: GroupPlan, *, key_name: str, low: int,
-                high: int) -> pa.Table | None:
-    """The group's table for snapshots low..high, sorted by key and snapshot; None when the
-    partials have types the kernel does not handle (the caller then runs the SQL plan)."""
-    cells_sql = (parts.buckets.with_("src", as_=parts.src)
-                 .order_by("__key", "__b").sql("duckdb"))
-    relation = con.sql(cells_sql)
-    cells = relation.to_arrow_table()
-    if not kernel_types_ok(cells.schema, parts):
+                high: int, chunk_cells: int = CHUNK_CELLS) -> pa.Table | None:
+    """The whole table at once (see GroupRun.tables)."""
+    run = prepare_group(con, parts, plan, low=low, high=high, chunk_cells=chunk_cells)
+    if run is None:
         return None
-    keys = cells.column("__key").combine_chunks()
-    b = cells.column("__b").to_numpy().astype(np.int64)
-    lay = layout(keys, b, plan, low, high)
-    if _bytes_needed(lay, parts) > memory_budget():
-        return None  # the SQL plan streams through DuckDB, which can spill to disk
-    windows = Windows(lay.row_slot, lay.size, max(plan.windows.values()))
-    dense = _Dense(cells, lay, windows.size)
-    columns: dict[str, Any] = {
-        key_name: lay.distinct_keys.take(pa.array(lay.row_key)),
-    }
-    stamps = pa.array(lay.row_pos * plan.bucket_us, type=pa.int64()).cast(
-        pa.timestamp("us", tz="UTC"))
-    columns["event_timestamp"] = stamps
-    columns["created_timestamp"] = stamps
-    for i, metric in enumerate(parts.metrics):
-        w = plan.windows[metric.name]
-        agg, uses = metric.aggregation, parts.uses.get(i, {})
-        if agg in ("count", "sum"):
-            total = dense.total(windows, uses["sum"], w)
-            columns[metric.name] = (total.astype(np.int64) if agg == "count" else
-                                    round_like_duckdb(total.astype(np.float64)))
-        elif agg == "avg":
-            total = dense.total(windows, uses["sum"], w).astype(np.float64)
-            count = dense.total(windows, uses["count"], w)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                value = round_like_duckdb(total / np.maximum(count, 1))
-            columns[metric.name] = pa.array(value, mask=count == 0)
-        elif agg in ("min", "max"):
-            name = uses[agg]
-            values, op = dense.extreme(name, agg)
-            found = windows.total(dense.present(name), w)
-            result = windows.extreme(values, w, op)
-            array = pa.array(result, mask=found == 0)
-            kind = cells.schema.field(name).type
-            columns[metric.name] = array.cast(kind) if pa.types.is_timestamp(kind) else array
-        else:  # count_distinct
-            occ_sql = occurrences(i).with_("src", as_=parts.src).order_by(
-                "__key", "__v", "__b").sql("duckdb")
-            columns[metric.name] = _distinct_counts(con.sql(occ_sql).to_arrow_table(), b,
-                                                    lay, w)
-    return pa.table(columns)
+    return pa.concat_tables(list(run.tables(key_name)))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.kernel import Windows, group_table, round_like_duckdb
+from catalog.kernel import CHUNK_CELLS, Windows, group_table, round_like_duckdb
 from catalog.plans import group_query, partial_plan, plan_group
 from catalog.project import load_project
 
@@ -109,7 +109,9 @@ def _same(kernel: pa.Table, sql: pa.Table) -> None:
 
 @pytest.mark.parametrize("text_keys", [True, False], ids=["text-keys", "integer-keys"])
 @pytest.mark.parametrize("seed", [1, 2, 0])  # 0: every key null, so no cells at all
-def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int) -> None:
+@pytest.mark.parametrize("chunk_cells", [CHUNK_CELLS, 7], ids=["one-chunk", "chunks-of-7"])
+def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int,
+                                chunk_cells: int) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "defs.yaml").write_text(_definitions("text" if text_keys else "int"))
@@ -132,7 +134,8 @@ def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int) -> N
               (full_high - 4 * g, full_high), (full_high, full_high)]
     for low, high in ranges:
         parts = partial_plan(project, plan, path=str(path), low=low, high=high)
-        kernel = group_table(con, parts, plan, key_name="shop_id", low=low, high=high)
+        kernel = group_table(con, parts, plan, key_name="shop_id", low=low, high=high,
+                             chunk_cells=chunk_cells)
         assert kernel is not None
         sql = con.sql(group_query(project, plan, path=str(path), low=low, high=high
                                   ).sql("duckdb")).to_arrow_table()
@@ -199,8 +202,11 @@ def test_rounding_matches_duckdb() -> None:
                 (value, mine, theirs)
 
 
-def test_compute_falls_back_to_the_sql_plan_when_memory_is_short(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_incremental_run_falls_back_to_the_sql_plan_when_memory_is_short(
+        tmp_path: Path, monkeypatch) -> None:
+    """A full run streams chunk by chunk; an incremental one merges with the kept rows in
+    memory, so when that would not fit the SQL plan (which DuckDB can spill) runs instead,
+    and the table is the same."""
     from catalog import kernel
     from catalog.compute import ComputeOptions, compute
 
@@ -211,9 +217,12 @@ def test_compute_falls_back_to_the_sql_plan_when_memory_is_short(tmp_path: Path,
     table = tmp_path / "data" / "tables" / "events_1d.parquet"
     compute(load_project(tmp_path), ComputeOptions(full=True))
     through_kernel = pq.read_table(table)
+    compute(load_project(tmp_path), ComputeOptions(full=True, end=(EPOCH + timedelta(
+        days=20)).date()))
     calls: list[int] = []
     monkeypatch.setattr(kernel, "memory_budget", lambda: calls.append(1) or 0)
-    compute(load_project(tmp_path), ComputeOptions(full=True))
+    results = compute(load_project(tmp_path))
+    assert {r.name: r.mode for r in results}["events_1d"] == "incremental"
     assert calls  # the kernel was asked, and declined
     through_sql = pq.read_table(table)
     assert through_sql.schema == through_kernel.schema
