@@ -24,7 +24,9 @@ this path:
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -416,10 +418,28 @@ class GroupRun:
                                                     self._distinct_keys)
         return self._occurrences[i]
 
-    def tables(self, key_name: str) -> Iterator[pa.Table]:
-        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk."""
-        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
-            yield self._chunk(int(lo), int(hi), key_name)
+    def tables(self, key_name: str, workers: int | None = None) -> Iterator[pa.Table]:
+        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk.
+        Chunks are computed on `workers` threads (numpy and Arrow release the GIL), at most
+        that many ahead of the one being consumed, so memory stays bounded."""
+        workers = workers or min(4, os.cpu_count() or 1)
+        for i in range(len(self.parts.metrics)):  # DuckDB reads stay on this thread
+            if self.parts.metrics[i].aggregation == "count_distinct":
+                self._occ(i)
+        spans = [(int(lo), int(hi)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:],
+                                                      strict=True)]
+        if workers == 1 or len(spans) == 1:
+            for lo, hi in spans:
+                yield self._chunk(lo, hi, key_name)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque[Future[pa.Table]] = deque()
+            for lo, hi in spans:
+                pending.append(pool.submit(self._chunk, lo, hi, key_name))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def _chunk(self, lo: int, hi: int, key_name: str) -> pa.Table:
         plan, parts = self.plan, self.parts
