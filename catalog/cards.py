@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     from .project import Definition, Project
     from .tables import TableSpec
 
-CONTRACT_STATES = ("passing", "failing", "violated", "unchecked", "none")
-
 
 def contract_state(has_contract: bool, result: dict[str, Any] | None) -> list[str]:
     """Facet values of a source's contract: passing | failing (+ violated when compute was

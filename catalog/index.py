@@ -40,7 +40,6 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 METRICS_DIR = "metrics"  # the same folder catalog.project reads; not imported to stay light
 STATE_FILES = (".tally/tables.json", ".tally/contracts.json")
-STATUS_BOOST = {"certified": 2, "draft": 1}
 
 
 def build_schema() -> tantivy.Schema:
