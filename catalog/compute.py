@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from .engines import first_line
 from .errors import DataError, LookupFailedError, TallyError
 from .fsutil import (
     atomic_write_text,
@@ -98,8 +99,7 @@ def _run(con: Any, query: exp.Expression, what: str) -> Any:
     try:
         return con.execute(query.sql("duckdb"))
     except Exception as exc:  # duckdb raises a family of its own errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{what}: {first}") from None
+        raise DataError(f"{what}: {first_line(exc)}") from None
 
 
 def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
@@ -113,12 +113,6 @@ def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _spark_message(exc: BaseException) -> str:
-    from .engines import first_line
-
-    return first_line(exc)
 
 
 def _sql_string(text: str) -> str:
@@ -257,33 +251,36 @@ class Computer:
         if same and out.exists() and not self.options.full and previous.get("last_position"):
             low = max(low, int(previous["last_position"]))
             mode = "incremental"
-        elif not self.options.start and not self.options.end:
-            mode = "full"
         total = max(0, (high - low) // g + 1)
         if self.progress:
             self.progress(spec.name, 0, total)
-        query = group_query(project, plan, path=src_path, low=low, high=high,
-                            dialect=engine.dialect)
         key = project.entities[group.entity].join_key
         keep_old = out.exists() and (mode == "incremental" or self.options.start or
                                      self.options.end) and same
+        keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
+        rows = 0
         if engine.dialect == "spark":
-            keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
+            query = group_query(project, plan, path=src_path, low=low, high=high,
+                                dialect="spark")
             rows = self._write_spark(engine, query, out, key, spec.name, keep)
-            if self.progress:
-                self.progress(spec.name, total, total)
-            return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
-        con = engine.con
-        if self._kernel_write(con, plan, src_path, low, high, key, spec.name, out,
-                              bool(keep_old)):
-            if self.progress:
-                self.progress(spec.name, total, total)
-            return TableResult(spec.name, spec.kind, 0, total, 0.0, out, mode, plan.bucket_us)
-        new_sql = query.sql("duckdb")
-        if keep_old:
-            lo_ts, hi_ts = low * plan.bucket_us, high * plan.bucket_us
+        elif not self._kernel_write(engine.con, plan, src_path, low, high, key, spec.name,
+                                    out, keep):
+            self._write_group_sql(engine.con, plan, src_path, low, high, key, spec.name, out,
+                                  keep)
+        if self.progress:
+            self.progress(spec.name, total, total)
+        return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+
+    def _write_group_sql(self, con: Any, plan: Any, src_path: str, low: int, high: int,
+                         key: str, name: str, out: Path, keep: tuple[int, int] | None) -> None:
+        """The whole group as one DuckDB query (plans.group_query), merged in SQL with the
+        kept rows of the previous table outside `keep` when given."""
+        new_sql = group_query(self.project, plan, path=src_path, low=low, high=high).sql(
+            "duckdb")
+        if keep:
             old = (f"SELECT * FROM read_parquet('{_sql_string(str(out))}') WHERE "
-                   f"epoch_us(event_timestamp) < {lo_ts} OR epoch_us(event_timestamp) > {hi_ts}")
+                   f"epoch_us(event_timestamp) < {keep[0]} OR "
+                   f"epoch_us(event_timestamp) > {keep[1]}")
             select_sql = f"SELECT * FROM ({old}) UNION ALL BY NAME SELECT * FROM ({new_sql})"
         else:
             select_sql = f"SELECT * FROM ({new_sql})"
@@ -292,17 +289,14 @@ class Computer:
         except TallyError:
             raise
         except Exception as exc:
-            raise DataError(f"computing {spec.name} from {src_path}: "
-                            f"{str(exc).strip().splitlines()[0]}") from None
-        if self.progress:
-            self.progress(spec.name, total, total)
-        return TableResult(spec.name, spec.kind, 0, total, 0.0, out, mode, plan.bucket_us)
+            raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
     def _kernel_write(self, con: Any, plan: Any, src_path: str, low: int, high: int,
-                      key: str, name: str, out: Path, keep_old: bool) -> bool:
-        """Compute and write the group through the columnar kernel (catalog/kernel.py);
-        False when it declines (partial types it does not handle, or an incremental run
-        whose merged table would not fit in memory) and the SQL plan should run instead."""
+                      key: str, name: str, out: Path, keep: tuple[int, int] | None) -> bool:
+        """Compute and write the group through the columnar kernel (catalog/kernel.py),
+        merged with the kept rows outside `keep` when given; False when it declines
+        (partial types it does not handle, or a merged table that would not fit in memory)
+        and the SQL plan should run instead."""
         import pyarrow as pa
 
         from .engines import write_arrow_chunks, write_arrow_table
@@ -313,20 +307,17 @@ class Computer:
             run = prepare_group(con, parts, plan, low=low, high=high)
             if run is None:
                 return False
-            if not keep_old:
+            if keep is None:
                 write_arrow_chunks(run.tables(key), out, key)
-                return True
-            if not fits_in_memory(run):
+            elif fits_in_memory(run):
+                write_arrow_table(pa.concat_tables(list(run.tables(key))), out, key, keep)
+            else:
                 return False
-            table = pa.concat_tables(list(run.tables(key)))
-            write_arrow_table(table, out, key, (low * plan.bucket_us, high * plan.bucket_us),
-                              presorted=True)
             return True
         except TallyError:
             raise
         except Exception as exc:  # duckdb raises a family of its own errors
-            raise DataError(f"computing {name} from {src_path}: "
-                            f"{str(exc).strip().splitlines()[0]}") from None
+            raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
         from .plans import col, epoch_us, source_relation
@@ -340,7 +331,7 @@ class Computer:
                 low, high = engine.scalar_row(query)
             except Exception as exc:  # pyspark/py4j raise many types
                 raise DataError(f"reading source {source.name} ({path}): "
-                                f"{_spark_message(exc)}") from None
+                                f"{first_line(exc)}") from None
         else:
             low, high = _run(engine.con, query,
                              f"reading source {source.name} ({path})").fetchall()[0]
@@ -389,8 +380,7 @@ class Computer:
         try:
             _write_table(con, select_sql, out, f'"{key}", event_timestamp')
         except Exception as exc:
-            raise DataError(f"computing {spec.name}: {str(exc).strip().splitlines()[0]}"
-                            ) from None
+            raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
         if self.progress:
             self.progress(spec.name, 1, 1)
         return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "full")
@@ -418,7 +408,7 @@ class Computer:
         try:
             table = engine.to_arrow(query)
         except Exception as exc:  # pyspark/py4j raise many types
-            raise DataError(f"computing {name} on Spark: {_spark_message(exc)}") from None
+            raise DataError(f"computing {name} on Spark: {first_line(exc)}") from None
         return write_arrow_table(table, out, key, keep)
 
     # -- state ------------------------------------------------------------------------
