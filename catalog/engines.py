@@ -200,16 +200,13 @@ def _dictionary_columns(table: Any, key: str) -> list[str]:
 
 
 def write_arrow_table(table: Any, path: Path, key: str, keep_outside: tuple[int, int] | None
-                      = None, *, presorted: bool = False) -> int:
+                      = None) -> int:
     """Write `table` (plus, with `keep_outside=(lo_us, hi_us)`, the rows of the existing
     table at `path` outside lo..hi) as one parquet file sorted by key and event_timestamp,
-    atomically. Fields are nullable, as DuckDB writes them. Returns the row count.
-    `presorted`: `table` already is in that order (skips the sort when nothing is kept)."""
+    atomically. Fields are nullable, as DuckDB writes them. Returns the row count."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    from .fsutil import crash_point
 
     table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))  # as DuckDB
     if keep_outside is not None and path.exists():
@@ -223,13 +220,5 @@ def write_arrow_table(table: Any, path: Path, key: str, keep_outside: tuple[int,
             raise DataError(f"{path}: the existing table does not match the new rows "
                             f"({first_line(exc)}); recompute it with --full") from None
         table = pa.concat_tables([old, table])
-        presorted = False
-    if not presorted:
-        table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
-    with _temp_beside(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, coerce_timestamps="us",
-                       use_dictionary=_dictionary_columns(table, key))
-        crash_point("compute-before-rename")
-        os.replace(tmp, path)
-        crash_point("compute-after-rename")
-    return table.num_rows
+    table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
+    return write_arrow_chunks(iter([table]), path, key)
