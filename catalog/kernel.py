@@ -239,7 +239,8 @@ class _Dense:
 
     def __init__(self, cells: pa.Table, lay: Layout, size: int):
         self.cells, self.lay, self.size = cells, lay, size
-        self._made: dict[tuple[str, str], tuple[np.ndarray, np.ufunc | None]] = {}
+        self._made: dict[tuple[str, str], np.ndarray] = {}
+        self._ops: dict[tuple[str, str], np.ufunc] = {}
 
     def values(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A partial as numbers (timestamps as microseconds, decimals as floats) and its
@@ -274,11 +275,10 @@ class _Dense:
             if finite is not None and not finite.all():
                 for label, hit in (("nan", np.isnan(data)), ("+inf", data == np.inf),
                                    ("-inf", data == -np.inf)):
-                    self._made[(label, name)] = (self._scatter(
-                        hit.astype(np.int64), valid, 0), None)
+                    self._made[(label, name)] = self._scatter(hit.astype(np.int64), valid, 0)
                 data = np.where(finite, data, 0.0)
-            self._made[key] = (self._scatter(data, valid, 0), None)
-        return self._made[key][0]
+            self._made[key] = self._scatter(data, valid, 0)
+        return self._made[key]
 
     def total(self, windows: Windows, name: str, w: int) -> np.ndarray:
         """The window sums of a partial. A running sum that met a NaN or an infinity would
@@ -288,7 +288,7 @@ class _Dense:
         total = windows.total(self.summed(name), w)
         if ("nan", name) not in self._made:
             return total
-        nan, pos, neg = (windows.total(self._made[(label, name)][0], w)
+        nan, pos, neg = (windows.total(self._made[(label, name)], w)
                          for label in ("nan", "+inf", "-inf"))
         total[pos > 0] = np.inf
         total[neg > 0] = -np.inf
@@ -302,25 +302,25 @@ class _Dense:
             valid = self.cells.column(name).is_valid().to_numpy(zero_copy_only=False)
             dense = np.zeros(self.size, dtype=np.int64)
             dense[self.lay.cell_slot[valid]] = 1
-            self._made[key] = (dense, None)
-        return self._made[key][0]
+            self._made[key] = dense
+        return self._made[key]
 
     def extreme(self, name: str, kind: str) -> tuple[np.ndarray, np.ufunc]:
         """Empty slots hold op's neutral value; fmin skips NaN as DuckDB's min does, and
-        maximum keeps it (NaN sorts last there)."""
+        maximum keeps it (NaN sorts last there). Made once: Windows caches by the array."""
         key = (kind, name)
         if key not in self._made:
             data, valid = self.values(name)
             fill: Any
             if data.dtype.kind == "f":
-                fill, op = (np.nan, np.fmin) if kind == "min" else (-np.inf, np.maximum)
+                fill, self._ops[key] = (np.nan, np.fmin) if kind == "min" else (-np.inf,
+                                                                                np.maximum)
             else:
                 info = np.iinfo(data.dtype)
-                fill, op = (info.max, np.minimum) if kind == "min" else (info.min, np.maximum)
-            self._made[key] = (self._scatter(data, valid, fill), op)
-        dense, op = self._made[key]
-        assert op is not None
-        return dense, op
+                fill, self._ops[key] = (info.max, np.minimum) if kind == "min" else (
+                    info.min, np.maximum)
+            self._made[key] = self._scatter(data, valid, fill)
+        return self._made[key], self._ops[key]
 
 
 @dataclass
@@ -376,7 +376,7 @@ def _distinct_counts(occ: Occurrences, cells_b: np.ndarray, lay: Layout, w: int)
 
 
 def memory_budget() -> int:
-    """Half the machine's memory: the kernel holds its dense columns and output in RAM."""
+    """Half the machine's memory (what a merged incremental table may take)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
@@ -423,8 +423,8 @@ class GroupRun:
         Chunks are computed on `workers` threads (numpy and Arrow release the GIL), at most
         that many ahead of the one being consumed, so memory stays bounded."""
         workers = workers or min(4, os.cpu_count() or 1)
-        for i in range(len(self.parts.metrics)):  # DuckDB reads stay on this thread
-            if self.parts.metrics[i].aggregation == "count_distinct":
+        for i, metric in enumerate(self.parts.metrics):  # DuckDB reads stay on this thread
+            if metric.aggregation == "count_distinct":
                 self._occ(i)
         spans = [(int(lo), int(hi)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:],
                                                       strict=True)]
