@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 from pathlib import Path
 
-from .common import DATA, run_in_subprocess, table, write_section
+from .common import DATA, median_runs, run_in_subprocess, table, write_section
 
 SIZES = {"small": (2_000_000, 20_000), "large": (20_000_000, 200_000)}
 DAYS = 60
@@ -135,8 +134,8 @@ OUT = {"s": time.perf_counter() - t}
 
 
 def _median(code: str, *args: str, repeat: int = 3) -> tuple[float, float]:
-    runs = [run_in_subprocess(code, *args) for _ in range(repeat)]
-    return statistics.median(r.output["s"] for r in runs), max(r.peak_mb for r in runs)
+    seconds, peak, _ = median_runs(code, *args, repeat=repeat, timer="s")
+    return seconds, peak
 
 
 def run(size: str) -> None:
