@@ -18,9 +18,12 @@ from .project import Project
 from .scores import (
     band_column,
     challenge_of,
+    component_labels,
     contribution_column,
     norm_column,
+    normalize_of,
     ordered_bands,
+    presence,
     shortfalls,
     top_band,
     value_column,
@@ -167,9 +170,7 @@ def explain(project: Project, score_name: str, entity_key: str | int,
         raise LookupFailedError(f"{entity.name} {key!r} has no {score.name} at or before "
                                 f"{_iso(moment)}; its first snapshot is {_iso(first)}")
     now, before = rows[0], (rows[1] if len(rows) > 1 else None)
-    present = {c.metric: now[norm_column(score, c.metric)] is not None
-               for c in score.components}
-    shares = weight_shares(score, present)
+    shares = weight_shares(score, presence(score, now))
     gaps = shortfalls(score, now)
     out = Explanation(
         score=score.name, entity=entity.name, join_key=entity.join_key, key=key,
@@ -182,15 +183,15 @@ def explain(project: Project, score_name: str, entity_key: str | int,
         out.previous_value = float(before[score.name])
         out.previous_band = before[band_column(score)]
         out.change = out.value - out.previous_value
-    for c in score.components:
-        columns = (value_column(score, c.metric), norm_column(score, c.metric),
-                   contribution_column(score, c.metric))
+    for label, c in zip(component_labels(score), score.components, strict=True):
+        columns = (value_column(score, label), norm_column(score, label),
+                   contribution_column(score, label))
         raw, norm, contribution = (now[col] for col in columns)
         item = ComponentExplanation(
-            metric=c.metric, weight=c.weight, share=shares[c.metric], raw_value=raw,
+            metric=c.metric, weight=c.weight, share=shares[label], raw_value=raw,
             normalised=norm, contribution=float(contribution or 0.0),
-            shortfall=gaps.get(c.metric), transform=c.transform, direction=c.direction,
-            normalize=c.normalize or score.normalize,
+            shortfall=gaps.get(label), transform=c.transform, direction=c.direction,
+            normalize=normalize_of(score, c),
         )
         if before is not None:
             item.previous_raw_value, item.previous_normalised, item.previous_contribution = (

@@ -51,10 +51,22 @@ def norm_column(score: Score, metric: str) -> str:
     return f"{score.name}__{metric}_norm"
 
 
+def component_labels(score: Score) -> list[str]:
+    """What names each component in column names and explanations: its metric, and for a
+    metric the score uses again, `<metric>_2`, `<metric>_3`, ... in definition order."""
+    seen: dict[str, int] = {}
+    labels = []
+    for c in score.components:
+        seen[c.metric] = seen.get(c.metric, 0) + 1
+        labels.append(c.metric if seen[c.metric] == 1 else f"{c.metric}_{seen[c.metric]}")
+    return labels
+
+
 def served_columns(score: Score) -> list[tuple[str, str]]:
     """(column, type) of what the score's FeatureView serves: float64 or string."""
     return [(score.name, "float64"), (band_column(score), "string"),
-            *[(contribution_column(score, c.metric), "float64") for c in score.components]]
+            *[(contribution_column(score, label), "float64")
+              for label in component_labels(score)]]
 
 
 # -- definitions helpers ----------------------------------------------------------------
@@ -85,29 +97,35 @@ def band_of(score: Score, value: float | None) -> str | None:
 
 
 def weight_shares(score: Score, present: dict[str, bool]) -> dict[str, float]:
-    """100 * w_i / denominator per component (the most a component can contribute);
+    """100 * w_i / denominator per component label (the most a component can contribute);
     under `skip` a missing component has no share."""
+    labelled = list(zip(component_labels(score), score.components, strict=True))
     if score.missing == "skip":
-        total = sum(c.weight for c in score.components if present.get(c.metric))
+        total = sum(c.weight for label, c in labelled if present.get(label))
     else:
         total = sum(c.weight for c in score.components)
-    return {c.metric: (100.0 * c.weight / total if total and
-                       (present.get(c.metric) or score.missing == "zero") else 0.0)
-            for c in score.components}
+    return {label: (100.0 * c.weight / total if total and
+                    (present.get(label) or score.missing == "zero") else 0.0)
+            for label, c in labelled}
+
+
+def presence(score: Score, row: dict[str, object]) -> dict[str, bool]:
+    """Per component label, whether the row has a normalised value for it."""
+    return {label: row.get(norm_column(score, label)) is not None
+            for label in component_labels(score)}
 
 
 def shortfalls(score: Score, row: dict[str, object]) -> dict[str, float]:
-    """Per component, share - contribution: how far it pulls the score below 100.
+    """Per component label, share - contribution: how far it pulls the score below 100.
     Under `skip`, missing components are left out (they do not pull the score down)."""
-    present = {c.metric: row.get(norm_column(score, c.metric)) is not None
-               for c in score.components}
+    present = presence(score, row)
     shares = weight_shares(score, present)
     out = {}
-    for c in score.components:
-        if score.missing == "skip" and not present[c.metric]:
+    for label in component_labels(score):
+        if score.missing == "skip" and not present[label]:
             continue
-        contribution = row.get(contribution_column(score, c.metric)) or 0.0
-        out[c.metric] = shares[c.metric] - float(contribution)  # type: ignore[arg-type]
+        contribution = row.get(contribution_column(score, label)) or 0.0
+        out[label] = shares[label] - float(contribution)  # type: ignore[arg-type]
     return out
 
 
@@ -293,11 +311,12 @@ def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> 
     out = [f"__k AS {_q(key)}", "__t AS event_timestamp", "__t AS created_timestamp",
            f"round(100 * __num / {denominator}, {DECIMALS}) AS {_q(name)}"]
     contributions, extras = [], []
-    for i, (c, w) in enumerate(zip(score.components, weights, strict=True)):
+    labels = component_labels(score)
+    for i, (label, w) in enumerate(zip(labels, weights, strict=True)):
         contributions.append(f"round(100 * {w} * coalesce(__n{i}, 0) / {denominator}, "
-                             f"{DECIMALS}) AS {_q(contribution_column(score, c.metric))}")
-        extras.append(f"CAST(__v{i} AS DOUBLE) AS {_q(value_column(score, c.metric))}")
-        extras.append(f"__n{i} AS {_q(norm_column(score, c.metric))}")
+                             f"{DECIMALS}) AS {_q(contribution_column(score, label))}")
+        extras.append(f"CAST(__v{i} AS DOUBLE) AS {_q(value_column(score, label))}")
+        extras.append(f"__n{i} AS {_q(norm_column(score, label))}")
     ctes.append(("__scored", f"SELECT {', '.join(out + contributions + extras)} "
                              "FROM __sums WHERE __have > 0"))
     bands = ordered_bands(score)
@@ -307,9 +326,9 @@ def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> 
         whens.append(f"WHEN {_q(name)} >= {_float(lo)} AND {_q(name)} {upper} {_float(hi)} "
                      f"THEN '{band}'")
     band_sql = (f"CASE {' '.join(whens)} END" if whens else "CAST(NULL AS VARCHAR)")
-    tail = [_q(contribution_column(score, c.metric)) for c in score.components]
-    tail += [col for c in score.components for col in
-             (_q(value_column(score, c.metric)), _q(norm_column(score, c.metric)))]
+    tail = [_q(contribution_column(score, label)) for label in labels]
+    tail += [col for label in labels for col in
+             (_q(value_column(score, label)), _q(norm_column(score, label)))]
     select = (f"SELECT {_q(key)}, event_timestamp, created_timestamp, {_q(name)}, "
               f"{band_sql} AS {_q(band_column(score))}, {', '.join(tail)} FROM __scored")
     return "WITH " + ", ".join(f"{n} AS ({q})" for n, q in ctes) + " " + select

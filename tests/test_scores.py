@@ -212,13 +212,15 @@ def test_score_matches_reference(computed, name: str) -> None:
     assert np.allclose(got[name], expected["score"], rtol=0, atol=1e-8)
     assert list(got[f"{name}_band"]) == list(expected["band"])
     metrics = [c[0] for c in COMPONENTS[name][1]]
-    contribution_cols = [f"{name}__{m}_contribution" for m in dict.fromkeys(metrics)]
-    if len(set(metrics)) == len(metrics):  # one column per component
-        for i, column in enumerate(contribution_cols):
-            assert np.allclose(got[column], expected[f"contribution{i}"], atol=1e-8), column
-            norm = got[f"{name}__{metrics[i]}_norm"]
-            assert np.allclose(norm.fillna(-1), expected[f"norm{i}"].fillna(-1), atol=1e-12)
-        assert np.allclose(got[contribution_cols].sum(axis=1), got[name], atol=1e-7)
+    # one column per component; a metric used again is labelled <metric>_2, _3, ...
+    labels = [m if metrics[:i].count(m) == 0 else f"{m}_{metrics[:i].count(m) + 1}"
+              for i, m in enumerate(metrics)]
+    contribution_cols = [f"{name}__{label}_contribution" for label in labels]
+    for i, column in enumerate(contribution_cols):
+        assert np.allclose(got[column], expected[f"contribution{i}"], atol=1e-8), column
+        norm = got[f"{name}__{labels[i]}_norm"]
+        assert np.allclose(norm.fillna(-1), expected[f"norm{i}"].fillna(-1), atol=1e-12)
+    assert np.allclose(got[contribution_cols].sum(axis=1), got[name], atol=1e-7)
     assert got[name].between(0, 100).all()
 
 
@@ -336,6 +338,25 @@ def test_explain_json_and_at(computed, capsys) -> None:
     assert data["previous_snapshot"] == mine["event_timestamp"].iloc[0].isoformat()
     text = invoke(["--project", str(root), "explain", "s_skip", "--entity", str(shop)], capsys)
     assert text.code == 0 and "a_double" in text.stdout
+
+
+def test_explain_a_score_that_uses_a_metric_twice(computed, capsys) -> None:
+    """s_mixed uses b_avg in two components: each keeps its own columns and share, so the
+    contributions still add up to the score, and the view serves each once."""
+    from catalog.scores import served_columns
+
+    root, _ = computed
+    table = pd.read_parquet(root / "data" / "tables" / "score_s_mixed.parquet")
+    shop = int(table["shop_id"].value_counts().idxmax())
+    result = invoke(["--project", str(root), "explain", "s_mixed", "--entity", str(shop),
+                     "--json"], capsys)
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [c["metric"] for c in data["components"]] == ["a_avg", "b_avg", "c_avg", "b_avg"]
+    assert sum(c["contribution"] for c in data["components"]) == pytest.approx(data["value"])
+    served = [name for name, _ in served_columns(load_project(root).scores["s_mixed"])]
+    assert len(served) == len(set(served))
+    assert "s_mixed__b_avg_2_contribution" in served
 
 
 @pytest.mark.parametrize("args, message", [
