@@ -117,7 +117,9 @@ def _staged_store(project: Project) -> tuple[Any, Path | None, Path | None]:
     from feast.repo_config import RepoConfig
 
     repo = project.root / REPO_DIR
-    raw = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+    # read as feast.repo_config.load_repo_config does (${VAR}s expanded), so apply sees the
+    # config plan, materialize and `feast` see; its RepoConfig cannot re-point the path
+    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text())) or {}
     registry = raw.get("registry", "data/registry.db")
     path = registry if isinstance(registry, str) else (
         registry.get("path") if isinstance(registry, dict) and registry.get(
@@ -141,6 +143,3 @@ def _staged_store(project: Project) -> tuple[Any, Path | None, Path | None]:
         staged.unlink(missing_ok=True)
         raise RegistryError(f"{repo}/feature_store.yaml: {str(exc).splitlines()[0]}") from None
 
-
-def registry_path(project: Project) -> Path:
-    return project.root / REPO_DIR / "data" / "registry.db"

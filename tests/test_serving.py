@@ -135,6 +135,26 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
     pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
 
 
+def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """Feast's own loader expands ${VAR}s; apply's staged registry must read the same."""
+    from catalog.project import load_project
+    from feature_repo.registry import apply
+
+    copy = tmp_path / "vars"
+    shutil.copytree(served / "metrics", copy / "metrics")
+    shutil.copytree(served / "data", copy / "data")
+    (copy / "feature_repo").mkdir()
+    registries = tmp_path / "registries"
+    monkeypatch.setenv("TALLY_TEST_REGISTRIES", str(registries))
+    (copy / "feature_repo" / "feature_store.yaml").write_text(
+        (served / "feature_repo" / "feature_store.yaml").read_text().replace(
+            "registry: data/registry.db", "registry: ${TALLY_TEST_REGISTRIES}/registry.db"))
+    apply(load_project(copy))
+    assert (registries / "registry.db").is_file()
+    assert not list((copy / "feature_repo").glob("$*"))
+
+
 def test_frame_from_another_folder_and_sql_entities(served: Path, tmp_path: Path) -> None:
     from feature_repo.serving import training_frame
 
