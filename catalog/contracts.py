@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .durations import parse_duration
 from .errors import LookupFailedError, TallyError
 from .fsutil import atomic_write_text, project_lock
+from .moments import parse_moment
 from .project import Project
 from .spec import Source
 from .tables import CONTRACT_RESULTS_FILE, read_state
@@ -178,17 +179,8 @@ def _base_type(duck_type: str) -> str:
 
 def parse_as_of(value: str | datetime | None) -> datetime:
     """A moment for freshness; naive times are UTC; None is now."""
-    if value is None:
-        return datetime.now(UTC)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise TallyError(f"--as-of {value!r} is not a timestamp; write e.g. 2026-01-01 or "
-                             "2026-01-01T12:00:00Z") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    moment = parse_moment(value, "--as-of")
+    return datetime.now(UTC) if moment is None else moment.astimezone(UTC)
 
 
 # -- one source ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, LookupFailedError, UsageError
+from .moments import parse_moment
 from .project import Project
 from .scores import (
     band_column,
@@ -33,23 +34,6 @@ from .spec import Score
 from .tables import TableSpec, table_specs
 
 EXAMPLES = 5
-
-
-def parse_moment(value: str | datetime | date | None, flag: str = "--at") -> datetime | None:
-    """An ISO date or time; without a time zone it is UTC."""
-    if value is None or isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
-        moment = datetime(value.year, value.month, value.day)
-    else:
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise UsageError(f"{flag} {value!r} is not a date or time; write YYYY-MM-DD or an "
-                             "ISO 8601 time") from None
-    if moment is not None and moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
 
 
 def _score(project: Project, name: str) -> tuple[Score, TableSpec, Path]:

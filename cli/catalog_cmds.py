@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOption, err, print_json, project_root, wait_notice
+from .common import JsonOption, current_project, err, print_json, project_root, wait_notice
 
 ListOption = list[str] | None
 
@@ -158,10 +158,9 @@ def impact(
 
 def reuse(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Features per model, features no model uses, and duplicated pipelines to merge."""
-    from catalog.project import load_project
     from catalog.reuse import reuse_report
 
-    report = reuse_report(load_project(project_root()))
+    report = reuse_report(current_project())
     if as_json:
         print_json(report.to_dict())
         return

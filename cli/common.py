@@ -24,6 +24,14 @@ def project_root() -> Path:
     return STATE.project
 
 
+def current_project() -> Any:
+    """The project at --project, loaded (pydantic and the spec models are imported here,
+    not when the CLI starts: search and show never need them)."""
+    from catalog.project import load_project
+
+    return load_project(project_root())
+
+
 def err(message: str) -> None:
     """A diagnostic line on stderr."""
     sys.stderr.write(message.rstrip("\n") + "\n")

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from catalog.errors import UsageError
-from catalog.project import Project, load_project
+from catalog.moments import parse_moment
 
-from .common import JsonOption, err, print_json, project_root, stdout_console, wait_notice
+from .common import (
+    JsonOption,
+    current_project,
+    err,
+    print_json,
+    stdout_console,
+    wait_notice,
+)
+
+if TYPE_CHECKING:
+    from catalog.project import Project
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
 AllowViolations = Annotated[bool, typer.Option(
@@ -26,17 +36,6 @@ def _date(value: str | None, flag: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise UsageError(f"{flag} {value!r} is not a date; write YYYY-MM-DD") from None
-
-
-def _moment(value: str | None, flag: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag} {value!r} is not a date or time; write YYYY-MM-DD or an "
-                         "ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _gate(project: Project, sources: list[str] | None, as_of: str | None,
@@ -60,6 +59,7 @@ def compute(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from catalog.compute import ComputeOptions, Computer
@@ -68,13 +68,13 @@ def compute(
                              end=_date(end, "--end"), full=full)
     if options.start and options.end and options.start > options.end:
         raise UsageError("--start is after --end")
-    project = load_project(project_root())
+    project = current_project()
     computer = Computer(project, options)
     tables = computer.selected()
     _gate(project, computer.sources_read(tables), as_of, allow_violations)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
-                  console=None if not as_json else None) as bar:
+                  console=Console(stderr=True)) as bar:
         tasks: dict[str, int] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -120,7 +120,7 @@ def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
     """What `tally apply` would add, change or remove in the Feast registry."""
     from feature_repo.registry import plan as registry_plan
 
-    _print_changes(registry_plan(load_project(project_root())), as_json, "plan")
+    _print_changes(registry_plan(current_project()), as_json, "plan")
 
 
 def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
@@ -128,7 +128,7 @@ def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
     """Register every table as a Feast FeatureView and every model as a FeatureService."""
     from feature_repo.registry import apply as registry_apply
 
-    project = load_project(project_root())
+    project = current_project()
     _gate(project, None, as_of, allow_violations)
     _print_changes(registry_apply(project), as_json, "applied")
 
@@ -142,9 +142,9 @@ def materialize(
     """Load the newest feature values into the online store (SQLite)."""
     from feature_repo.serving import materialize as run
 
-    project = load_project(project_root())
+    project = current_project()
     _gate(project, None, as_of, allow_violations)
-    views = run(project, _moment(start, "--start"), _moment(end, "--end"))
+    views = run(project, parse_moment(start, "--start"), parse_moment(end, "--end"))
     err(f"materialized {len(views)} feature views into the online store")
 
 
@@ -164,7 +164,7 @@ def training_frame(
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out}: use .parquet or .csv")
     frame = build(read_entity_file(entities), model=model, features=names,
-                  project=load_project(project_root()))
+                  project=current_project())
     write_frame(frame, out)
     err(f"wrote {len(frame):,} rows x {len(frame.columns)} columns to {out}")
 

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOption, err, print_json, project_root, stdout_console, wait_notice
+from .common import (
+    JsonOption,
+    current_project,
+    err,
+    print_json,
+    project_root,
+    stdout_console,
+    wait_notice,
+)
 
 contract_app = typer.Typer(help="Data contracts in the Open Data Contract Standard (ODCS v3).",
                            no_args_is_help=True)
@@ -23,9 +31,8 @@ def check(
 ) -> None:
     """Run each source's data contract and each metric's expectations; exit 1 on a failure."""
     from catalog.contracts import check as run_check
-    from catalog.project import load_project
 
-    project = load_project(project_root())
+    project = current_project()
     report = run_check(project, source or None, as_of=as_of, on_wait=wait_notice)
     if as_json:
         print_json(report.to_dict())
@@ -87,9 +94,8 @@ def export(
     """Write SOURCE's contract as an ODCS v3 YAML document."""
     from catalog.fsutil import atomic_write_text
     from catalog.odcs import export_yaml
-    from catalog.project import load_project
 
-    text = export_yaml(load_project(project_root()), source)
+    text = export_yaml(current_project(), source)
     if out is None:
         typer.echo(text, nl=False)
         return

@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from catalog.project import load_project
-
-from .common import JsonOption, err, print_json, project_root, stdout_console
+from .common import JsonOption, current_project, err, print_json, stdout_console
 
 At = Annotated[str | None, typer.Option(
     "--at", help="Newest snapshot at or before this date/time (default: the newest).")]
@@ -34,7 +32,7 @@ def explain(
     from catalog.explain import explain as run
     from catalog.explain import plot_explanation
 
-    result = run(load_project(project_root()), score, entity, at)
+    result = run(current_project(), score, entity, at)
     if plot is not None:
         plot_explanation(result, plot)
         err(f"wrote the waterfall chart to {plot}")
@@ -72,7 +70,7 @@ def segments(
     """Entities outside the healthy band, grouped by the component that pulls them down."""
     from catalog.explain import segments as run
 
-    result = run(load_project(project_root()), score, at)
+    result = run(current_project(), score, at)
     if as_json:
         print_json(result.to_dict())
         return

@@ -88,6 +88,17 @@ def test_compute_names_a_missing_source_file(small_project: Path,
     assert "marketing_sends.parquet" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [["compute", "--as-of", "yesterday"],
+                                  ["check", "--as-of", "2026-13-01"]])
+def test_a_bad_time_flag_is_a_usage_error(small_project: Path, args: list[str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every time flag is read by one parser: a bad one exits 2 and names the flag."""
+    result = invoke(["--project", str(small_project), *args], capsys)
+    assert result.code == 2
+    assert "--as-of" in result.stderr and "not a date or time" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_gate_covers_every_source_compute_reads() -> None:
     from catalog.compute import ComputeOptions, Computer
     from catalog.project import load_project
