@@ -12,6 +12,14 @@ from pathlib import Path, PurePath
 
 from .errors import LockTimeoutError, TallyError, UsageError
 
+METRICS_DIR = "metrics"  # where a project's definition files live
+
+
+def find_definition_files(root: Path) -> list[Path]:
+    """Every definition file of the project at root (one listing for load and index)."""
+    folder = root / METRICS_DIR
+    return sorted(p for p in folder.rglob("*.yaml") if p.is_file() and not p.name.startswith("."))
+
 STATE_DIR = ".tally"
 TEMP_PREFIX = ".tally-tmp-"
 DEFAULT_LOCK_TIMEOUT = 60.0

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import tantivy
 
-from .fsutil import TEMP_PREFIX, atomic_write_text, project_lock
+from .fsutil import METRICS_DIR, TEMP_PREFIX, atomic_write_text, find_definition_files, project_lock
 
 if TYPE_CHECKING:
     from .project import Project
@@ -38,7 +38,6 @@ SCHEMA_VERSION = 7
 INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
-METRICS_DIR = "metrics"  # the same folder catalog.project reads; not imported to stay light
 STATE_FILES = (".tally/tables.json", ".tally/contracts.json")
 
 
@@ -114,11 +113,8 @@ def _sha(path: Path) -> str | None:
 
 def definition_hashes(root: Path) -> dict[str, str]:
     """sha256 per definition file, keyed like Project.file_hashes (`metrics/x.yaml`)."""
-    folder = root / METRICS_DIR
     out: dict[str, str] = {}
-    for path in sorted(folder.rglob("*.yaml")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
+    for path in find_definition_files(root):
         digest = _sha(path)
         if digest is not None:
             out[path.relative_to(root).as_posix()] = digest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -12,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import DefinitionError, Issue, ProjectNotFoundError
+from .fsutil import METRICS_DIR, find_definition_files
 from .spec import (
     KIND_KEYS,
     KIND_MODELS,
@@ -24,9 +24,14 @@ from .spec import (
     Source,
     Spec,
 )
-from .yamlio import KeyPath, LoadedYaml, key_path_text, parse_yaml_text, read_yaml_file
-
-METRICS_DIR = "metrics"
+from .yamlio import (
+    KeyPath,
+    LoadedYaml,
+    decode_definition_bytes,
+    key_path_text,
+    parse_yaml_text,
+    read_definition_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -270,11 +275,6 @@ def parse_definitions(loaded: LoadedYaml) -> tuple[list[Definition], list[Issue]
     return definitions, issues
 
 
-def find_definition_files(root: Path) -> list[Path]:
-    folder = root / METRICS_DIR
-    return sorted(p for p in folder.rglob("*.yaml") if p.is_file() and not p.name.startswith("."))
-
-
 def check_project_root(root: Path) -> Path:
     root = Path(root).resolve()
     if not (root / METRICS_DIR).is_dir():
@@ -309,13 +309,17 @@ def load_project(
         shown = path.relative_to(root).as_posix()
         if shown in overrides:
             continue
-        loaded, problems = read_yaml_file(path, shown)
-        if loaded is None and not path.exists():
+        data, problems = read_definition_bytes(path, shown)
+        if data is None and not path.exists():
             continue  # removed by a concurrent writer since the listing: not part of the project
+        loaded = None
+        if data is not None:  # hashed from the very bytes parsed, so the index never
+            hashes[shown] = hashlib.sha256(data).hexdigest()  # records unparsed content
+            text, problems = decode_definition_bytes(data, shown)
+            if text is not None:
+                loaded, problems = parse_yaml_text(text, shown)
         issues.extend(problems)
         texts[shown] = loaded
-        with contextlib.suppress(OSError):
-            hashes[shown] = hashlib.sha256(path.read_bytes()).hexdigest()
     for shown, text in overrides.items():
         if text is None:
             continue
