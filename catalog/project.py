@@ -75,9 +75,16 @@ class Project:
     definitions: dict[str, Definition] = field(default_factory=dict)
     file_hashes: dict[str, str] = field(default_factory=dict)
 
-    # -- lookups ---------------------------------------------------------------------
+    _by_kind: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def add(self, definition: Definition) -> None:
+        """Register a definition (validation does, once per name)."""
+        self.definitions[definition.name] = definition
+        self._by_kind.setdefault(definition.kind, {})[definition.name] = definition.spec
+
+    # -- lookups (kept per kind as definitions are added: loops read them constantly) --
     def _of(self, kind: str) -> dict[str, Any]:
-        return {n: d.spec for n, d in self.definitions.items() if d.kind == kind}
+        return self._by_kind.setdefault(kind, {})
 
     @property
     def entities(self) -> dict[str, Entity]:

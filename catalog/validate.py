@@ -57,7 +57,7 @@ def cross_check(project: Project, definitions: list[Definition],
             checker.add(d, ("name",), f"name {d.name!r} is already used by the {first.kind} "
                         f"at {first.file}:{first.line}; names are unique across the project")
             continue
-        project.definitions[d.name] = d
+        project.add(d)
     for d in list(project.definitions.values()):
         if d.kind == "source":
             _check_source(checker, d)
