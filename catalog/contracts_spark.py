@@ -119,9 +119,6 @@ class SparkConnection:
         extra = [c for c in table.column_names if c.startswith(QUALIFY_COLUMN)]
         return _Result(table.drop_columns(extra) if extra else table)
 
-    def execute(self, sql: str) -> _Result:
-        return self.sql(sql)
-
     def close(self) -> None:  # the session is shared; it stays up
         pass
 

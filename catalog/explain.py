@@ -31,12 +31,12 @@ from .scores import (
     weight_shares,
 )
 from .spec import Score
-from .tables import TableSpec, table_specs
+from .tables import table_specs
 
 EXAMPLES = 5
 
 
-def _score(project: Project, name: str) -> tuple[Score, TableSpec, Path]:
+def _score(project: Project, name: str) -> tuple[Score, Path]:
     score = project.scores.get(name)
     if score is None:
         known = ", ".join(sorted(project.scores)) or "none"
@@ -46,7 +46,7 @@ def _score(project: Project, name: str) -> tuple[Score, TableSpec, Path]:
     if not path.exists():
         raise DataError(f"score {name} is not computed yet ({path} is missing); run "
                         f"`tally compute --metric {name}` first")
-    return score, spec, path
+    return score, path
 
 
 def _con() -> Any:
@@ -131,7 +131,7 @@ def explain(project: Project, score_name: str, entity_key: str | int,
     """The score of one entity at the newest snapshot <= `at` (default: its newest), with
     each component's raw value, normalised value, weight, contribution and the change of
     each since the entity's previous snapshot."""
-    score, _, path = _score(project, score_name)
+    score, path = _score(project, score_name)
     entity = project.entities[score.entity]
     key = _key(project, score, entity_key)
     moment = parse_moment(at)
@@ -267,7 +267,7 @@ def segments(project: Project, score_name: str,
     """Every entity outside the healthy band at the newest snapshot <= `at`, grouped by the
     component with the largest shortfall (share - contribution); biggest groups first,
     examples the lowest scores."""
-    score, _, path = _score(project, score_name)
+    score, path = _score(project, score_name)
     healthy = top_band(score)
     if healthy is None:
         raise LookupFailedError(f"score {score.name} has no bands, so no healthy band; add "

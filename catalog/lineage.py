@@ -52,14 +52,6 @@ class Lineage:
             self.down[upstream].add(downstream)
             self.up[downstream].add(upstream)
 
-    def resolve(self, name: str) -> str | None:
-        """The node id of `name`: a definition first, else a feature view of that name."""
-        for kind in ("entity", "source", "metric", "score", "model", FEATURE_VIEW):
-            ident = node_id(kind, name)
-            if ident in self.owners:
-                return ident
-        return None
-
     def downstream(self, ident: str) -> list[str]:
         return sort_ids(self.down.get(ident, ()))
 

@@ -260,7 +260,7 @@ def _check_derived_cycles(c: _Checker) -> None:
         if metric.type != "derived" or name in in_cycle:
             continue
         d = c.project.definitions[name]
-        inputs = [i for i in graph[name] if i in metrics]
+        inputs = sorted(graph[name])  # already only metric names
         if not inputs:
             continue
         entities = {i: c.project.entity_of(i) for i in inputs}
