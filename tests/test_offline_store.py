@@ -156,21 +156,30 @@ def test_matches_stock_store(repo, tmp_path, monkeypatch):
 def test_ttl_edge_and_created_ties(repo):
     root, store = repo
     daily = pd.read_parquet(root / "data" / "daily.parquet")
+    ttl = pd.Timedelta(days=2)
     dup = daily[daily.duplicated(["driver_id", "event_timestamp"], keep=False)]
-    key, ts = dup.iloc[0]["driver_id"], dup.iloc[0]["event_timestamp"]
+
+    def alone_after(row) -> bool:  # no newer row of that key until a second past the ttl
+        later = daily[(daily.driver_id == row.driver_id)
+                      & (daily.event_timestamp > row.event_timestamp)
+                      & (daily.event_timestamp <= row.event_timestamp + ttl
+                         + pd.Timedelta(seconds=1))]
+        return later.empty
+
+    candidates = [row for row in dup.itertuples() if alone_after(row)]
+    assert candidates, "the generated data must hold a tied row with nothing after it"
+    key, ts = candidates[0].driver_id, candidates[0].event_timestamp
     newest = dup[(dup.driver_id == key) & (dup.event_timestamp == ts)].sort_values(
         "created_timestamp").iloc[-1]
-    ttl = pd.Timedelta(days=2)
     frame = pd.DataFrame({"driver_id": [key] * 3,
                           "event_timestamp": [ts, ts + ttl, ts + ttl + pd.Timedelta(seconds=1)],
                           "rid": [0, 1, 2]})
     ours = _tally(store, frame, ["daily:trips"])
     _same(ours, _stock(root, store, frame, ["daily:trips"]))
     assert ours["trips"].iloc[0] == newest["trips"]  # created timestamp breaks the tie
-    later = daily[(daily.driver_id == key) & (daily.event_timestamp > ts)
-                  & (daily.event_timestamp <= ts + ttl)]
-    if later.empty:  # the row at ts is still valid exactly at ts + ttl, not a second later
-        assert ours["trips"].iloc[1] == newest["trips"]
+    # the row at ts is still valid exactly at ts + ttl, and not a second later
+    assert ours["trips"].iloc[1] == newest["trips"]
+    assert pd.isna(ours["trips"].iloc[2])
 
 
 def test_naive_timestamps_full_names_and_created_filter(repo):
@@ -229,6 +238,7 @@ def test_pull_latest_and_materialize_match_stock(repo):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             stock = DuckDBOfflineStore.pull_latest_from_table_or_query(*args).to_arrow()
+            stock_every = DuckDBOfflineStore.pull_all_from_table_or_query(*args).to_arrow()
     finally:
         os.chdir(cwd)
     ours = TallyDuckDBOfflineStore.pull_latest_from_table_or_query(*args).to_arrow()
@@ -236,13 +246,17 @@ def test_pull_latest_and_materialize_match_stock(repo):
     # same rows; the stock store returns this file's timestamps as strings, Tally as
     # timestamps, so compare them as instants
     def rows(table):
+        order = [(c, "ascending") for c in ("driver_id", "event_timestamp",
+                                            "created_timestamp") if c in table.column_names]
         return [{k: pd.Timestamp(v) if k.endswith("timestamp") else v for k, v in r.items()}
-                for r in table.sort_by("driver_id").to_pylist()]
+                for r in table.sort_by(order).to_pylist()]
 
     assert rows(ours) == rows(stock) and len(rows(ours)) > 20
     a = ours.sort_by("driver_id").to_pandas()
     every = TallyDuckDBOfflineStore.pull_all_from_table_or_query(*args).to_arrow()
     assert every.num_rows > ours.num_rows
+    assert every.column_names == stock_every.column_names
+    assert rows(every) == rows(stock_every)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         store.materialize(start_date=args[6], end_date=args[7], feature_views=["daily"])
