@@ -7,8 +7,8 @@ from typing import Any
 
 
 def training_frame(entity_df: Any, model: str | None = None, features: list[str] | None = None,
-                   project: str = ".", **kwargs: Any) -> Any:
+                   project: str = ".") -> Any:
     """A point-in-time-correct training frame as a pandas DataFrame (see docs/serving.md)."""
     from .serving import training_frame as _training_frame
 
-    return _training_frame(entity_df, model=model, features=features, project=project, **kwargs)
+    return _training_frame(entity_df, model=model, features=features, project=project)

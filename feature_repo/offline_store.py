@@ -49,11 +49,9 @@ from .offline_store_sql import (
     equality_sql,
     latest_sql,
     literal,
-    q,
     range_sql,
 )
 
-ROW_ID = ROW
 TIMESTAMP = "event_timestamp"
 
 
@@ -271,8 +269,8 @@ class OrderedRetrievalJob(TallyRetrievalJob):
     def __init__(self, inner: RetrievalJob, ordered: bool):
         def compute() -> pa.Table:
             table = inner._to_arrow_internal()
-            if ordered and ROW_ID in table.column_names:
-                table = table.sort_by(ROW_ID).drop_columns([ROW_ID])
+            if ordered and ROW in table.column_names:
+                table = table.sort_by(ROW).drop_columns([ROW])
             return table
 
         super().__init__(compute, bool(inner.full_feature_names),
@@ -374,11 +372,11 @@ def _stock_historical(config: RepoConfig, feature_views: list[FeatureView],
     ordered = frame is not None
     if frame is not None:
         frame = frame.copy()
-        frame[ROW_ID] = range(len(frame))
+        frame[ROW] = range(len(frame))
     inner = DuckDBOfflineStore.get_historical_features(
         config, feature_views, feature_refs, frame, registry, project, full_feature_names,
         **kwargs)
     return OrderedRetrievalJob(inner, ordered)
 
 
-__all__ = ["TallyDuckDBOfflineStore", "TallyDuckDBOfflineStoreConfig", "entity_frame", "q"]
+__all__ = ["TallyDuckDBOfflineStore", "TallyDuckDBOfflineStoreConfig", "entity_frame"]

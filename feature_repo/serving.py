@@ -12,12 +12,12 @@ import pandas as pd
 
 from catalog.errors import DataError, LookupFailedError, UsageError
 from catalog.project import Project, load_project
-from catalog.tables import table_of, table_specs
+from catalog.tables import TableSpec, table_specs
 
+from .offline_store_sql import ROW as SPARK_ROW  # the row number the offline store keeps
 from .registry import open_store
 
 TIMESTAMP = "event_timestamp"
-SPARK_ROW = "__tally_row"
 
 
 def feature_refs(project: Project, model: str | None, features: list[str] | None
@@ -33,8 +33,9 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
     else:
         names = list(features or [])
     refs = []
+    serving = _serving_tables(project)
     for name in names:
-        table = table_of(project, name)
+        table = serving.get(name)
         if table is None:
             raise LookupFailedError(f"unknown feature {name!r}; `tally search {name}` lists "
                                     "what exists")
@@ -42,12 +43,23 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
     return refs
 
 
+def _serving_tables(project: Project) -> dict[str, TableSpec]:
+    """The table (FeatureView) serving each metric or score (first one wins, as table_of)."""
+    out: dict[str, TableSpec] = {}
+    for spec in table_specs(project):
+        for feature in spec.features:
+            out.setdefault(feature, spec)
+    return out
+
+
+def _views(project: Project, refs: list[str]) -> list[TableSpec]:
+    """The tables the `view:feature` references read, once each."""
+    by_name = {spec.name: spec for spec in table_specs(project)}
+    return [by_name[v] for v in sorted({r.split(":", 1)[0] for r in refs}) if v in by_name]
+
+
 def _check_entity_frame(project: Project, frame: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
-    keys = set()
-    for ref in refs:
-        table = table_of(project, ref.split(":", 1)[1])
-        if table is not None:
-            keys.add(project.entities[table.entity].join_key)
+    keys = {project.entities[table.entity].join_key for table in _views(project, refs)}
     missing = [c for c in [*sorted(keys), TIMESTAMP] if c not in frame.columns]
     if missing:
         raise DataError(f"the entity frame lacks column(s) {', '.join(missing)}; it needs the "
@@ -79,7 +91,7 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
         frame = _check_entity_frame(proj, frame, refs)
     _require_computed(proj, refs)
     store = open_store(proj)
-    _require_registered(store, refs, model)
+    _require_registered(store, refs)
     spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
     if spark:  # Feast's Spark store neither keeps row order nor duplicate entity rows apart
         frame = frame.assign(**{SPARK_ROW: range(len(frame))})
@@ -96,14 +108,15 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
 
 
 def _require_computed(project: Project, refs: list[str]) -> None:
-    for name in sorted({r.split(":", 1)[1] for r in refs}):
-        table = table_of(project, name)
-        if table is not None and not table.path(project).exists():
+    for table in _views(project, refs):
+        if not table.path(project).exists():
+            name = next(r.split(":", 1)[1] for r in sorted(refs)
+                        if r.split(":", 1)[0] == table.name)
             raise DataError(f"{name} is served from {table.path(project)}, which does not exist "
                             "yet; run `tally compute` first")
 
 
-def _require_registered(store: Any, refs: list[str], model: str | None) -> None:
+def _require_registered(store: Any, refs: list[str]) -> None:
     registered = {v.name for v in store.list_feature_views()}
     missing = sorted({r.split(":", 1)[0] for r in refs} - registered)
     if missing:
