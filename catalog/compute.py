@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from .duck import connect, parquet_scan, sql_ident, sql_string
 from .engines import first_line
 from .errors import DataError, LookupFailedError, TallyError
 from .fsutil import (
@@ -56,16 +57,6 @@ class ComputeOptions:
     start: date | None = None
     end: date | None = None
     full: bool = False
-
-
-def connect(allowed: list[Path] | None = None, temp: Path | None = None) -> Any:
-    """A DuckDB connection for computation: UTC, no extension downloads or auto-loading;
-    with `allowed`, it may read and write only those files and folders."""
-    from .duck import connect as hardened
-    from .duck import connect_unrestricted
-
-    return connect_unrestricted() if allowed is None else hardened(allowed,
-                                                                   temp_directory=temp)
 
 
 def _definition_hash(project: Project, spec: TableSpec) -> str:
@@ -105,7 +96,7 @@ def _run(con: Any, query: exp.Expression, what: str) -> Any:
 def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
     tmp = temp_path_beside(path, ".parquet")
     try:
-        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO '{_sql_string(str(tmp))}' "
+        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
         crash_point("compute-before-rename")
         os.replace(tmp, path)
@@ -113,10 +104,6 @@ def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _sql_string(text: str) -> str:
-    return text.replace("'", "''")
 
 
 class Computer:
@@ -143,7 +130,7 @@ class Computer:
 
                 self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
             return self._spark
-        return DuckDBEngine(connect(allowed, self._spill))
+        return DuckDBEngine(connect(allowed, temp_directory=self._spill))
 
     def selected(self) -> list[TableSpec]:
         wanted = self.options.metrics
@@ -278,7 +265,7 @@ class Computer:
         new_sql = group_query(self.project, plan, path=src_path, low=low, high=high).sql(
             "duckdb")
         if keep:
-            old = (f"SELECT * FROM read_parquet('{_sql_string(str(out))}') WHERE "
+            old = (f"SELECT * FROM {parquet_scan(out)} WHERE "
                    f"epoch_us(event_timestamp) < {keep[0]} OR "
                    f"epoch_us(event_timestamp) > {keep[1]}")
             select_sql = f"SELECT * FROM ({old}) UNION ALL BY NAME SELECT * FROM ({new_sql})"
@@ -417,11 +404,10 @@ class Computer:
         if result.mode == "skipped":
             return
         con = connect(None)
-        path = _sql_string(str(result.path))
-        nulls = ", ".join(f'avg(CASE WHEN "{f}" IS NULL THEN 1.0 ELSE 0.0 END)'
+        nulls = ", ".join(f"avg(CASE WHEN {sql_ident(f)} IS NULL THEN 1.0 ELSE 0.0 END)"
                           for f in spec.features)
         row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
-                          f", {nulls} FROM read_parquet('{path}')").fetchone()
+                          f", {nulls} FROM {parquet_scan(result.path)}").fetchall()[0]
         result.rows = int(row[0])
         entry = {
             "path": result.path.relative_to(self.project.root).as_posix(),

@@ -125,15 +125,6 @@ def literal(value: Any) -> str:
     return exp.convert(value).sql(dialect="duckdb")
 
 
-def connect(allowed: list[Path] | None = None) -> Any:
-    """A DuckDB connection that never installs or loads extensions; with `allowed`,
-    hardened to read only those files (catalog.duck)."""
-    from .duck import connect as hardened
-    from .duck import connect_unrestricted
-
-    return connect_unrestricted() if allowed is None else hardened(allowed)
-
-
 def scan_sql(path: str, file_format: str) -> str:
     """The table function reading a source's file(s)."""
     many = any(ch in path for ch in "*?[")

@@ -132,7 +132,7 @@ def engine_connection(root: Path, file_format: str = "parquet",
                       allowed: list[Path] | None = None) -> Any:
     """The connection contract rules run on: DuckDB's, or a SparkConnection when tally.yaml
     says engine: spark (CSV sources keep DuckDB, see above)."""
-    from .contracts import connect as duck_connect
+    from .duck import connect as duck_connect
     from .engines import project_engine, spark_session
 
     if file_format == "csv" or project_engine(root) != "spark":

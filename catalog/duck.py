@@ -32,8 +32,23 @@ if TYPE_CHECKING:
 TABLES_DIR = Path("data") / "tables"
 
 
+def sql_string(text: str) -> str:
+    """A DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    """A quoted DuckDB identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parquet_scan(path: Path | str) -> str:
+    """The table function reading one parquet file."""
+    return f"read_parquet({sql_string(str(path))})"
+
+
 def _sql_list(items: Iterable[str]) -> str:
-    return "[" + ", ".join("'" + item.replace("'", "''") + "'" for item in items) + "]"
+    return "[" + ", ".join(sql_string(item) for item in items) + "]"
 
 
 def _split(allowed_paths: Iterable[Path | str]) -> tuple[list[str], list[str]]:
@@ -60,7 +75,7 @@ def _split(allowed_paths: Iterable[Path | str]) -> tuple[list[str], list[str]]:
 
 
 def connect(
-    allowed_paths: list[Path],
+    allowed_paths: list[Path] | None,
     *,
     temp_directory: Path | None = None,
     threads: int | None = None,
@@ -73,8 +88,12 @@ def connect(
     suffix (data/tables before the first compute) counts as a folder. `temp_directory` is where
     DuckDB may spill; without it spilling to disk is off. `threads` and `memory_limit` are
     set before the configuration is locked, since they cannot be changed afterwards.
+    With `allowed_paths=None`: connect_unrestricted(), for Tally's own reads.
     """
     import duckdb
+
+    if allowed_paths is None:
+        return connect_unrestricted()
 
     folders, files = _split(allowed_paths)
     con = duckdb.connect(database=":memory:", config={
@@ -87,13 +106,13 @@ def connect(
         if temp_directory is not None:
             temp = Path(temp_directory)
             temp.mkdir(parents=True, exist_ok=True)
-            settings.append(("temp_directory", "'" + str(temp.resolve()).replace("'", "''") + "'"))
+            settings.append(("temp_directory", sql_string(str(temp.resolve()))))
         else:
             settings.append(("temp_directory", "''"))
         if threads is not None:
             settings.append(("threads", int(threads)))
         if memory_limit is not None:
-            settings.append(("memory_limit", "'" + memory_limit.replace("'", "''") + "'"))
+            settings.append(("memory_limit", sql_string(memory_limit)))
         settings += [
             ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
             ("allowed_directories", _sql_list(folders)),

@@ -55,7 +55,7 @@ class DuckDBEngine:
 
     def __init__(self, con: Any = None, allowed: list[Path] | None = None):
         if con is None:
-            from .compute import connect
+            from .duck import connect
 
             con = connect(allowed)
         self.con = con

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from .duck import parquet_scan
 from .errors import DataError, LookupFailedError, UsageError
 from .moments import parse_moment
 from .project import Project
@@ -50,7 +51,7 @@ def _score(project: Project, name: str) -> tuple[Score, Path]:
 
 
 def _con() -> Any:
-    from .compute import connect
+    from .duck import connect
 
     return connect(None)
 
@@ -135,7 +136,7 @@ def explain(project: Project, score_name: str, entity_key: str | int,
     entity = project.entities[score.entity]
     key = _key(project, score, entity_key)
     moment = parse_moment(at)
-    table = f"read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')"
+    table = parquet_scan(path)
     where = f'"{entity.join_key}" = ?'
     params: list[Any] = [key]
     if moment is not None:
@@ -274,7 +275,7 @@ def segments(project: Project, score_name: str,
                                 "`bands:` to its definition")
     key = project.entities[score.entity].join_key
     moment = parse_moment(at)
-    table = f"read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')"
+    table = parquet_scan(path)
     con = _con()
     found = _rows(con, f"SELECT max(event_timestamp) AS t FROM {table}" + (
         " WHERE event_timestamp <= ?" if moment else ""), [moment] if moment else [])[0]["t"]

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .duck import parquet_scan, sql_ident
 from .errors import DataError
 from .project import Project
 from .spec import Score, ScoreComponent
@@ -155,18 +156,10 @@ def input_tables(project: Project, score: Score, specs: dict[str, TableSpec]) ->
     return names
 
 
-def _sql_string(text: str) -> str:
-    return text.replace("'", "''")
-
-
 def _float(value: float) -> str:
     if not math.isfinite(value):
         raise DataError(f"{value} is not a finite number")
     return f"CAST({float(value)!r} AS DOUBLE)"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -181,8 +174,8 @@ def _snapshot_input(project: Project, spec: TableSpec, metric: str, key: str,
     if not path.exists():
         raise DataError(f"table {spec.name} (for {metric}) is not computed yet; run "
                         "`tally compute` without --metric first")
-    return _Input(alias, f"SELECT {_q(key)} AS __k, event_timestamp AS __t, {_q(metric)} AS __v "
-                         f"FROM read_parquet('{_sql_string(str(path))}')")
+    return _Input(alias, f"SELECT {sql_ident(key)} AS __k, event_timestamp AS __t, "
+                         f"{sql_ident(metric)} AS __v FROM {parquet_scan(path)}")
 
 
 def _column_segment(project: Project, metric: str, alias: str) -> tuple[str, str]:
@@ -197,11 +190,12 @@ def _column_segment(project: Project, metric: str, alias: str) -> tuple[str, str
     if "*" not in source.path and not path.exists():
         raise DataError(f"source {source.name}: data file {path} does not exist")
     relation = source_relation(source, str(path), "duckdb").sql("duckdb")
-    order = (f" ORDER BY {_q(source.created_timestamp_field)} DESC"
+    order = (f" ORDER BY {sql_ident(source.created_timestamp_field)} DESC"
              if source.created_timestamp_field else "")
-    cte = (f"SELECT {_q(key)} AS __k, CAST({_q(source.timestamp_field)} AS TIMESTAMPTZ) AS __ts, "
-           f"{_q(spec.expression.strip())} AS __v FROM {relation} QUALIFY row_number() OVER "
-           f"(PARTITION BY {_q(key)}, {_q(source.timestamp_field)}{order}) = 1")
+    cte = (f"SELECT {sql_ident(key)} AS __k, "
+           f"CAST({sql_ident(source.timestamp_field)} AS TIMESTAMPTZ) AS __ts, "
+           f"{sql_ident(spec.expression.strip())} AS __v FROM {relation} QUALIFY row_number() OVER "
+           f"(PARTITION BY {sql_ident(key)}, {sql_ident(source.timestamp_field)}{order}) = 1")
     ttl = project.ttl_of(metric)
     valid = f"{alias}.__ts IS NOT NULL"
     if ttl is not None:
@@ -308,29 +302,29 @@ def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> 
     ctes.append(("__sums", f"SELECT *, ({numerator}) AS __num, ({have}) AS __have "
                            "FROM __norms"))
     name = score.name
-    out = [f"__k AS {_q(key)}", "__t AS event_timestamp", "__t AS created_timestamp",
-           f"round(100 * __num / {denominator}, {DECIMALS}) AS {_q(name)}"]
+    out = [f"__k AS {sql_ident(key)}", "__t AS event_timestamp", "__t AS created_timestamp",
+           f"round(100 * __num / {denominator}, {DECIMALS}) AS {sql_ident(name)}"]
     contributions, extras = [], []
     labels = component_labels(score)
     for i, (label, w) in enumerate(zip(labels, weights, strict=True)):
         contributions.append(f"round(100 * {w} * coalesce(__n{i}, 0) / {denominator}, "
-                             f"{DECIMALS}) AS {_q(contribution_column(score, label))}")
-        extras.append(f"CAST(__v{i} AS DOUBLE) AS {_q(value_column(score, label))}")
-        extras.append(f"__n{i} AS {_q(norm_column(score, label))}")
+                             f"{DECIMALS}) AS {sql_ident(contribution_column(score, label))}")
+        extras.append(f"CAST(__v{i} AS DOUBLE) AS {sql_ident(value_column(score, label))}")
+        extras.append(f"__n{i} AS {sql_ident(norm_column(score, label))}")
     ctes.append(("__scored", f"SELECT {', '.join(out + contributions + extras)} "
                              "FROM __sums WHERE __have > 0"))
     bands = ordered_bands(score)
     whens = []
     for j, (band, lo, hi) in enumerate(bands):
         upper = "<=" if j == len(bands) - 1 else "<"
-        whens.append(f"WHEN {_q(name)} >= {_float(lo)} AND {_q(name)} {upper} {_float(hi)} "
-                     f"THEN '{band}'")
+        whens.append(f"WHEN {sql_ident(name)} >= {_float(lo)} AND {sql_ident(name)} {upper} "
+                     f"{_float(hi)} THEN '{band}'")
     band_sql = (f"CASE {' '.join(whens)} END" if whens else "CAST(NULL AS VARCHAR)")
-    tail = [_q(contribution_column(score, label)) for label in labels]
+    tail = [sql_ident(contribution_column(score, label)) for label in labels]
     tail += [col for label in labels for col in
-             (_q(value_column(score, label)), _q(norm_column(score, label)))]
-    select = (f"SELECT {_q(key)}, event_timestamp, created_timestamp, {_q(name)}, "
-              f"{band_sql} AS {_q(band_column(score))}, {', '.join(tail)} FROM __scored")
+             (sql_ident(value_column(score, label)), sql_ident(norm_column(score, label)))]
+    select = (f"SELECT {sql_ident(key)}, event_timestamp, created_timestamp, {sql_ident(name)}, "
+              f"{band_sql} AS {sql_ident(band_column(score))}, {', '.join(tail)} FROM __scored")
     return "WITH " + ", ".join(f"{n} AS ({q})" for n, q in ctes) + " " + select
 
 
