@@ -33,38 +33,39 @@ class MetricReport:
                 "rules": [r.to_dict() for r in self.results]}
 
 
-
-
 def check_expectations(project: Project, metric_names: Iterable[str] | None = None
                        ) -> list[MetricReport]:
     """Check each metric's `expect` on its computed table; skipped when not computed yet."""
     import duckdb
 
+    from .contracts_spark import engine_connection  # DuckDB, or Spark per tally.yaml
+
     names = sorted(metric_names) if metric_names is not None else sorted(project.metrics)
     reports: list[MetricReport] = []
-    for name in names:
-        metric = project.metrics.get(name)
-        if metric is None or metric.expect is None:
-            continue
-        table = table_of(project, name)
-        if table is None:
-            continue
-        report = MetricReport(name, metric.owner, table.name)
-        reports.append(report)
-        path = table.path(project)
-        if not path.is_file():
-            report.skipped = f"{path.relative_to(project.root)} not computed yet"
-            continue
-        column = _metric_column(metric, table.kind)
-        from .contracts_spark import engine_connection  # DuckDB, or Spark per tally.yaml
-
-        con = engine_connection(project.root, "parquet")
-        try:
-            _expect_with(con, metric, column, path, report)
-        except duckdb.Error as exc:
-            report.results.append(RuleResult("readable", None, False, message=(
-                f"{path.relative_to(project.root)}: {str(exc).strip().splitlines()[0]}")))
-        finally:
+    con = None  # one connection for every metric, opened when the first table is there
+    try:
+        for name in names:
+            metric = project.metrics.get(name)
+            if metric is None or metric.expect is None:
+                continue
+            table = table_of(project, name)
+            if table is None:
+                continue
+            report = MetricReport(name, metric.owner, table.name)
+            reports.append(report)
+            path = table.path(project)
+            if not path.is_file():
+                report.skipped = f"{path.relative_to(project.root)} not computed yet"
+                continue
+            if con is None:
+                con = engine_connection(project.root, "parquet")
+            try:
+                _expect_with(con, metric, _metric_column(metric, table.kind), path, report)
+            except duckdb.Error as exc:
+                report.results.append(RuleResult("readable", None, False, message=(
+                    f"{path.relative_to(project.root)}: {str(exc).strip().splitlines()[0]}")))
+    finally:
+        if con is not None:
             con.close()
     return reports
 

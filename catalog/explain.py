@@ -23,7 +23,6 @@ from .scores import (
     component_labels,
     contribution_column,
     norm_column,
-    normalize_of,
     ordered_bands,
     presence,
     shortfalls,
@@ -176,7 +175,7 @@ def explain(project: Project, score_name: str, entity_key: str | int,
             metric=c.metric, weight=c.weight, share=shares[label], raw_value=raw,
             normalised=norm, contribution=float(contribution or 0.0),
             shortfall=gaps.get(label), transform=c.transform, direction=c.direction,
-            normalize=normalize_of(score, c),
+            normalize=score.normalize_of(c),
         )
         if before is not None:
             item.previous_raw_value, item.previous_normalised, item.previous_contribution = (

@@ -71,10 +71,6 @@ def served_columns(score: Score) -> list[tuple[str, str]]:
 
 
 # -- definitions helpers ----------------------------------------------------------------
-def normalize_of(score: Score, component: ScoreComponent) -> str:
-    return component.normalize or score.normalize
-
-
 def ordered_bands(score: Score) -> list[tuple[str, float, float]]:
     return sorted(((name, lo, hi) for name, (lo, hi) in score.bands.items()),
                   key=lambda b: b[1])
@@ -227,7 +223,7 @@ def _bounds(component: ScoreComponent) -> tuple[float, float]:
 
 def _normalised(score: Score, component: ScoreComponent, x: str, segment: str | None) -> str:
     part = "__t" + (f", {segment}" if segment else "")
-    if normalize_of(score, component) == "percentile":
+    if score.normalize_of(component) == "percentile":
         rank = (f"CAST(rank() OVER (PARTITION BY {part}, ({x} IS NULL) ORDER BY {x}) AS DOUBLE)"
                 f" + (CAST(count(*) OVER (PARTITION BY {part}, {x}) AS DOUBLE) - 1) / 2")
         return (f"CASE WHEN {x} IS NOT NULL THEN ({rank}) / "
@@ -330,8 +326,8 @@ def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> 
 
 def input_paths(project: Project, score: Score, specs: dict[str, TableSpec]) -> list[Path]:
     """Folders the score query reads (for a hardened connection's allow-list)."""
-    folders = {s.path(project).parent for n, s in specs.items()
-               if n in input_tables(project, score, specs)}
+    tables = input_tables(project, score, specs)
+    folders = {s.path(project).parent for n, s in specs.items() if n in tables}
     for c in score.components:
         metric = project.metrics.get(c.segment_by or "")
         if metric is not None and metric.type == "column" and metric.source:

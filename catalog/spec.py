@@ -198,6 +198,10 @@ class Score(Spec):
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 
+    def normalize_of(self, component: ScoreComponent) -> str:
+        """The normalisation a component uses: its own, else the score's."""
+        return component.normalize or self.normalize
+
     @model_validator(mode="after")
     def _bands_well_formed(self) -> Score:
         for band, (low, high) in self.bands.items():
@@ -210,8 +214,7 @@ class Score(Spec):
         if spans and (spans[0][0] != 0 or spans[-1][1] != 100):
             raise ValueError("bands must start at 0 and end at 100")
         for component in self.components:
-            if component.bounds is not None and (component.normalize or self.normalize) != (
-                    "minmax"):
+            if component.bounds is not None and self.normalize_of(component) != "minmax":
                 raise ValueError(f"component {component.metric}: bounds go with normalize: "
                                  "minmax (a percentile rank needs no bounds)")
         return self

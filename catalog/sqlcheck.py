@@ -8,6 +8,7 @@ parameters, lambdas, comments, `;`) is refused with the construct named.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -127,7 +128,16 @@ def _check_characters(text: str, tokens: list[Any]) -> None:
 
 
 def check_expression(text: str, *, allow_star: bool = False) -> CheckedExpression:
-    """Parse `text` and return its tree and columns, or raise ExpressionRefused."""
+    """Parse `text` and return its tree and columns, or raise ExpressionRefused.
+
+    Cached: loading, validation, compute and the catalog ask about the same few
+    expressions dozens of times (derived metrics' inputs above all). The tree is shared,
+    so treat it as read-only (copy it to transform it, as plans.quoted_tree does)."""
+    return _check_cached(text, allow_star)
+
+
+@functools.lru_cache(maxsize=2048)
+def _check_cached(text: str, allow_star: bool) -> CheckedExpression:
     if not text.strip():
         raise ExpressionRefused("the expression is empty")
     if len(text) > MAX_LENGTH:
