@@ -94,8 +94,7 @@ def definition_card(project: Project, graph: Lineage, definition: Definition,
         "line": definition.line, "definition": spec_to_yaml_dict(spec),
         **_base(ident, graph),
     }
-    direct_models = sorted(split_id(d)[1] for d in graph.down.get(ident, ()) if
-                           d.startswith("model:"))
+    direct_models = graph.direct_models(ident)
     feast: dict[str, Any] = {}
     if kind in ("metric", "score"):
         table = graph.table_of_feature.get(name)
@@ -134,8 +133,7 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
             "score": f"score {spec.features[0]}"}[spec.kind]
     grain = f" at {format_duration(spec.grain)} grain" if spec.grain else ""
     ttl = spec.ttl(project)
-    services = sorted(split_id(d)[1] for d in graph.down.get(ident, ()) if
-                      d.startswith("model:"))
+    services = graph.direct_models(ident)
     return {
         "kind": FEATURE_VIEW, "name": spec.name,
         "description": f"Feast FeatureView of {what} about {spec.entity}{grain}: "

@@ -65,6 +65,10 @@ class Lineage:
         return sort_ids(walk(ident, lambda i: self.down.get(i, ()) if (
             i == ident or not i.startswith(FEATURE_VIEW + ":")) else ()))
 
+    def direct_models(self, ident: str) -> list[str]:
+        """Names of the models that read `ident` itself (not through another node)."""
+        return sorted(split_id(d)[1] for d in self.down.get(ident, ()) if d.startswith("model:"))
+
     def models_using(self, ident: str) -> list[str]:
         """Models that use `ident` directly or through derived metrics and scores."""
         return [i for i in self.transitive_down(ident) if i.startswith("model:")]

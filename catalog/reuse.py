@@ -132,8 +132,7 @@ def reuse_report(project: Project) -> ReuseReport:
     features += [(n, "score") for n in sorted(project.scores)]
     for name, kind in features:
         ident = node_id(kind, name)
-        direct = sorted(split_id(d)[1] for d in graph.down.get(ident, ())
-                        if d.startswith("model:"))
+        direct = graph.direct_models(ident)
         every = [split_id(m)[1] for m in graph.models_using(ident)]
         report.features.append(FeatureUse(
             name, kind, project.definitions[name].spec.owner, direct,
