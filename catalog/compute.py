@@ -44,7 +44,7 @@ class TableResult:
     name: str
     kind: str
     rows: int
-    new_snapshots: int
+    new_snapshots: int | None  # snapshots computed; None for tables computed whole
     seconds: float
     path: Path
     mode: str  # full | incremental | skipped
@@ -357,7 +357,7 @@ class Computer:
             rows = self._write_spark(engine, query, out, entity_key, spec.name, None)
             if self.progress:
                 self.progress(spec.name, 1, 1)
-            return TableResult(spec.name, spec.kind, rows, rows, 0.0, out, "full")
+            return TableResult(spec.name, spec.kind, rows, None, 0.0, out, "full")
         return self._write_whole(engine.con, f"SELECT * FROM ({query.sql('duckdb')})", out,
                                  entity_key, spec)
 
@@ -370,7 +370,7 @@ class Computer:
             raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
         if self.progress:
             self.progress(spec.name, 1, 1)
-        return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "full")
+        return TableResult(spec.name, spec.kind, 0, None, 0.0, out, "full")
 
     # -- scores -----------------------------------------------------------------------
     def _compute_score(self, spec: TableSpec) -> TableResult:

@@ -96,7 +96,7 @@ def compute(
     table = Table("table", "kind", "mode", "rows", "snapshots", "seconds", title="computed")
     for r in rows:
         table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
-                      f"{r['snapshots']:,}" if r["kind"] == "group" else "-", f"{r['seconds']}")
+                      "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
     stdout_console().print(table)
 
 
