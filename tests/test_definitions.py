@@ -136,8 +136,8 @@ def test_register_adds_and_replaces(example_project: Path, tmp_path: Path,
 
 def test_register_refuses_a_file_breaking_the_project(example_project: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    # replacing a metric that a derived metric and two models use, with a name change-free
-    # definition of another entity's source, must fail on the cross-file rules
+    # replacing a metric that others use with a derived metric that reads itself (a cycle)
+    # must fail on the cross-file rules, and write nothing
     bad = tmp_path / "breaking.yaml"
     bad.write_text("metrics:\n  - name: crm_seat_count\n    description: d\n    owner: o\n"
                    "    type: derived\n    expression: crm_seat_count + 1\n")
