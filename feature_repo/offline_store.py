@@ -178,8 +178,7 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Ta
     stamps = entities.column(ts_col)
     lo = hi = None
     if entities.num_rows:
-        lo = literal(pc.min(stamps).as_py().isoformat()) + "::TIMESTAMPTZ"
-        hi = literal(pc.max(stamps).as_py().isoformat()) + "::TIMESTAMPTZ"
+        lo, hi = _stamp(pc.min(stamps).as_py()), _stamp(pc.max(stamps).as_py())
     names = [f"__f{i}" for i in range(len(plan.features))]
     grain = aligned_grain(con, plan)
     parts: list[pa.Table] = []
