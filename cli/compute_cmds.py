@@ -155,14 +155,13 @@ def training_frame(
     features: Annotated[str | None, typer.Option("--features", help="A,B,C")] = None,
 ) -> None:
     """Point-in-time-correct training data for entity rows, in their order."""
-    from feature_repo.serving import read_entity_file, write_frame
+    from feature_repo.serving import check_frame_path, read_entity_file, write_frame
     from feature_repo.serving import training_frame as build
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     if (model is None) == (names is None):
         raise UsageError("give exactly one of --model NAME or --features A,B")
-    if out.suffix.lower() not in (".parquet", ".csv"):
-        raise UsageError(f"--out {out}: use .parquet or .csv")
+    check_frame_path(out)  # before the frame is built, not after
     frame = build(read_entity_file(entities), model=model, features=names,
                   project=current_project())
     write_frame(frame, out)

@@ -158,7 +158,7 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
             tags=_tags(tally_kind=spec.kind, tally_source=spec.source),
         )
     services = {}
-    view_of = {f: name for name, view in views.items() for f in [x.name for x in view.schema]}
+    view_of = {field.name: name for name, view in views.items() for field in view.schema}
     for name, model in sorted(project.models.items()):
         projections = []
         for view_name in sorted({view_of[f] for f in model.features if f in view_of}):

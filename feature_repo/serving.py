@@ -137,11 +137,16 @@ def read_entity_file(path: Path) -> pd.DataFrame:
     raise UsageError(f"entity file {path}: use .parquet or .csv")
 
 
+def check_frame_path(out: Path) -> None:
+    """A training frame is written as .parquet or .csv."""
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise UsageError(f"--out {out}: use .parquet or .csv")
+
+
 def write_frame(frame: pd.DataFrame, out: Path) -> None:
     from catalog.fsutil import temp_path_beside
 
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise UsageError(f"--out {out}: use .parquet or .csv")
+    check_frame_path(out)
     tmp = temp_path_beside(out, out.suffix)
     try:
         if out.suffix.lower() == ".csv":
