@@ -29,7 +29,8 @@ from .yamlio import (
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _yaml_dump(data: Any) -> str:
+def yaml_text(data: Any) -> str:
+    """Definitions as YAML, as Tally writes them (block style, 2-space indents)."""
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="rt", pure=True)
@@ -103,7 +104,7 @@ def _without_names(path: Path, names: set[str]) -> str | None:
             del data[kind]
     if not changed:
         return None
-    return _yaml_dump(data) if data else ""
+    return yaml_text(data) if data else ""
 
 
 def _recover(root: Path) -> None:
@@ -131,16 +132,26 @@ def register_file(root: Path | str, file: Path, *, replace: bool = False,
                          "rename the file")
     data, issues = read_definition_bytes(file, str(file))
     text, more = decode_definition_bytes(data, str(file)) if data is not None else (None, [])
-    loaded, parsed = parse_yaml_text(text, str(file)) if text is not None else (None, [])
-    issues = [*issues, *more, *parsed]
-    if issues or loaded is None or text is None:
-        raise DefinitionError(issues)
-    shown = f"{METRICS_DIR}/{file.name}"
+    if text is None:
+        raise DefinitionError([*issues, *more])
+    return register_text(root, file.name, text, shown_as=str(file), replace=replace,
+                         on_wait=on_wait)
+
+
+def register_text(root: Path | str, file_name: str, text: str, *, shown_as: str,
+                  replace: bool = False, on_wait: Any = None) -> Registered:
+    """register_file for text in hand (written as metrics/<file_name>); problems in the
+    text itself are reported against `shown_as`."""
+    root = check_project_root(Path(root))
+    loaded, parsed = parse_yaml_text(text, shown_as)
+    if parsed or loaded is None:
+        raise DefinitionError(parsed)
+    shown = f"{METRICS_DIR}/{file_name}"
     destination = root / shown
     with project_lock(root, on_wait=on_wait):
         _recover(root)
         if destination.exists() and not replace:
-            raise DefinitionError([Issue(str(file), 1, "", f"{shown} already exists; pass "
+            raise DefinitionError([Issue(shown_as, 1, "", f"{shown} already exists; pass "
                                          "--replace to replace it")])
         existing: dict[str, str] = {}
         for path in find_definition_files(root):
@@ -154,7 +165,7 @@ def register_file(root: Path | str, file: Path, *, replace: bool = False,
         clashes = {name for _, _, name in candidate if name in existing}
         if clashes and not replace:
             raise DefinitionError([
-                Issue(str(file), loaded.line_of((kind, index, "name")), f"{kind}[{index}].name",
+                Issue(shown_as, loaded.line_of((kind, index, "name")), f"{kind}[{index}].name",
                       f"{name!r} already exists in {existing[name]}; pass --replace to "
                       "replace it")
                 for kind, index, name in candidate if name in clashes
@@ -176,7 +187,7 @@ def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None)
         raise UsageError(f"--name {name!r} is not a valid name; use lower snake case matching "
                          f"{NAME_PATTERN}")
     shown = f"{METRICS_DIR}/{name}.yaml"
-    text = _yaml_dump({"metrics": [{k: v for k, v in fields.items() if v not in (None, [])}]})
+    text = yaml_text({"metrics": [{k: v for k, v in fields.items() if v not in (None, [])}]})
     with project_lock(root, on_wait=on_wait):
         _recover(root)
         if (root / shown).exists():

@@ -11,14 +11,12 @@ of non-numeric columns) go to customProperties with vendor `tally`."""
 
 from __future__ import annotations
 
-import io
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .durations import DURATION_RE
-from .errors import DefinitionError, Issue, LookupFailedError, TallyError, UsageError
+from .errors import LookupFailedError, TallyError, UsageError
 from .project import METRICS_DIR, Project
 from .spec import ColumnType, Source
 
@@ -283,12 +281,10 @@ def _name(raw: str | None) -> str:
 
 
 def source_yaml(source: dict[str, Any]) -> str:
-    from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
 
-    yaml = YAML(typ="rt", pure=True)
-    yaml.default_flow_style = False
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    from .authoring import yaml_text
+
     data = _tidy(dict(source))
     contract = data.get("contract")
     if contract and "columns" in contract:
@@ -299,9 +295,7 @@ def source_yaml(source: dict[str, Any]) -> str:
             columns[col] = flow
         contract = dict(contract, columns=columns)
         data["contract"] = contract
-    stream = io.StringIO()
-    yaml.dump({"sources": [data]}, stream)
-    return stream.getvalue()
+    return yaml_text({"sources": [data]})
 
 
 def _tidy(value: Any) -> Any:
@@ -334,24 +328,17 @@ def import_file(root: Path, file: Path, *, replace: bool = False, name: str | No
                 path: str | None = None, on_wait: Any = None) -> tuple[Path, str]:
     """Turn an ODCS file into metrics/<name>.contract.yaml through the same path as `tally register`
     (validated together with the project, written atomically). Returns (path, name)."""
-    from .authoring import register_file
+    from .authoring import register_text
 
     try:
         source = from_odcs(load_document(file), name=name, entity=entity,
                            timestamp_field=timestamp_field, path=path)
     except OdcsError as exc:
         raise OdcsError(f"{file}: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix=".tally-tmp-") as folder:
-        # its own file, so --replace never replaces a file holding other definitions
-        staged = Path(folder) / f"{source['name']}.contract.yaml"
-        staged.write_text(source_yaml(source), "utf-8")
-        try:
-            result = register_file(root, staged, replace=replace, on_wait=on_wait)
-        except DefinitionError as exc:
-            shown = f"{file} (as {METRICS_DIR}/{staged.name})"
-            raise DefinitionError([
-                Issue(shown, 0, i.key, i.message) if i.file == str(staged) else i
-                for i in exc.issues]) from None
+    # its own file, so --replace never replaces a file holding other definitions
+    file_name = f"{source['name']}.contract.yaml"
+    result = register_text(root, file_name, source_yaml(source), replace=replace,
+                           shown_as=f"{file} (as {METRICS_DIR}/{file_name})", on_wait=on_wait)
     return result.path, source["name"]
 
 
