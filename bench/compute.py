@@ -1,4 +1,4 @@
-"""Compute: N metrics over one source in one scan (catalog.compute) vs N separate queries
+"""Compute: N metrics over one source in one scan (tally.catalog.compute.runner) vs N separate queries
 (one single-metric project each, same source file) vs one bare scan of the file reading
 every column the metrics use (the physical floor), for N = 1, 5, 20. Two more floors put
 the ratio in context: the scan grouped into (account, day) partial aggregates with no
@@ -87,8 +87,8 @@ def make_project(root: Path, source: Path, metrics: list[dict]) -> Path:
 
 COMPUTE = """
 import sys, time
-from catalog.project import load_project
-from catalog.compute import compute, ComputeOptions
+from tally.catalog.spec.project import load_project
+from tally.catalog.compute.runner import compute, ComputeOptions
 projects = [load_project(p) for p in sys.argv[1:]]
 t = time.perf_counter()
 for p in projects:
@@ -108,9 +108,9 @@ OUT = {"s": time.perf_counter() - t}
 
 CELLS = """
 import sys, time
-from catalog.project import load_project
-from catalog.plans import partial_plan, plan_group
-from catalog.duck import connect_unrestricted
+from tally.catalog.spec.project import load_project
+from tally.catalog.compute.plans import partial_plan, plan_group
+from tally.catalog.sql.duck import connect_unrestricted
 project = load_project(sys.argv[1])
 plan = plan_group(project, project.groups()[0])
 parts = partial_plan(project, plan, path=sys.argv[2], low=0, high=10**6)  # every day
@@ -125,7 +125,7 @@ WRITE = """
 import sys, time
 import pyarrow.parquet as pq
 from pathlib import Path
-from catalog.engines import write_arrow_table
+from tally.catalog.sql.engines import write_arrow_table
 table = pq.read_table(sys.argv[1])
 t = time.perf_counter()
 write_arrow_table(table, Path(sys.argv[2]), "account_id", presorted=True)
@@ -153,7 +153,7 @@ def run(size: str) -> None:
                   for i, m in enumerate(_metrics(n))]
         s1, mb1 = _median(COMPUTE, str(one))
         sn, mbn = _median(COMPUTE, *map(str, single), repeat=1 if n == 20 else 3)
-        rows.append(["catalog.compute, one scan", n, f"{s1:.2f}", f"{mb1:.0f}",
+        rows.append(["tally.catalog.compute.runner, one scan", n, f"{s1:.2f}", f"{mb1:.0f}",
                      f"{s1 / scan_s:.2f}x"])
         rows.append([f"{n} separate single-metric queries", n, f"{sn:.2f}", f"{mbn:.0f}",
                      f"{sn / scan_s:.2f}x"])
@@ -169,7 +169,7 @@ def run(size: str) -> None:
                     f"{write_mb:.0f}", f"{write_s / scan_s:.2f}x"])
     distinct = make_project(work / "distinct_20", source, _metrics(20, distinct=True))
     sd, mbd = _median(COMPUTE, str(distinct))
-    rows.append(["catalog.compute, one scan, incl. 1 count_distinct", 20, f"{sd:.2f}",
+    rows.append(["tally.catalog.compute.runner, one scan, incl. 1 count_distinct", 20, f"{sd:.2f}",
                  f"{mbd:.0f}", f"{sd / scan_s:.2f}x"])
     total, keys = SIZES[size]
     text = (f"### {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; daily grain, "

@@ -49,7 +49,7 @@ rows = sum(con.execute(f"SELECT count(DISTINCT entity_key) FROM bench_mat_{v}").
 OUT = {"s": s, "rows": rows}
 """
 
-STORES = {"Tally offline store": "feature_repo.offline_store.TallyDuckDBOfflineStore",
+STORES = {"Tally offline store": "tally.feature_repo.offline_store.TallyDuckDBOfflineStore",
           "Feast default (stock DuckDB store)": "duckdb"}
 
 

@@ -95,8 +95,8 @@ def cold(args: list[str], cwd: Path, repeat: int = 5) -> tuple[float | None, str
 
 
 def run(size: str) -> None:
-    from catalog.index import write_generation
-    from catalog.search import run_search
+    from tally.catalog.search.index import write_generation
+    from tally.catalog.search.query import run_search
 
     count = SIZES[size]
     cards = generate_cards(count)
@@ -137,7 +137,7 @@ def run(size: str) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    tally = [sys.executable, "-m", "cli.main", "--project", str(REPO)]
+    tally = [sys.executable, "-m", "tally.cli.main", "--project", str(REPO)]
     subprocess.run([*tally, "search", "warm"], cwd=REPO, capture_output=True)  # build index
     search_s, search_err = cold([*tally, "search", "active"], REPO)
     show_s, show_err = cold([*tally, "show", "crm_monthly_active_users"], REPO)
@@ -168,7 +168,7 @@ def run(size: str) -> None:
     note = (
         "Entries are generated catalog cards (names from products x measures, descriptions "
         "from a small vocabulary, 50 owners, three statuses), indexed by the same code as "
-        "a project's index (`catalog.index.write_generation`); queries mix exact names, "
+        "a project's index (`tally.catalog.search.index.write_generation`); queries mix exact names, "
         "two-word queries, one-typo queries and facet filters. A search ranks its hits "
         "without counting every match; `SearchResults.total` counts them when first read "
         "(the CLI's text output does, to say \"20 of N\", when the hits fill --limit; "

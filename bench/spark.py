@@ -21,12 +21,12 @@ from pathlib import Path
 root = Path(sys.argv[1])
 started = time.perf_counter()
 if (root / "tally.yaml").exists():
-    from catalog.engines import spark_session
-    from catalog.config import load_config
+    from tally.catalog.sql.engines import spark_session
+    from tally.catalog.spec.config import load_config
     spark_session(dict(load_config(root).config.spark_conf))
 session = time.perf_counter() - started
-from catalog.compute import ComputeOptions, compute
-from catalog.project import load_project
+from tally.catalog.compute.runner import ComputeOptions, compute
+from tally.catalog.spec.project import load_project
 compute_start = time.perf_counter()
 results = compute(load_project(root), ComputeOptions(full=True))
 OUT = {"session_s": session, "compute_s": time.perf_counter() - compute_start,
@@ -67,7 +67,7 @@ def _same_tables(a: Path, b: Path) -> bool:
 
 
 def run(size: str) -> None:
-    from feature_repo.demo_data import generate
+    from tally.feature_repo.demo_data import generate
 
     base = common.DATA / "spark" / size
     data = base / "source_data"

@@ -102,7 +102,7 @@ if len(sys.argv) > 2:
 
 CODE = {
     "tally": _FEAST_SETUP
-    + "from feature_repo.offline_store import TallyDuckDBOfflineStore as STORE\n" + _TIMED,
+    + "from tally.feature_repo.offline_store import TallyDuckDBOfflineStore as STORE\n" + _TIMED,
     "feast_duckdb": _FEAST_SETUP
     + "from feast.infra.offline_stores.duckdb import DuckDBOfflineStore as STORE\n" + _TIMED,
 }

@@ -1,5 +1,5 @@
-"""`tally search`, `show`, `impact`, `reuse`: thin wrappers over catalog.search and
-catalog.reuse. Imports stay light (no project load, no pandas, no rich) so search and show
+"""`tally search`, `show`, `impact`, `reuse`: thin wrappers over tally.catalog.search.query and
+tally.catalog.search.reuse. Imports stay light (no project load, no pandas, no rich) so search and show
 start fast; output is plain aligned text, or JSON with --json."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOption, current_project, err, print_json, project_root, wait_notice
+from tally.cli.common import JsonOption, current_project, err, print_json, project_root, wait_notice
 
 ListOption = list[str] | None
 
@@ -66,7 +66,7 @@ def search(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Ranked catalog search over every entity, source, metric, feature view, model, score."""
-    from catalog.search import search as run
+    from tally.catalog.search.query import search as run
 
     results = run(project_root(), query, owner=owner, tag=tag, kind=kind, status=status,
                   contract=contract, limit=limit, on_wait=wait_notice)
@@ -95,7 +95,7 @@ def show(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """The full card of one entry: definition, owner, contract, statistics, lineage, Feast."""
-    from catalog.search import show as run
+    from tally.catalog.search.query import show as run
 
     card = run(project_root(), name, on_wait=wait_notice)
     if as_json:
@@ -141,7 +141,7 @@ def impact(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Everything transitively downstream of NAME, grouped by kind, and whom to notify."""
-    from catalog.search import impact as run
+    from tally.catalog.search.query import impact as run
 
     result = run(project_root(), name, on_wait=wait_notice)
     if as_json:
@@ -158,7 +158,7 @@ def impact(
 
 def reuse(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Features per model, features no model uses, and duplicated pipelines to merge."""
-    from catalog.reuse import reuse_report
+    from tally.catalog.search.reuse import reuse_report
 
     report = reuse_report(current_project())
     if as_json:

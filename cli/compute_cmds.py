@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from catalog.errors import UsageError
-from catalog.moments import parse_moment
+from tally.catalog.errors import UsageError
+from tally.catalog.spec.moments import parse_moment
 
-from .common import (
+from tally.cli.common import (
     JsonOption,
     current_project,
     err,
@@ -22,7 +22,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from catalog.project import Project
+    from tally.catalog.spec.project import Project
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
 AllowViolations = Annotated[bool, typer.Option(
@@ -40,7 +40,7 @@ def _date(value: str | None, flag: str) -> date | None:
 
 def _gate(project: Project, sources: list[str] | None, as_of: str | None,
           allow: bool) -> None:
-    from catalog.contracts import gate
+    from tally.catalog.contracts.checks import gate
 
     report = gate(project, sources, as_of=as_of, allow_violations=allow, on_wait=wait_notice)
     for source in report.failing_sources:
@@ -62,7 +62,7 @@ def compute(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from catalog.compute import ComputeOptions, Computer
+    from tally.catalog.compute.runner import ComputeOptions, Computer
 
     options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),
                              end=_date(end, "--end"), full=full)
@@ -118,7 +118,7 @@ def _print_changes(changes: list, as_json: bool, verb: str) -> None:
 
 def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
     """What `tally apply` would add, change or remove in the Feast registry."""
-    from feature_repo.registry import plan as registry_plan
+    from tally.feature_repo.registry import plan as registry_plan
 
     _print_changes(registry_plan(current_project()), as_json, "plan")
 
@@ -126,7 +126,7 @@ def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
 def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
           as_json: Annotated[bool, JsonOption] = False) -> None:
     """Register every table as a Feast FeatureView and every model as a FeatureService."""
-    from feature_repo.registry import apply as registry_apply
+    from tally.feature_repo.registry import apply as registry_apply
 
     project = current_project()
     _gate(project, None, as_of, allow_violations)
@@ -140,7 +140,7 @@ def materialize(
     allow_violations: AllowViolations = False,
 ) -> None:
     """Load the newest feature values into the online store (SQLite)."""
-    from feature_repo.serving import materialize as run
+    from tally.feature_repo.serving import materialize as run
 
     project = current_project()
     _gate(project, None, as_of, allow_violations)
@@ -155,8 +155,8 @@ def training_frame(
     features: Annotated[str | None, typer.Option("--features", help="A,B,C")] = None,
 ) -> None:
     """Point-in-time-correct training data for entity rows, in their order."""
-    from feature_repo.serving import check_frame_path, read_entity_file, write_frame
-    from feature_repo.serving import training_frame as build
+    from tally.feature_repo.serving import check_frame_path, read_entity_file, write_frame
+    from tally.feature_repo.serving import training_frame as build
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     if (model is None) == (names is None):
@@ -176,7 +176,7 @@ def demo(
 ) -> None:
     """The whole flow on generated adoption data: validate, check, compute, apply,
     materialize, and a churn_risk training frame with renewal labels."""
-    from feature_repo.demo import run_demo
+    from tally.feature_repo.demo import run_demo
 
     report = run_demo(directory, accounts=accounts, on_step=lambda s: err(f"... {s}"))
     console = stdout_console()

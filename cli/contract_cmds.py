@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import (
+from tally.cli.common import (
     JsonOption,
     current_project,
     err,
@@ -30,7 +30,7 @@ def check(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Run each source's data contract and each metric's expectations; exit 1 on a failure."""
-    from catalog.contracts import check as run_check
+    from tally.catalog.contracts.checks import check as run_check
 
     project = current_project()
     report = run_check(project, source or None, as_of=as_of, on_wait=wait_notice)
@@ -92,8 +92,8 @@ def export(
         "--out", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write SOURCE's contract as an ODCS v3 YAML document."""
-    from catalog.fsutil import atomic_write_text
-    from catalog.odcs import export_yaml
+    from tally.catalog.store.fsutil import atomic_write_text
+    from tally.catalog.contracts.odcs import export_yaml
 
     text = export_yaml(current_project(), source)
     if out is None:
@@ -120,7 +120,7 @@ def import_(
         "say.")] = None,
 ) -> None:
     """Turn an ODCS v3 contract into a source under metrics/, validated with the project."""
-    from catalog.odcs import import_file
+    from tally.catalog.contracts.odcs import import_file
 
     written, source_name = import_file(project_root(), file, replace=replace, name=name,
                                        entity=entity, timestamp_field=timestamp_field,

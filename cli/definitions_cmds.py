@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOption, err, print_json, project_root, wait_notice
+from tally.cli.common import JsonOption, err, print_json, project_root, wait_notice
 
 
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")]) -> None:
     """Scaffold a project: metrics/ with one example, feature_repo/feature_store.yaml."""
-    from catalog.authoring import init_project
+    from tally.catalog.spec.authoring import init_project
 
     for path in init_project(directory):
         err(f"wrote {path}")
@@ -24,8 +24,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
 
 def validate(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Load and validate every definition; report every problem at once."""
-    from catalog.errors import DefinitionError
-    from catalog.project import load_project
+    from tally.catalog.errors import DefinitionError
+    from tally.catalog.spec.project import load_project
 
     try:
         project = load_project(project_root())
@@ -51,7 +51,7 @@ def register(
     ] = False,
 ) -> None:
     """Validate FILE together with the project, then add it under metrics/ atomically."""
-    from catalog.authoring import register_file
+    from tally.catalog.spec.authoring import register_file
 
     result = register_file(project_root(), file, replace=replace, on_wait=wait_notice)
     err(f"registered {', '.join(result.names) or 'no definitions'} as {result.path}")

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from catalog.errors import TallyError, UsageError
+from tally.catalog.errors import TallyError, UsageError
 
-from . import common, definitions_cmds, metric_cmds
+from tally.cli import common, definitions_cmds, metric_cmds
 
 app = typer.Typer(
     name="tally",
@@ -41,8 +41,8 @@ def _load_optional_groups() -> None:
     """Command groups of later layers; each module adds its own commands."""
     import importlib
 
-    for module in ("cli.compute_cmds", "cli.catalog_cmds", "cli.contract_cmds",
-                   "cli.score_cmds"):
+    for module in ("tally.cli.compute_cmds", "tally.cli.catalog_cmds", "tally.cli.contract_cmds",
+                   "tally.cli.score_cmds"):
         try:
             loaded = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import err, project_root, wait_notice
+from tally.cli.common import err, project_root, wait_notice
 
 app = typer.Typer(help="Write metric definitions.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def new(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several.")] = None,
 ) -> None:
     """Write a new aggregate metric to metrics/NAME.yaml, after validating it."""
-    from catalog.authoring import new_metric
+    from tally.catalog.spec.authoring import new_metric
 
     fields = {
         "name": name, "description": description or None, "owner": owner or None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOption, current_project, err, print_json, stdout_console
+from tally.cli.common import JsonOption, current_project, err, print_json, stdout_console
 
 At = Annotated[str | None, typer.Option(
     "--at", help="Newest snapshot at or before this date/time (default: the newest).")]
@@ -29,8 +29,8 @@ def explain(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """A score's value, band and per-component contributions for one entity."""
-    from catalog.explain import explain as run
-    from catalog.explain import plot_explanation
+    from tally.catalog.scores.explain import explain as run
+    from tally.catalog.scores.explain import plot_explanation
 
     result = run(current_project(), score, entity, at)
     if plot is not None:
@@ -68,7 +68,7 @@ def segments(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Entities outside the healthy band, grouped by the component that pulls them down."""
-    from catalog.explain import segments as run
+    from tally.catalog.scores.explain import segments as run
 
     result = run(current_project(), score, at)
     if as_json:

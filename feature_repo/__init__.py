@@ -9,6 +9,6 @@ from typing import Any
 def training_frame(entity_df: Any, model: str | None = None, features: list[str] | None = None,
                    project: str = ".") -> Any:
     """A point-in-time-correct training frame as a pandas DataFrame (see docs/serving.md)."""
-    from .serving import training_frame as _training_frame
+    from tally.feature_repo.serving import training_frame as _training_frame
 
     return _training_frame(entity_df, model=model, features=features, project=project)

@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from catalog.project import Project, load_project
-from catalog.tables import TableSpec, table_specs
+from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.tables import TableSpec, table_specs
 
 REPO_DIR = "feature_repo"
 _CONTRACT_TYPES = {"int32": "Int32", "int64": "Int64", "float32": "Float32",
@@ -75,7 +75,7 @@ def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
     """A score view also serves its band and each component's contribution."""
     from feast import Field, types
 
-    from catalog.scores import served_columns
+    from tally.catalog.scores.plans import served_columns
 
     score = project.scores[spec.features[0]]
     return [Field(name=column, dtype=types.String if kind == "string" else types.Float64,
@@ -88,7 +88,7 @@ def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
 def _batch_source_class(project: Project) -> Any:
     """FileSource, or with `engine: spark` in tally.yaml a SparkSource over the same parquet
     file (Feast's Spark offline store reads only SparkSources; docs/spark.md)."""
-    from catalog.engines import project_engine
+    from tally.catalog.sql.engines import project_engine
 
     if project_engine(project.root) != "spark":
         from feast import FileSource

@@ -5,6 +5,6 @@
 
 from pathlib import Path
 
-from feature_repo.bridge import feast_objects
+from tally.feature_repo.bridge import feast_objects
 
 globals().update(feast_objects(Path(__file__).resolve().parent.parent))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.resources
+
 import shutil
 import time
 from collections.abc import Callable
@@ -9,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from catalog.authoring import init_project
-from catalog.errors import TallyError
-from catalog.project import Project, load_project
+from tally.catalog.spec.authoring import init_project
+from tally.catalog.errors import TallyError
+from tally.catalog.spec.project import Project, load_project
 
 MARKER = ".tally-demo"
-EXAMPLE = Path(__file__).resolve().parent.parent / "metrics"
+EXAMPLE = Path(str(importlib.resources.files("tally.example")))
 
 
 @dataclass
@@ -42,7 +44,7 @@ def _fresh_folder(root: Path) -> None:
 
 def _score_notes(project: Project, report: DemoReport) -> str:
     """Band counts and the biggest adoption-challenge groups of each score (newest snapshot)."""
-    from catalog.explain import segments
+    from tally.catalog.scores.explain import segments
 
     summaries = []
     for name in sorted(n for n, s in project.scores.items() if s.bands):
@@ -62,12 +64,12 @@ def _score_notes(project: Project, report: DemoReport) -> str:
 
 def run_demo(root: Path, accounts: int = 3000,
              on_step: Callable[[str], None] | None = None) -> DemoReport:
-    from catalog.compute import compute
-    from catalog.contracts import gate
+    from tally.catalog.compute.runner import compute
+    from tally.catalog.contracts.checks import gate
 
-    from .demo_data import END, generate
-    from .registry import apply
-    from .serving import materialize, training_frame, write_frame
+    from tally.feature_repo.demo_data import END, generate
+    from tally.feature_repo.registry import apply
+    from tally.feature_repo.serving import materialize, training_frame, write_frame
 
     if not EXAMPLE.is_dir():
         raise TallyError(f"the example definitions are not at {EXAMPLE}; run the demo from a "

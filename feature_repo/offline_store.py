@@ -1,5 +1,5 @@
 """Tally's DuckDB offline store for Feast, named in feature_store.yaml as
-`feature_repo.offline_store.TallyDuckDBOfflineStore`.
+`tally.feature_repo.offline_store.TallyDuckDBOfflineStore`.
 
 It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), one
 query per feature view, and assembles the columns in the entity frame's order with
@@ -40,7 +40,7 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 
-from .offline_store_sql import (
+from tally.feature_repo.offline_store_sql import (
     MIN_ALIGNED_US,
     ROW,
     ViewPlan,
@@ -56,13 +56,13 @@ TIMESTAMP = "event_timestamp"
 
 
 class TallyDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
-    type: Literal["feature_repo.offline_store.TallyDuckDBOfflineStore"] = (
-        "feature_repo.offline_store.TallyDuckDBOfflineStore"
+    type: Literal["tally.feature_repo.offline_store.TallyDuckDBOfflineStore"] = (
+        "tally.feature_repo.offline_store.TallyDuckDBOfflineStore"
     )
 
 
 def connect() -> Any:
-    from catalog.duck import connect_unrestricted
+    from tally.catalog.sql.duck import connect_unrestricted
 
     return connect_unrestricted()
 

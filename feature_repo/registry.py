@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog.errors import TallyError
-from catalog.fsutil import clean_temp_files, crash_point, project_lock, temp_path_beside
-from catalog.project import Project
+from tally.catalog.errors import TallyError
+from tally.catalog.store.fsutil import clean_temp_files, crash_point, project_lock, temp_path_beside
+from tally.catalog.spec.project import Project
 
-from .bridge import REPO_DIR, feast_objects
+from tally.feature_repo.bridge import REPO_DIR, feast_objects
 
 
 class RegistryError(TallyError):

@@ -10,12 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from catalog.errors import DataError, LookupFailedError, UsageError
-from catalog.project import Project, load_project
-from catalog.tables import TableSpec, table_specs
+from tally.catalog.errors import DataError, LookupFailedError, UsageError
+from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.tables import TableSpec, table_specs
 
-from .offline_store_sql import ROW as SPARK_ROW  # the row number the offline store keeps
-from .registry import open_store
+from tally.feature_repo.offline_store_sql import ROW as SPARK_ROW  # the row number the offline store keeps
+from tally.feature_repo.registry import open_store
 
 TIMESTAMP = "event_timestamp"
 
@@ -144,7 +144,7 @@ def check_frame_path(out: Path) -> None:
 
 
 def write_frame(frame: pd.DataFrame, out: Path) -> None:
-    from catalog.fsutil import temp_path_beside
+    from tally.catalog.store.fsutil import temp_path_beside
 
     check_frame_path(out)
     tmp = temp_path_beside(out, out.suffix)
@@ -161,7 +161,7 @@ def write_frame(frame: pd.DataFrame, out: Path) -> None:
 def materialize(project: Project, start: datetime | None = None,
                 end: datetime | None = None) -> list[str]:
     """Load the latest values into the online store; returns the feature views loaded."""
-    from catalog.fsutil import project_lock
+    from tally.catalog.store.fsutil import project_lock
 
     store = open_store(project)
     computed = {t.name for t in table_specs(project) if t.path(project).exists()}

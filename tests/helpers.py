@@ -21,7 +21,7 @@ class Result:
 def run_tally(args: list[str], cwd: Path | None = None, timeout: float = 600) -> Result:
     """Run the real `tally` console entry point in a subprocess."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "tally.cli.main", *args],
         cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -29,7 +29,7 @@ def run_tally(args: list[str], cwd: Path | None = None, timeout: float = 600) ->
 
 def invoke(args: list[str], capsys: pytest.CaptureFixture[str]) -> Result:
     """Run the CLI in process (fast), capturing its exit code and output."""
-    from cli.main import main
+    from tally.cli.main import main
 
     try:
         main(args)

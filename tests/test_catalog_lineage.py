@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import catalog
-from catalog.reuse import normalize_sql
+import tally
+from tally.catalog.search.reuse import normalize_sql
 from tests.helpers import invoke
 
 DUPLICATES = """\
@@ -112,7 +112,7 @@ def test_normalize_sql() -> None:
 
 
 def test_notebook_impact_and_reuse_frames(example_project: Path) -> None:
-    project = catalog.load(str(example_project))
+    project = tally.load(str(example_project))
     impact = project.impact("marketing_contracted_volume")
     assert impact.by_kind["metric"] == ["marketing_send_utilisation"]
     frame = impact.to_frame()

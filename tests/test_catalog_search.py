@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import catalog
-from catalog.index import INDEX_DIR, open_current
+import tally
+from tally.catalog.search.index import INDEX_DIR, open_current
 from tests.helpers import invoke, run_tally
 
 RANKING_FIXTURE = """\
@@ -203,9 +203,9 @@ def test_index_generations_are_swapped_atomically(example_project: Path,
 
 def test_fast_path_does_not_load_the_project(example_project: Path) -> None:
     assert run_tally(["--project", str(example_project), "search", "crm"]).code == 0
-    code = ("import sys; from catalog.search import search, show; "
+    code = ("import sys; from tally.catalog.search.query import search, show; "
             "r = search(sys.argv[1], 'actve usres'); c = show(sys.argv[1], 'churn_risk'); "
-            "print(r.names()[0], c.kind, 'catalog.spec' in sys.modules, "
+            "print(r.names()[0], c.kind, 'tally.catalog.spec.models' in sys.modules, "
             "'pandas' in sys.modules, 'feast' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(example_project)],
                          capture_output=True, text=True, check=True).stdout.split()
@@ -224,7 +224,7 @@ def test_cli_process_output(example_project: Path) -> None:
 
 
 def test_notebook_api(example_project: Path) -> None:
-    project = catalog.load(str(example_project))
+    project = tally.load(str(example_project))
     results = project.search("gmv", kind=["metric"])
     assert results[0].name == "commerce_gmv_30d" and results[0].status == "certified"
     frame = results.to_frame()
@@ -249,7 +249,7 @@ NUMBERED_FIXTURE = RANKING_FIXTURE + """\
 def test_total_counts_every_match(example_project: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     (example_project / "metrics" / "zeta.yaml").write_text(RANKING_FIXTURE)
-    project = catalog.load(str(example_project))
+    project = tally.load(str(example_project))
     # five entries have both words: the four metrics and the feature view whose columns
     # name them; the deprecated metric counts too, though it is listed last
     full = project.search("zeta widget", limit=2)
@@ -299,7 +299,7 @@ def test_facets_filter_without_changing_scores(example_project: Path,
 
 def test_index_compresses_small_store_blocks(example_project: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from catalog.index import STORE_BLOCK
+    from tally.catalog.search.index import STORE_BLOCK
 
     assert names(search(example_project, capsys, "crm_logins"))[0] == "crm_logins"
     live = open_current(example_project)
@@ -313,8 +313,8 @@ def test_score_bounds_hold(example_project: Path, capsys: pytest.CaptureFixture[
     search must score at most its bound, or a better entry could be skipped."""
     import tantivy
 
-    from catalog import ranking
-    from catalog.search import words
+    from tally.catalog.search import ranking
+    from tally.catalog.search.query import words
 
     (example_project / "metrics" / "zeta.yaml").write_text(NUMBERED_FIXTURE)
     search(example_project, capsys, "crm")
@@ -342,7 +342,7 @@ def test_score_bounds_hold(example_project: Path, capsys: pytest.CaptureFixture[
 def test_stored_hit_fields_follow_search_hit() -> None:
     from dataclasses import fields
 
-    from catalog.index import HIT_FIELDS
-    from catalog.search import SearchHit
+    from tally.catalog.search.index import HIT_FIELDS
+    from tally.catalog.search.query import SearchHit
 
     assert tuple(f.name for f in fields(SearchHit)) == (*HIT_FIELDS, "score")

@@ -14,7 +14,7 @@ from tests.helpers import REPO, invoke
 
 @pytest.fixture
 def small_project(tmp_path: Path) -> Path:
-    from feature_repo.demo_data import generate
+    from tally.feature_repo.demo_data import generate
 
     root = tmp_path / "p"
     shutil.copytree(REPO / "metrics", root / "metrics")
@@ -100,8 +100,8 @@ def test_a_bad_time_flag_is_a_usage_error(small_project: Path, args: list[str],
 
 
 def test_the_gate_covers_every_source_compute_reads() -> None:
-    from catalog.compute import ComputeOptions, Computer
-    from catalog.project import load_project
+    from tally.catalog.compute.runner import ComputeOptions, Computer
+    from tally.catalog.spec.project import load_project
 
     computer = Computer(load_project(REPO))
     # groups scan three sources; derived metrics read two column sources; renewals only

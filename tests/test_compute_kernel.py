@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.kernel import CHUNK_CELLS, Windows, group_table, round_like_duckdb
-from catalog.plans import group_query, partial_plan, plan_group
-from catalog.project import load_project
+from tally.catalog.compute.kernel import CHUNK_CELLS, Windows, group_table, round_like_duckdb
+from tally.catalog.compute.plans import group_query, partial_plan, plan_group
+from tally.catalog.spec.project import load_project
 
 METRICS = [
     ("n_rows", "count", "*", None, "3d"),
@@ -207,8 +207,8 @@ def test_incremental_run_falls_back_to_the_sql_plan_when_memory_is_short(
     """A full run streams chunk by chunk; an incremental one merges with the kept rows in
     memory, so when that would not fit the SQL plan (which DuckDB can spill) runs instead,
     and the table is the same."""
-    from catalog import kernel
-    from catalog.compute import ComputeOptions, compute
+    from tally.catalog.compute import kernel
+    from tally.catalog.compute.runner import ComputeOptions, compute
 
     (tmp_path / "data").mkdir()
     (tmp_path / "metrics").mkdir()

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.compute import ComputeOptions, compute
-from catalog.project import load_project
+from tally.catalog.compute.runner import ComputeOptions, compute
+from tally.catalog.spec.project import load_project
 
 DEFINITIONS = """
 entities:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog.fsutil import TEMP_PREFIX, project_lock
-from catalog.project import load_project
+from tally.catalog.store.fsutil import TEMP_PREFIX, project_lock
+from tally.catalog.spec.project import load_project
 from tests.helpers import REPO, invoke, tree_digest
 
 WRITERS = 16  # `tally register` processes at once
@@ -27,7 +27,7 @@ def _metric_yaml(name: str) -> str:
 
 def _spawn(args: list[str], **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args], cwd=REPO, text=True,
+        [sys.executable, "-m", "tally.cli.main", *args], cwd=REPO, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env},
     )
 
@@ -76,7 +76,7 @@ def test_sixteen_registers_and_some_metric_news_at_once(example_project: Path,
 
 
 def invoke_code(args: list[str]) -> int:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "tally.cli.main", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr
     return proc.returncode
@@ -89,12 +89,12 @@ def test_a_busy_lock_is_reported_and_times_out_clearly(example_project: Path,
     before = tree_digest(example_project)
     with project_lock(example_project, timeout=0):
         proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", "--project", str(example_project), "register",
+            [sys.executable, "-m", "tally.cli.main", "--project", str(example_project), "register",
              str(file)], cwd=REPO, capture_output=True, text=True, timeout=120,
             env={**os.environ, "TALLY_LOCK_TIMEOUT": "1"},
         )
         new = subprocess.run(
-            [sys.executable, "-m", "cli.main", "--project", str(example_project), "metric",
+            [sys.executable, "-m", "tally.cli.main", "--project", str(example_project), "metric",
              "new", "--name", "late_two", "--source", "crm_logins", "--aggregation", "count",
              "--expression", "*", "--window", "7d"], cwd=REPO, capture_output=True, text=True,
             timeout=120, env={**os.environ, "TALLY_LOCK_TIMEOUT": "0"},
@@ -173,7 +173,7 @@ def test_register_killed_at_random_moments(example_project: Path, tmp_path: Path
     kills += [("", rng.uniform(0.3, 1.2)) for _ in range(2)]
     for point, delay in kills:
         if point:
-            proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO,
+            proc = subprocess.run([sys.executable, "-m", "tally.cli.main", *args], cwd=REPO,
                                   capture_output=True, text=True, timeout=120,
                                   env={**os.environ, "TALLY_CRASH_AT": point})
             if replace or point == "before-rename":  # one file: no journal, no middle
@@ -222,7 +222,7 @@ def test_a_half_done_multi_file_commit_is_seen_whole_and_finished(
 
     crm = (example_project / "metrics" / "crm.yaml").read_text()
     moved = _metric_yaml("crm_logins_30d").replace("7d", "30d")
-    from catalog.authoring import _without_names
+    from tally.catalog.spec.authoring import _without_names
 
     trimmed = _without_names(example_project / "metrics" / "crm.yaml", {"crm_logins_30d"})
     journal = example_project / ".tally" / "commit.json"

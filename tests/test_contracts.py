@@ -13,8 +13,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.contracts import ContractViolationError, check, gate
-from catalog.project import load_project
+from tally.catalog.contracts.checks import ContractViolationError, check, gate
+from tally.catalog.spec.project import load_project
 from tests.helpers import invoke
 
 AS_OF = ["--as-of", "2026-01-01"]
@@ -24,7 +24,7 @@ LOGINS_OWNER = "crm-platform@example.com"
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from feature_repo.demo_data import generate
+    from tally.feature_repo.demo_data import generate
 
     folder = tmp_path_factory.mktemp("demo") / "data"
     generate(folder, accounts=200)
@@ -392,7 +392,7 @@ def test_unique_on_ordered_data_equals_the_hash_count(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """Counting repeats only among tied values of a key column in order gives the same
     result (counts and examples) as the hash count over every row, in and out of order."""
-    import catalog.contracts as contracts
+    import tally.catalog.contracts.checks as contracts
 
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "logins.yaml").write_text(UNIQUE_CONTRACT)

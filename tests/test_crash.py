@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.fsutil import TEMP_PREFIX
-from catalog.project import load_project
+from tally.catalog.store.fsutil import TEMP_PREFIX
+from tally.catalog.spec.project import load_project
 from tests.helpers import REPO
 
 AS_OF = ["--as-of", "2026-01-01"]
@@ -24,7 +24,7 @@ AS_OF = ["--as-of", "2026-01-01"]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from feature_repo.demo_data import generate
+    from tally.feature_repo.demo_data import generate
 
     root = tmp_path_factory.mktemp("crash") / "base"
     shutil.copytree(REPO / "metrics", root / "metrics")
@@ -44,7 +44,7 @@ def _tally(root: Path, *args: str, crash: str | None = None,
     env = dict(os.environ)
     if crash:
         env["TALLY_CRASH_AT"] = crash
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--project", str(root), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "tally.cli.main", "--project", str(root), *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     if kill_after is not None:

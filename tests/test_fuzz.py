@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from catalog.project import load_project
+from tally.catalog.spec.project import load_project
 from tests.helpers import REPO, Result, invoke, tree_digest
 
 BUNDLED = sorted(p.name for p in (REPO / "metrics").glob("*.yaml"))

@@ -64,7 +64,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory):
     _write_data(root)
     (root / "feature_store.yaml").write_text(
         "project: offline_test\nprovider: local\nregistry: data/registry.db\n"
-        "offline_store:\n  type: feature_repo.offline_store.TallyDuckDBOfflineStore\n"
+        "offline_store:\n  type: tally.feature_repo.offline_store.TallyDuckDBOfflineStore\n"
         "online_store:\n  type: sqlite\n  path: data/online.db\n"
         "entity_key_serialization_version: 3\n")
     driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
@@ -191,7 +191,7 @@ def test_naive_timestamps_full_names_and_created_filter(repo):
                                   _tally(store, aware).drop(columns="event_timestamp"))
     _same(_tally(store, aware, full_feature_names=True),
           _stock(root, store, aware, full_feature_names=True))
-    from feature_repo.offline_store import TallyDuckDBOfflineStore
+    from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     refs = ["daily:trips", "daily:rating"]
     ours = TallyDuckDBOfflineStore.get_historical_features(
@@ -210,8 +210,8 @@ def test_sql_entity_frame(repo, tmp_path):
 
 
 def test_aligned_plan_is_used_for_daily_tables(repo):
-    from feature_repo.offline_store import _view_plans, connect
-    from feature_repo.offline_store_sql import aligned_grain
+    from tally.feature_repo.offline_store import _view_plans, connect
+    from tally.feature_repo.offline_store_sql import aligned_grain
 
     root, store = repo
     plans = _view_plans(store.config, [store.get_feature_view("daily"),
@@ -225,7 +225,7 @@ def test_aligned_plan_is_used_for_daily_tables(repo):
 def test_pull_latest_and_materialize_match_stock(repo):
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 
-    from feature_repo.offline_store import TallyDuckDBOfflineStore
+    from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     root, store = repo
     view = store.get_feature_view("daily")

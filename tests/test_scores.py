@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.compute import ComputeOptions, Computer, compute
-from catalog.errors import DefinitionError, LookupFailedError
-from catalog.project import load_project
+from tally.catalog.compute.runner import ComputeOptions, Computer, compute
+from tally.catalog.errors import DefinitionError, LookupFailedError
+from tally.catalog.spec.project import load_project
 from tests.helpers import REPO, invoke
 
 DAY = timedelta(days=1)
@@ -280,7 +280,7 @@ def test_bands_at_their_edges(tmp_path: Path) -> None:
     # ranks 1, 2, 3, 4.5, 4.5 of 5
     assert np.allclose(first["edge_pct"], [20.0, 40.0, 60.0, 90.0, 90.0])
     assert list(first["edge_pct_band"]) == ["at_risk", "watch", "healthy", "healthy", "healthy"]
-    from catalog.scores import band_of
+    from tally.catalog.scores.plans import band_of
 
     score = load_project(tmp_path).scores["edge_mm"]
     assert [band_of(score, v) for v in (0, 29.999, 30, 59.9, 60, 100)] == [
@@ -343,7 +343,7 @@ def test_explain_json_and_at(computed, capsys) -> None:
 def test_explain_a_score_that_uses_a_metric_twice(computed, capsys) -> None:
     """s_mixed uses b_avg in two components: each keeps its own columns and share, so the
     contributions still add up to the score, and the view serves each once."""
-    from catalog.scores import served_columns
+    from tally.catalog.scores.plans import served_columns
 
     root, _ = computed
     table = pd.read_parquet(root / "data" / "tables" / "score_s_mixed.parquet")
@@ -419,8 +419,8 @@ def test_segments_group_by_largest_shortfall(computed, capsys) -> None:
 
 # -- served through Feast ---------------------------------------------------------------
 def test_score_in_training_frame_point_in_time(tmp_path: Path) -> None:
-    from feature_repo.registry import apply
-    from feature_repo.serving import training_frame
+    from tally.feature_repo.registry import apply
+    from tally.feature_repo.serving import training_frame
 
     root, _ = _project(tmp_path / "served")
     (root / "feature_repo").mkdir()
@@ -445,7 +445,7 @@ def test_score_in_training_frame_point_in_time(tmp_path: Path) -> None:
     got = [None if pd.isna(v) else v for v in frame["s_skip"]]
     assert got[0] is None and got[-1] is None
     assert got == pytest.approx(expected)
-    from feature_repo.registry import open_store
+    from tally.feature_repo.registry import open_store
 
     view = open_store(project).get_feature_view("score_s_skip")
     fields = {f.name: str(f.dtype) for f in view.schema}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.sqlcheck import ExpressionRefused, check_expression
+from tally.catalog.spec.sqlcheck import ExpressionRefused, check_expression
 from tests.helpers import invoke, tree_digest
 
 LONG = "seconds" + " + 1" * 1100  # over 4000 characters
@@ -409,7 +409,7 @@ def test_duck_connection_reads_and_writes_only_what_it_is_given(
         duck_files: dict[str, Path]) -> None:
     import pandas as pd
 
-    from catalog.duck import connect
+    from tally.catalog.sql.duck import connect
 
     f = duck_files
     con = connect([f["source"], f["root"] / "data" / "events" / "*.parquet", f["tables"]])
@@ -455,8 +455,8 @@ def test_duck_connection_reads_and_writes_only_what_it_is_given(
 
 
 def test_duck_connection_refuses_the_whole_file_system(tmp_path: Path) -> None:
-    from catalog.duck import connect
-    from catalog.errors import TallyError
+    from tally.catalog.sql.duck import connect
+    from tally.catalog.errors import TallyError
 
     with pytest.raises(TallyError, match="whole file system"):
         connect([Path("/")])
@@ -465,8 +465,8 @@ def test_duck_connection_refuses_the_whole_file_system(tmp_path: Path) -> None:
 
 
 def test_allowed_paths_for_a_project(example_project: Path) -> None:
-    from catalog.duck import allowed_paths_for, connect
-    from catalog.project import load_project
+    from tally.catalog.sql.duck import allowed_paths_for, connect
+    from tally.catalog.spec.project import load_project
 
     project = load_project(example_project)
     paths = allowed_paths_for(project)

@@ -20,7 +20,7 @@ ACCOUNTS = 60
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example project on small generated data, computed and applied once."""
-    from feature_repo.demo_data import generate
+    from tally.feature_repo.demo_data import generate
 
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(REPO / "metrics", root / "metrics")
@@ -53,8 +53,8 @@ def _entity_rows(root: Path, seed: int) -> pd.DataFrame:
 
 def _reference(root: Path, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """Feast's point-in-time rule spelled out: newest row with t - ttl <= ts <= t."""
-    from catalog.project import load_project
-    from catalog.tables import table_of
+    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.tables import table_of
 
     project = load_project(root)
     out = entities.copy()
@@ -92,7 +92,7 @@ FEATURES = ["crm_monthly_active_users", "crm_logins_30d", "crm_seat_count",
 
 
 def test_training_frame_matches_the_point_in_time_rule(served: Path) -> None:
-    from feature_repo.serving import training_frame
+    from tally.feature_repo.serving import training_frame
 
     entities = _entity_rows(served, seed=1)
     frame = training_frame(entities, features=FEATURES, project=served)
@@ -111,9 +111,9 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
     """The same frame through Feast's stock DuckDB store, on the same registry objects."""
     from feast import FeatureStore
 
-    from catalog.project import load_project
-    from feature_repo.registry import apply
-    from feature_repo.serving import feature_refs, training_frame
+    from tally.catalog.spec.project import load_project
+    from tally.feature_repo.registry import apply
+    from tally.feature_repo.serving import feature_refs, training_frame
 
     stock = tmp_path / "stock"
     shutil.copytree(served / "metrics", stock / "metrics")
@@ -121,7 +121,7 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
     (stock / "feature_repo").mkdir()
     (stock / "feature_repo" / "feature_store.yaml").write_text(
         (served / "feature_repo" / "feature_store.yaml").read_text().replace(
-            "type: feature_repo.offline_store.TallyDuckDBOfflineStore", "type: duckdb"))
+            "type: tally.feature_repo.offline_store.TallyDuckDBOfflineStore", "type: duckdb"))
     project = load_project(stock)
     apply(project)
     entities = _entity_rows(served, seed=2)
@@ -138,8 +138,8 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
 def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     """Feast's own loader expands ${VAR}s; apply's staged registry must read the same."""
-    from catalog.project import load_project
-    from feature_repo.registry import apply
+    from tally.catalog.spec.project import load_project
+    from tally.feature_repo.registry import apply
 
     copy = tmp_path / "vars"
     shutil.copytree(served / "metrics", copy / "metrics")
@@ -156,7 +156,7 @@ def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: P
 
 
 def test_frame_from_another_folder_and_sql_entities(served: Path, tmp_path: Path) -> None:
-    from feature_repo.serving import training_frame
+    from tally.feature_repo.serving import training_frame
 
     here = os.getcwd()
     os.chdir(tmp_path)

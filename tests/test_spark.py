@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.compute import ComputeOptions, compute
-from catalog.project import load_project
+from tally.catalog.compute.runner import ComputeOptions, compute
+from tally.catalog.spec.project import load_project
 from tests.helpers import REPO
 from tests.test_compute_semantics import DEFINITIONS, EPOCH, write_semantics_data
 
@@ -99,7 +99,7 @@ def _project(base: Path, engine: str) -> Path:
 def spark():
     import pyspark  # noqa: F401 - the spark extra is part of the test install
 
-    from catalog.engines import check_spark_available
+    from tally.catalog.sql.engines import check_spark_available
 
     check_spark_available()
     from pyspark.sql import SparkSession
@@ -146,7 +146,7 @@ def test_metric_tables_identical(projects: dict[str, Path]) -> None:
 
 
 def test_contract_results_identical(projects: dict[str, Path]) -> None:
-    from catalog.contracts import check
+    from tally.catalog.contracts.checks import check
 
     reports = {e: check(load_project(root), as_of=AS_OF).to_dict()
                for e, root in projects.items()}
@@ -175,8 +175,8 @@ def _entity_rows() -> pd.DataFrame:
 
 
 def test_training_frames_and_online_features_identical(projects: dict[str, Path]) -> None:
-    from feature_repo.registry import apply
-    from feature_repo.serving import materialize, training_frame
+    from tally.feature_repo.registry import apply
+    from tally.feature_repo.serving import materialize, training_frame
 
     frames = {}
     online = {}
@@ -186,7 +186,7 @@ def test_training_frames_and_online_features_identical(projects: dict[str, Path]
         frame = training_frame(_entity_rows(), model="shop_model", project=project)
         frames[engine] = frame  # in entity-frame order on both engines
         materialize(project, start=EPOCH - 30 * DAY, end=EPOCH + 40 * DAY)
-        from feature_repo.registry import open_store
+        from tally.feature_repo.registry import open_store
 
         online[engine] = open_store(project).get_online_features(
             features=["events_1d:ev_count_3d", "visits_1d:visits_2d", "levels_columns:level"],
@@ -206,7 +206,7 @@ def test_training_frames_and_online_features_identical(projects: dict[str, Path]
 
 
 def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypatch) -> None:
-    from catalog.engines import EngineUnavailableError, check_spark_available
+    from tally.catalog.sql.engines import EngineUnavailableError, check_spark_available
 
     monkeypatch.setitem(sys.modules, "pyspark", None)
     with pytest.raises(EngineUnavailableError, match=r"tally\[spark\].*Java"):
@@ -220,8 +220,8 @@ def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypat
 
 
 def test_engine_setting_is_validated_with_file_and_line(tmp_path: Path) -> None:
-    from catalog.config import load_config
-    from catalog.errors import DefinitionError
+    from tally.catalog.spec.config import load_config
+    from tally.catalog.errors import DefinitionError
 
     (tmp_path / "tally.yaml").write_text("engine: spark\nspark_conf:\n  spark.master: local[1]\n"
                                          "  spark.executor.instances: 2\n")

@@ -1,0 +1,165 @@
+"""Catalog cards: one JSON-ready dict per entity, source, metric, feature view, model and
+score, with its definition, location, lineage, Feast names, last contract result and table
+statistics. The search index stores these cards; `tally show` prints one."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from tally.catalog.search.lineage import FEATURE_VIEW, Lineage, build_lineage, node_id, split_id
+
+if TYPE_CHECKING:
+    from tally.catalog.spec.project import Definition, Project
+    from tally.catalog.spec.tables import TableSpec
+
+
+def contract_state(has_contract: bool, result: dict[str, Any] | None) -> list[str]:
+    """Facet values of a source's contract: passing | failing (+ violated when compute was
+    allowed through the failure) | unchecked (never checked) | none (no contract)."""
+    if not has_contract:
+        return ["none"]
+    if not isinstance(result, dict) or "ok" not in result:
+        return ["unchecked"]
+    if result.get("ok"):
+        return ["passing"]
+    return ["failing", "violated"] if result.get("allowed_violation") else ["failing"]
+
+
+def _refs(ids: list[str]) -> list[dict[str, str]]:
+    return [{"kind": k, "name": n} for k, n in map(split_id, ids)]
+
+
+def _columns(project: Project, definition: Definition) -> list[str]:
+    from tally.catalog.spec.sqlcheck import ExpressionRefused, check_expression
+
+    spec = definition.spec
+    if definition.kind == "entity":
+        return [spec.join_key]
+    if definition.kind == "source":
+        return sorted(spec.contract.columns) if spec.contract else []
+    if definition.kind == "model":
+        return list(spec.features)
+    if definition.kind == "score":
+        return [c.metric for c in spec.components]
+    if spec.type == "derived":
+        return project.derived_inputs(spec)
+    used: set[str] = set()
+    for text in (spec.expression, spec.filter):
+        if text:
+            with contextlib.suppress(ExpressionRefused):
+                used |= check_expression(text, allow_star=True).columns
+    return sorted(used)
+
+
+def _table_stats(table: str | None, stats: dict[str, Any], feature: str | None
+                 ) -> dict[str, Any] | None:
+    if not table:
+        return None
+    found = stats.get(table)
+    if not isinstance(found, dict):
+        return {"table": table, "computed": False}
+    nulls = found.get("null_fraction")
+    nulls = nulls if isinstance(nulls, dict) else {}
+    out: dict[str, Any] = {"table": table, "computed": True, "rows": found.get("rows"),
+                           "newest_snapshot": found.get("newest_snapshot")}
+    out["null_fraction"] = nulls.get(feature) if feature else nulls
+    return out
+
+
+def _base(ident: str, graph: Lineage) -> dict[str, Any]:
+    models = graph.models_using(ident)
+    return {
+        "id": ident,
+        "upstream": _refs(graph.upstream(ident)),
+        "downstream": _refs(graph.downstream(ident)),
+        "models": [split_id(m)[1] for m in models],
+        "model_count": len(models),
+    }
+
+
+def definition_card(project: Project, graph: Lineage, definition: Definition,
+                    tables: dict[str, Any], contracts: dict[str, Any]) -> dict[str, Any]:
+    from tally.catalog.spec.models import spec_to_yaml_dict
+
+    spec, kind, name = definition.spec, definition.kind, definition.name
+    ident = node_id(kind, name)
+    card: dict[str, Any] = {
+        "kind": kind, "name": name, "description": spec.description, "owner": spec.owner,
+        "tags": list(spec.tags), "status": getattr(spec, "status", None),
+        "version": getattr(spec, "version", None), "type": getattr(spec, "type", None),
+        "entity": project.entity_of(name) if kind != "entity" else name,
+        "source": getattr(spec, "source", None) if kind == "metric" else None,
+        "columns": _columns(project, definition), "file": definition.file,
+        "line": definition.line, "definition": spec_to_yaml_dict(spec),
+        **_base(ident, graph),
+    }
+    direct_models = graph.direct_models(ident)
+    feast: dict[str, Any] = {}
+    if kind in ("metric", "score"):
+        table = graph.table_of_feature.get(name)
+        feast = {"feature_view": table, "feature_services": direct_models}
+        card["table"] = _table_stats(table, tables, name)
+    elif kind == "entity":
+        feast = {"entity": name}
+    elif kind == "model":
+        views = sorted({graph.table_of_feature[f] for f in spec.features
+                        if f in graph.table_of_feature})
+        feast = {"feature_service": name, "feature_views": views}
+    card["feast"] = feast
+    source_name = name if kind == "source" else card["source"]
+    if source_name and source_name in project.sources:
+        source = project.sources[source_name]
+        result = contracts.get(source_name)
+        state = contract_state(source.contract is not None, result)
+        card["contract"] = {
+            "source": source_name,
+            "state": state[-1],
+            "states": state,
+            "producer": source.owner,
+            "rules": spec_to_yaml_dict(source.contract) if source.contract else None,
+            "last_check": result if isinstance(result, dict) else None,
+        }
+    return card
+
+
+def table_card(project: Project, graph: Lineage, spec: TableSpec,
+               tables: dict[str, Any]) -> dict[str, Any]:
+    from tally.catalog.spec.durations import format_duration
+
+    ident = node_id(FEATURE_VIEW, spec.name)
+    what = {"group": f"aggregate metrics of source {spec.source}",
+            "derived": "derived metrics", "column": f"columns served from source {spec.source}",
+            "score": f"score {spec.features[0]}"}[spec.kind]
+    grain = f" at {format_duration(spec.grain)} grain" if spec.grain else ""
+    ttl = spec.ttl(project)
+    services = graph.direct_models(ident)
+    return {
+        "kind": FEATURE_VIEW, "name": spec.name,
+        "description": f"Feast FeatureView of {what} about {spec.entity}{grain}: "
+                       f"{', '.join(spec.features)}.",
+        "owner": graph.owners[ident], "tags": sorted({t for f in spec.features
+                                                      for t in project.definitions[f].spec.tags}),
+        "status": None, "version": None, "type": spec.kind, "entity": spec.entity,
+        "source": spec.source, "columns": list(spec.features), "file": None, "line": None,
+        "definition": {"features": list(spec.features), "table_kind": spec.kind,
+                       "grain": format_duration(spec.grain) if spec.grain else None,
+                       "ttl": format_duration(ttl) if ttl else None,
+                       "path": spec.path(project).relative_to(project.root).as_posix()},
+        **_base(ident, graph),
+        "feast": {"feature_view": spec.name, "feature_services": services},
+        "table": _table_stats(spec.name, tables, None),
+    }
+
+
+def build_cards(project: Project) -> list[dict[str, Any]]:
+    """Every card of the project, lineage and state files included."""
+    from tally.catalog.spec.tables import CONTRACT_RESULTS_FILE, TABLE_STATS_FILE, read_state
+
+    tables = read_state(project, TABLE_STATS_FILE)
+    contracts = read_state(project, CONTRACT_RESULTS_FILE)
+    graph = build_lineage(project)
+    cards = [definition_card(project, graph, d, tables, contracts)
+             for d in project.definitions.values()]
+    cards += [table_card(project, graph, spec, tables) for spec in graph.tables.values()]
+    return cards

@@ -1,0 +1,83 @@
+"""The tables a project computes and serves: one per (source, entity, grain) group, one per
+(entity, grain) for derived metrics, one per score, one per source for column metrics.
+Each is one Feast FeatureView of the same name. Pure naming and layout; no Feast here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tally.catalog.spec.durations import format_duration
+from tally.catalog.spec.project import Project
+
+TABLES_DIR = Path("data") / "tables"
+STATE_DIR = Path(".tally")
+TABLE_STATS_FILE = STATE_DIR / "tables.json"
+CONTRACT_RESULTS_FILE = STATE_DIR / "contracts.json"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    kind: str  # group | derived | score | column
+    entity: str
+    features: tuple[str, ...]
+    grain: timedelta | None
+    source: str | None  # the source scanned (group) or served (column)
+
+    def path(self, project: Project) -> Path:
+        """Where the table is; for a column table, the source file itself."""
+        if self.kind == "column" and self.source:
+            return project.root / project.sources[self.source].path
+        return project.root / TABLES_DIR / f"{self.name}.parquet"
+
+    def ttl(self, project: Project) -> timedelta | None:
+        ttls = [project.ttl_of(f) for f in self.features]
+        return None if any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+
+
+def table_specs(project: Project) -> list[TableSpec]:
+    specs: list[TableSpec] = []
+    for group in project.groups():
+        specs.append(TableSpec(group.name, "group", group.entity, group.metrics, group.grain,
+                               group.source))
+    derived: dict[tuple[str, timedelta], list[str]] = {}
+    columns: dict[str, list[str]] = {}
+    for name, metric in sorted(project.metrics.items()):
+        if metric.type == "derived":
+            entity, grain = project.entity_of(name), project.grain_of(name)
+            if entity and grain:
+                derived.setdefault((entity, grain), []).append(name)
+        elif metric.type == "column" and metric.source:
+            columns.setdefault(metric.source, []).append(name)
+    for (entity, grain), names in sorted(derived.items()):
+        specs.append(TableSpec(f"derived_{entity}_{format_duration(grain)}", "derived", entity,
+                               tuple(names), grain, None))
+    for source, names in sorted(columns.items()):
+        specs.append(TableSpec(f"{source}_columns", "column", project.sources[source].entity,
+                               tuple(names), None, source))
+    for name, score in sorted(project.scores.items()):
+        grains = {project.grain_of(c.metric) for c in score.components} - {None}
+        specs.append(TableSpec(f"score_{name}", "score", score.entity, (name,),
+                               grains.pop() if len(grains) == 1 else timedelta(days=1), None))
+    return specs
+
+
+def table_of(project: Project, feature: str) -> TableSpec | None:
+    """The table (FeatureView) that serves a metric or score."""
+    for spec in table_specs(project):
+        if feature in spec.features:
+            return spec
+    return None
+
+
+def read_state(project: Project, relative: Path) -> dict[str, Any]:
+    """A JSON state file under .tally/ ({} when absent or unreadable)."""
+    try:
+        data = json.loads((project.root / relative).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

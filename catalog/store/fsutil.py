@@ -1,0 +1,272 @@
+"""Atomic writes and the project lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePath
+
+from tally.catalog.errors import LockTimeoutError, TallyError, UsageError
+
+METRICS_DIR = "metrics"  # where a project's definition files live
+
+
+def find_definition_files(root: Path) -> list[Path]:
+    """Every definition file of the project at root (one listing for load and index)."""
+    folder = root / METRICS_DIR
+    return sorted(p for p in folder.rglob("*.yaml") if p.is_file() and not p.name.startswith("."))
+
+STATE_DIR = ".tally"
+TEMP_PREFIX = ".tally-tmp-"
+DEFAULT_LOCK_TIMEOUT = 60.0
+LOCK_TIMEOUT_ENV = "TALLY_LOCK_TIMEOUT"
+
+
+CRASH_ENV = "TALLY_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when TALLY_CRASH_AT names this point.
+
+    The crash-safety tests use it to kill a writer at the worst moments (a temp file
+    written but not renamed, a journal written but not applied, a commit half applied).
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def lock_timeout_from_env() -> float:
+    """Seconds to wait for the project lock: TALLY_LOCK_TIMEOUT, read at each call."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to "
+                         "e.g. 60, or unset it for the default")
+    return value
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new file gets: the existing file's mode, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every file system allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part.
+
+    A killed writer leaves at most a `.tally-tmp-*` file beside `path`, which
+    `clean_temp_files` removes on the next write under the project lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)  # mkstemp creates 0600 files; keep what a plain write would give
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        crash_point("before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+GLOB_CHARS = "*?[{"
+
+
+def glob_base(path: PurePath) -> tuple[PurePath, bool]:
+    """The folder a glob pattern starts from, and whether `path` is a pattern at all."""
+    base_parts: list[str] = []
+    for part in path.parts:
+        if any(ch in part for ch in GLOB_CHARS):
+            break
+        base_parts.append(part)
+    is_glob = len(base_parts) < len(path.parts)
+    return (type(path)(*base_parts) if base_parts else type(path)(".")), is_glob
+
+
+def temp_path_beside(path: Path, suffix: str = "") -> Path:
+    """A fresh temp name in the folder of `path`, for writers that need a file name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would survive the rename
+    os.close(fd)
+    return Path(tmp)
+
+
+def clean_temp_files(folder: Path, *, recursive: bool = True) -> int:
+    """Remove temp files left by a killed writer; call only while holding the lock."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    found = folder.rglob(f"{TEMP_PREFIX}*") if recursive else folder.glob(f"{TEMP_PREFIX}*")
+    for leftover in list(found):
+        with contextlib.suppress(OSError):
+            if leftover.is_dir():
+                import shutil
+
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def project_lock(
+    root: Path,
+    *,
+    timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the project's exclusive write lock; wait up to `timeout` seconds for it.
+
+    `timeout` defaults to TALLY_LOCK_TIMEOUT (60 s). `on_wait` is told once, when the lock
+    is busy. The lock is an flock on `.tally/lock`: the kernel releases it when its holder
+    dies, even by SIGKILL, so a killed command never leaves the project locked.
+    """
+    timeout = lock_timeout_from_env() if timeout is None else timeout
+    state = root / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    lock_file = state / "lock"
+    handle = open(lock_file, "a+")  # noqa: SIM115 - held for the context's duration
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for the project lock ({lock_file}) held by another "
+                            "tally command...")
+                    told = True
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"could not get the project lock {lock_file} within {timeout:g} s: "
+                        "another tally command is writing. Try again when it has finished, "
+                        "or raise TALLY_LOCK_TIMEOUT."
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        handle.close()
+
+
+# -- multi-file commits -------------------------------------------------------------------
+
+COMMIT_JOURNAL = "commit.json"
+
+
+def _journal_path(root: Path) -> Path:
+    return root / STATE_DIR / COMMIT_JOURNAL
+
+
+def _checked_changes(root: Path, raw: object) -> dict[str, str | None]:
+    journal = _journal_path(root)
+    changes = raw.get("changes") if isinstance(raw, dict) else None
+    if not isinstance(changes, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in changes.items()
+    ):
+        raise TallyError(f"{journal} is not a commit journal Tally wrote; delete it")
+    for relative in changes:
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts or not parts:
+            raise TallyError(f"{journal} names {relative!r}, outside the project; delete it")
+    return changes
+
+
+def pending_commit(root: Path) -> dict[str, str | None]:
+    """Changes of a multi-file commit whose writer was killed before it finished, if any.
+
+    Readers apply them as overrides, so they see the commit whole (it was validated before
+    the journal was written); the next writer finishes it on disk (`finish_commit`).
+    """
+    import json
+
+    journal = _journal_path(root)
+    try:
+        raw = json.loads(journal.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise TallyError(f"cannot read the commit journal {journal} ({exc}); delete it if no "
+                         "tally command is running") from None
+    return _checked_changes(root, raw)
+
+
+def _apply(root: Path, changes: dict[str, str | None]) -> None:
+    for index, (relative, text) in enumerate(sorted(changes.items())):
+        if index == 1:
+            crash_point("mid-commit")
+        target = root / relative
+        if text is None:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            fsync_dir(target.parent)
+        else:
+            atomic_write_text(target, text)
+
+
+def finish_commit(root: Path) -> bool:
+    """Roll forward a commit a killed writer left half done; call holding the lock."""
+    changes = pending_commit(root)
+    if not changes:
+        with contextlib.suppress(FileNotFoundError):
+            _journal_path(root).unlink()
+        return False
+    _apply(root, changes)
+    _journal_path(root).unlink()
+    fsync_dir(_journal_path(root).parent)
+    return True
+
+
+def commit_files(root: Path, changes: dict[str, str | None]) -> None:
+    """Write (text) or delete (None) several project files as one change; hold the lock.
+
+    One file is one atomic rename. Several go through a journal (`.tally/commit.json`,
+    itself written atomically): once it exists the commit counts as done, readers see it
+    through `pending_commit`, and a writer killed half way is finished by the next one.
+    """
+    import json
+
+    if len(changes) == 1 and next(iter(changes.values())) is not None:
+        _apply(root, changes)
+        return
+    atomic_write_text(_journal_path(root), json.dumps({"version": 1, "changes": changes}))
+    crash_point("after-journal")
+    finish_commit(root)

@@ -1,0 +1,1 @@
+"""The bundled example project's definitions, shipped as package data for `tally demo`."""
