@@ -1,5 +1,5 @@
-"""Compute: N metrics over one source in one scan (tally.catalog.compute.runner) vs N separate queries
-(one single-metric project each, same source file) vs one bare scan of the file reading
+"""Compute: N metrics over one source in one scan (tally.catalog.compute.runner) vs N separate
+queries (one single-metric project each, same source file) vs one bare scan of the file reading
 every column the metrics use (the physical floor), for N = 1, 5, 20. Two more floors put
 the ratio in context: the scan grouped into (account, day) partial aggregates with no
 windows at all, and writing the 20-metric output table alone.
@@ -87,7 +87,7 @@ def make_project(root: Path, source: Path, metrics: list[dict]) -> Path:
 
 COMPUTE = """
 import sys, time
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 from tally.catalog.compute.runner import compute, ComputeOptions
 projects = [load_project(p) for p in sys.argv[1:]]
 t = time.perf_counter()
@@ -108,7 +108,7 @@ OUT = {"s": time.perf_counter() - t}
 
 CELLS = """
 import sys, time
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 from tally.catalog.compute.plans import partial_plan, plan_group
 from tally.catalog.sql.duck import connect_unrestricted
 project = load_project(sys.argv[1])

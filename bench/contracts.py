@@ -41,7 +41,7 @@ sources:
 CHECK = """
 import sys
 from tally.catalog.contracts.checks import check
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 project = load_project(sys.argv[1])
 report = check(project, ["crm_logins"], as_of="2026-01-01", expectations=False, record=False)
 source = report.sources[0]

@@ -26,7 +26,7 @@ if (root / "tally.yaml").exists():
     spark_session(dict(load_config(root).config.spark_conf))
 session = time.perf_counter() - started
 from tally.catalog.compute.runner import ComputeOptions, compute
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 compute_start = time.perf_counter()
 results = compute(load_project(root), ComputeOptions(full=True))
 OUT = {"session_s": session, "compute_s": time.perf_counter() - compute_start,

@@ -8,8 +8,9 @@ from pathlib import Path
 from tally.catalog.search.lineage import Lineage, build_lineage
 from tally.catalog.search.query import Card, Impact, SearchResults, impact, search, show
 from tally.catalog.search.reuse import ReuseReport, reuse_report
+from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.models import Entity, Metric, Model, Score, Source
-from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.project import Project
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def project_root() -> Path:
 def current_project() -> Any:
     """The project at --project, loaded (pydantic and the spec models are imported here,
     not when the CLI starts: search and show never need them)."""
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
 
     return load_project(project_root())
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from tally.cli.common import JsonOption, err, print_json, project_root, wait_notice
 
 
@@ -25,7 +24,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
 def validate(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Load and validate every definition; report every problem at once."""
     from tally.catalog.errors import DefinitionError
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
 
     try:
         project = load_project(project_root())

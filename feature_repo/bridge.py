@@ -8,7 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.loading import load_project
+from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs
 
 REPO_DIR = "feature_repo"
@@ -74,7 +75,6 @@ def _owner_of(project: Project, spec: TableSpec) -> str:
 def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
     """A score view also serves its band and each component's contribution."""
     from feast import Field, types
-
     from tally.catalog.scores.plans import served_columns
 
     score = project.scores[spec.features[0]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-
 import shutil
 import time
 from collections.abc import Callable
@@ -11,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from tally.catalog.spec.authoring import init_project
 from tally.catalog.errors import TallyError
-from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.authoring import init_project
+from tally.catalog.spec.loading import load_project
+from tally.catalog.spec.project import Project
 
 MARKER = ".tally-demo"
 EXAMPLE = Path(str(importlib.resources.files("tally.example")))
@@ -66,7 +66,6 @@ def run_demo(root: Path, accounts: int = 3000,
              on_step: Callable[[str], None] | None = None) -> DemoReport:
     from tally.catalog.compute.runner import compute
     from tally.catalog.contracts.checks import gate
-
     from tally.feature_repo.demo_data import END, generate
     from tally.feature_repo.registry import apply
     from tally.feature_repo.serving import materialize, training_frame, write_frame

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from tally.catalog.errors import DataError, LookupFailedError, UsageError
-from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.loading import load_project
+from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs
-
-from tally.feature_repo.offline_store_sql import ROW as SPARK_ROW  # the row number the offline store keeps
+from tally.feature_repo.offline_store_sql import (
+    ROW as SPARK_ROW,  # the row number the offline store keeps
+)
 from tally.feature_repo.registry import open_store
 
 TIMESTAMP = "event_timestamp"

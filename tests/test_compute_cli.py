@@ -101,7 +101,7 @@ def test_a_bad_time_flag_is_a_usage_error(small_project: Path, args: list[str],
 
 def test_the_gate_covers_every_source_compute_reads() -> None:
     from tally.catalog.compute.runner import ComputeOptions, Computer
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
 
     computer = Computer(load_project(REPO))
     # groups scan three sources; derived metrics read two column sources; renewals only

@@ -16,10 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from tally.catalog.compute.kernel import CHUNK_CELLS, Windows, group_table, round_like_duckdb
 from tally.catalog.compute.plans import group_query, partial_plan, plan_group
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 
 METRICS = [
     ("n_rows", "count", "*", None, "3d"),

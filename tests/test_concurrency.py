@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from tally.catalog.spec.loading import load_project
 from tally.catalog.store.fsutil import TEMP_PREFIX, project_lock
-from tally.catalog.spec.project import load_project
+
 from tests.helpers import REPO, invoke, tree_digest
 
 WRITERS = 16  # `tally register` processes at once

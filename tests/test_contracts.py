@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-
 from tally.catalog.contracts.checks import ContractViolationError, check, gate
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
+
 from tests.helpers import invoke
 
 AS_OF = ["--as-of", "2026-01-01"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
+from tally.catalog.spec.loading import load_project
 from tally.catalog.store.fsutil import TEMP_PREFIX
-from tally.catalog.spec.project import load_project
+
 from tests.helpers import REPO
 
 AS_OF = ["--as-of", "2026-01-01"]

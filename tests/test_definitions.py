@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tally.catalog.errors import DefinitionError
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
+
 from tests.helpers import REPO, invoke, run_tally, tree_digest
 
 
 def test_example_project_validates_without_importing_feast() -> None:
     code = (
-        "import sys; from tally.catalog.spec.project import load_project; p = load_project(sys.argv[1]); "
+        "import sys; from tally.catalog.spec.loading import load_project; "
+        "p = load_project(sys.argv[1]); "
         "print(len(p.metrics), 'feast' in sys.modules, 'pandas' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True,

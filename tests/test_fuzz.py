@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from tally.catalog.spec.loading import load_project
 
-from tally.catalog.spec.project import load_project
 from tests.helpers import REPO, Result, invoke, tree_digest
 
 BUNDLED = sorted(p.name for p in (REPO / "metrics").glob("*.yaml"))

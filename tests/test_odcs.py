@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tally.catalog.contracts.odcs import from_odcs, to_odcs
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.models import Source, spec_to_yaml_dict
+
 from tests.helpers import invoke
 
 

@@ -15,10 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from tally.catalog.compute.runner import ComputeOptions, Computer, compute
 from tally.catalog.errors import DefinitionError, LookupFailedError
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
+
 from tests.helpers import REPO, invoke
 
 DAY = timedelta(days=1)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tally.catalog.spec.sqlcheck import ExpressionRefused, check_expression
+
 from tests.helpers import invoke, tree_digest
 
 LONG = "seconds" + " + 1" * 1100  # over 4000 characters
@@ -408,7 +408,6 @@ def _fails(con: object, sql: str, fragment: str = "") -> str:
 def test_duck_connection_reads_and_writes_only_what_it_is_given(
         duck_files: dict[str, Path]) -> None:
     import pandas as pd
-
     from tally.catalog.sql.duck import connect
 
     f = duck_files
@@ -455,8 +454,8 @@ def test_duck_connection_reads_and_writes_only_what_it_is_given(
 
 
 def test_duck_connection_refuses_the_whole_file_system(tmp_path: Path) -> None:
-    from tally.catalog.sql.duck import connect
     from tally.catalog.errors import TallyError
+    from tally.catalog.sql.duck import connect
 
     with pytest.raises(TallyError, match="whole file system"):
         connect([Path("/")])
@@ -465,8 +464,8 @@ def test_duck_connection_refuses_the_whole_file_system(tmp_path: Path) -> None:
 
 
 def test_allowed_paths_for_a_project(example_project: Path) -> None:
+    from tally.catalog.spec.loading import load_project
     from tally.catalog.sql.duck import allowed_paths_for, connect
-    from tally.catalog.spec.project import load_project
 
     project = load_project(example_project)
     paths = allowed_paths_for(project)

@@ -53,7 +53,7 @@ def _entity_rows(root: Path, seed: int) -> pd.DataFrame:
 
 def _reference(root: Path, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """Feast's point-in-time rule spelled out: newest row with t - ttl <= ts <= t."""
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
     from tally.catalog.spec.tables import table_of
 
     project = load_project(root)
@@ -110,8 +110,7 @@ def test_training_frame_matches_the_point_in_time_rule(served: Path) -> None:
 def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Path) -> None:
     """The same frame through Feast's stock DuckDB store, on the same registry objects."""
     from feast import FeatureStore
-
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
     from tally.feature_repo.registry import apply
     from tally.feature_repo.serving import feature_refs, training_frame
 
@@ -138,7 +137,7 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
 def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     """Feast's own loader expands ${VAR}s; apply's staged registry must read the same."""
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
     from tally.feature_repo.registry import apply
 
     copy = tmp_path / "vars"

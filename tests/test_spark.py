@@ -16,9 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from tally.catalog.compute.runner import ComputeOptions, compute
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
+
 from tests.helpers import REPO
 from tests.test_compute_semantics import DEFINITIONS, EPOCH, write_semantics_data
 
@@ -98,7 +98,6 @@ def _project(base: Path, engine: str) -> Path:
 @pytest.fixture(scope="module")
 def spark():
     import pyspark  # noqa: F401 - the spark extra is part of the test install
-
     from tally.catalog.sql.engines import check_spark_available
 
     check_spark_available()
@@ -220,8 +219,8 @@ def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypat
 
 
 def test_engine_setting_is_validated_with_file_and_line(tmp_path: Path) -> None:
-    from tally.catalog.spec.config import load_config
     from tally.catalog.errors import DefinitionError
+    from tally.catalog.spec.config import load_config
 
     (tmp_path / "tally.yaml").write_text("engine: spark\nspark_conf:\n  spark.master: local[1]\n"
                                          "  spark.executor.instances: 2\n")

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from tally.catalog.compute.plans import ROUND_DIGITS, GroupPlan, Partials, occurrences
 
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating)

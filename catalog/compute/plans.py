@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlglot import exp
-
-from tally.catalog.spec.project import MetricGroup, Project
 from tally.catalog.spec.models import Metric, Source
+from tally.catalog.spec.project import MetricGroup, Project
 from tally.catalog.spec.sqlcheck import check_expression
+from tally.catalog.sql.relations import source_relation
 
 US = 1_000_000
 ROUND_DIGITS = 9
@@ -62,18 +62,6 @@ def op(kind: type[exp.Binary], left: exp.Expression, right: exp.Expression | int
     """A parenthesised binary operation, so the rendered SQL keeps the tree's precedence."""
     return exp.Paren(this=kind(this=left, expression=num(right) if isinstance(right, int)
                                else right))
-
-
-def source_relation(source: Source, path: str, dialect: str) -> exp.Expression:
-    """The FROM item reading a source file."""
-    if dialect == "spark":
-        fmt = "csv" if source.file_format == "csv" else "parquet"
-        return exp.Table(this=exp.Identifier(this=path, quoted=True), db=exp.to_identifier(fmt))
-    reader = "read_csv" if source.file_format == "csv" else "read_parquet"
-    args: list[exp.Expression] = [exp.Literal.string(path)]
-    if source.file_format == "csv":
-        args.append(exp.EQ(this=exp.column("header"), expression=exp.true()))
-    return exp.Table(this=exp.Anonymous(this=reader, expressions=args))
 
 
 def epoch_us(node: exp.Expression, dialect: str) -> exp.Expression:

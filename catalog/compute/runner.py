@@ -20,10 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-
+from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
+from tally.catalog.errors import DataError, LookupFailedError, TallyError
+from tally.catalog.spec.project import Project
+from tally.catalog.spec.tables import (
+    STATE_DIR,
+    TABLE_STATS_FILE,
+    TABLES_DIR,
+    TableSpec,
+    read_state,
+    table_specs,
+)
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
 from tally.catalog.sql.engines import first_line
-from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.store.fsutil import (
     atomic_write_text,
     clean_temp_files,
@@ -31,9 +40,6 @@ from tally.catalog.store.fsutil import (
     project_lock,
     temp_path_beside,
 )
-from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
-from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import STATE_DIR, TABLE_STATS_FILE, TABLES_DIR, TableSpec, read_state, table_specs
 
 PLAN_VERSION = "1"
 Progress = Callable[[str, int, int], None]
@@ -285,9 +291,8 @@ class Computer:
         (partial types it does not handle, or a merged table that would not fit in memory)
         and the SQL plan should run instead."""
         import pyarrow as pa
-
-        from tally.catalog.sql.engines import write_arrow_chunks, write_arrow_table
         from tally.catalog.compute.kernel import fits_in_memory, prepare_group
+        from tally.catalog.sql.engines import write_arrow_chunks, write_arrow_table
 
         parts = partial_plan(self.project, plan, path=src_path, low=low, high=high)
         try:
@@ -307,7 +312,8 @@ class Computer:
             raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
-        from tally.catalog.compute.plans import col, epoch_us, source_relation
+        from tally.catalog.compute.plans import col, epoch_us
+        from tally.catalog.sql.relations import source_relation
 
         ts, dialect = col(source.timestamp_field), engine.dialect
         query = exp.select(exp.Min(this=epoch_us(ts, dialect)),

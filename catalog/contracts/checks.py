@@ -11,22 +11,27 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tally.catalog.spec.durations import parse_duration
+from tally.catalog.contracts.results import (
+    EXAMPLES,
+    RuleResult,
+    ident,
+    literal,
+)
+from tally.catalog.contracts.results import fetch_rows as _rows
+from tally.catalog.contracts.results import iso as _iso
 from tally.catalog.errors import LookupFailedError, TallyError
-from tally.catalog.store.fsutil import atomic_write_text, project_lock
+from tally.catalog.spec.durations import parse_duration
+from tally.catalog.spec.models import Source
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.models import Source
 from tally.catalog.spec.tables import CONTRACT_RESULTS_FILE, read_state
+from tally.catalog.store.fsutil import atomic_write_text, project_lock
 
 if TYPE_CHECKING:
     from tally.catalog.contracts.expectations import MetricReport
-
-EXAMPLES = 5
 
 # Tally type -> (DuckDB type to cast to, DuckDB types accepted as that type)
 _INTS = ("TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT")
@@ -54,19 +59,6 @@ class ContractViolationError(TallyError):
 
 
 # -- results -------------------------------------------------------------------------------
-
-@dataclass
-class RuleResult:
-    rule: str  # see docs/contracts.md for the list
-    column: str | None
-    ok: bool
-    offending_rows: int = 0
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
 class SourceReport:
@@ -111,20 +103,6 @@ class ContractReport:
                 "metrics": [m.to_dict() for m in self.metrics]}
 
 
-# -- SQL building: every identifier quoted, every value a literal built by sqlglot -----------
-
-def ident(name: str) -> str:
-    from sqlglot import exp
-
-    return exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
-
-
-def literal(value: Any) -> str:
-    from sqlglot import exp
-
-    return exp.convert(value).sql(dialect="duckdb")
-
-
 def scan_sql(path: str, file_format: str) -> str:
     """The table function reading a source's file(s)."""
     many = any(ch in path for ch in "*?[")
@@ -132,36 +110,6 @@ def scan_sql(path: str, file_format: str) -> str:
         return (f"read_csv({literal(path)}, header=true, auto_detect=true, "
                 "store_rejects=true)")
     return f"read_parquet({literal(path)}{', union_by_name=true' if many else ''})"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return _iso(value)
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    return value
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
-    return [_jsonable(row) for row in con.sql(sql).to_arrow_table().to_pylist()]
 
 
 def _base_type(duck_type: str) -> str:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tally.catalog.contracts.checks import EXAMPLES, RuleResult, _rows, ident, literal
-from tally.catalog.spec.project import Project
+from tally.catalog.contracts.results import EXAMPLES, RuleResult, fetch_rows, ident, literal
 from tally.catalog.spec.models import Metric
+from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import table_of
 
 
@@ -37,7 +37,6 @@ def check_expectations(project: Project, metric_names: Iterable[str] | None = No
                        ) -> list[MetricReport]:
     """Check each metric's `expect` on its computed table; skipped when not computed yet."""
     import duckdb
-
     from tally.catalog.contracts.spark import engine_connection  # DuckDB, or Spark per tally.yaml
 
     names = sorted(metric_names) if metric_names is not None else sorted(project.metrics)
@@ -109,5 +108,5 @@ def _expect_with(con: Any, metric: Metric, column: str, path: Path,
         result = RuleResult(rule, column, ok, 0 if ok and rule != "expect_max_null_fraction"
                             else count, [], message)
         if not ok:
-            result.examples = _rows(con, f"SELECT * FROM {scan} WHERE {cond} LIMIT {EXAMPLES}")
+            result.examples = fetch_rows(con, f"SELECT * FROM {scan} WHERE {cond} LIMIT {EXAMPLES}")
         report.results.append(result)

@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tally.catalog.spec.durations import DURATION_RE
 from tally.catalog.errors import LookupFailedError, TallyError, UsageError
-from tally.catalog.spec.project import METRICS_DIR, Project
+from tally.catalog.spec.durations import DURATION_RE
 from tally.catalog.spec.models import ColumnType, Source
+from tally.catalog.spec.project import Project
+from tally.catalog.store.fsutil import METRICS_DIR
 
 API_VERSION = "v3.2.0"
 VENDOR = "tally"
@@ -282,7 +283,6 @@ def _name(raw: str | None) -> str:
 
 def source_yaml(source: dict[str, Any]) -> str:
     from ruamel.yaml.comments import CommentedMap
-
     from tally.catalog.spec.authoring import yaml_text
 
     data = _tidy(dict(source))

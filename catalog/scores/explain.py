@@ -13,10 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.errors import DataError, LookupFailedError, UsageError
-from tally.catalog.spec.moments import parse_moment
-from tally.catalog.spec.project import Project
 from tally.catalog.scores.plans import (
     band_column,
     challenge_of,
@@ -31,7 +28,10 @@ from tally.catalog.scores.plans import (
     weight_shares,
 )
 from tally.catalog.spec.models import Score
+from tally.catalog.spec.moments import parse_moment
+from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import table_specs
+from tally.catalog.sql.duck import parquet_scan
 
 EXAMPLES = 5
 
@@ -193,7 +193,6 @@ def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from tally.catalog.store.fsutil import temp_path_beside
 
     out = Path(out)

@@ -26,11 +26,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tally.catalog.sql.duck import parquet_scan, sql_ident
 from tally.catalog.errors import DataError
-from tally.catalog.spec.project import Project
 from tally.catalog.spec.models import Score, ScoreComponent
+from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec
+from tally.catalog.sql.duck import parquet_scan, sql_ident
+from tally.catalog.sql.relations import source_relation
 
 DECIMALS = 9
 
@@ -177,8 +178,6 @@ def _snapshot_input(project: Project, spec: TableSpec, metric: str, key: str,
 def _column_segment(project: Project, metric: str, alias: str) -> tuple[str, str]:
     """A column metric as a segment: the newest source row strictly before the snapshot
     (ties: newest created timestamp), within the metric's ttl (as derived metrics read it)."""
-    from tally.catalog.compute.plans import source_relation
-
     spec = project.metrics[metric]
     source = project.sources[spec.source or ""]
     key = project.entities[source.entity].join_key

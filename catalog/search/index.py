@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tantivy
-
-from tally.catalog.store.fsutil import METRICS_DIR, TEMP_PREFIX, atomic_write_text, find_definition_files, project_lock
+from tally.catalog.store.fsutil import (
+    METRICS_DIR,
+    TEMP_PREFIX,
+    atomic_write_text,
+    find_definition_files,
+    project_lock,
+)
 
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
@@ -269,7 +274,7 @@ def memory_index(cards: list[dict[str, Any]], inputs: dict[str, Any]) -> OpenInd
 def _project_for(root: Path, project: Project | None, inputs: dict[str, Any]) -> Project:
     if project is not None and project.file_hashes == inputs["definitions"]:
         return project
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
 
     return load_project(root)
 
@@ -280,7 +285,7 @@ def ensure_index(root: Path | str, project: Project | None = None,
     rebuilt (incrementally) first. Raises DefinitionError when the definitions are invalid."""
     root = Path(root).resolve()
     if not (root / METRICS_DIR).is_dir():
-        from tally.catalog.spec.project import check_project_root
+        from tally.catalog.spec.loading import check_project_root
 
         check_project_root(root)  # raises ProjectNotFoundError with how to fix it
     inputs = current_inputs(root)

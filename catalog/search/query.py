@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tantivy
-
 from tally.catalog.errors import LookupFailedError, UsageError
 from tally.catalog.search.index import OpenIndex, ensure_index
 from tally.catalog.search.ranking import rank

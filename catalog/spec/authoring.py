@@ -9,21 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.errors import DefinitionError, Issue, TallyError, UsageError
-from tally.catalog.store.fsutil import (
-    STATE_DIR,
-    atomic_write_text,
-    clean_temp_files,
-    commit_files,
-    finish_commit,
-    project_lock,
-)
-from tally.catalog.spec.project import METRICS_DIR, check_project_root, find_definition_files, load_project
+from tally.catalog.spec.loading import check_project_root, load_project
 from tally.catalog.spec.models import KIND_KEYS, NAME_PATTERN
 from tally.catalog.spec.yamlio import (
     decode_definition_bytes,
     parse_yaml_text,
     read_definition_bytes,
     read_yaml_file,
+)
+from tally.catalog.store.fsutil import (
+    METRICS_DIR,
+    STATE_DIR,
+    atomic_write_text,
+    clean_temp_files,
+    commit_files,
+    find_definition_files,
+    finish_commit,
+    project_lock,
 )
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

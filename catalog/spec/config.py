@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-
 from tally.catalog.errors import DefinitionError, Issue
+from tally.catalog.spec.issues import pydantic_issues
 from tally.catalog.spec.models import Spec
 from tally.catalog.spec.yamlio import read_yaml_file
 
@@ -53,8 +53,6 @@ class LoadedConfig:
 
 def read_config(root: Path) -> LoadedConfig:
     """The project's config and its problems (file, line, key); never raises."""
-    from tally.catalog.spec.project import _pydantic_issues
-
     path = root / CONFIG_FILE
     if not path.exists() and not path.is_symlink():
         return LoadedConfig(ProjectConfig())
@@ -69,7 +67,7 @@ def read_config(root: Path) -> LoadedConfig:
     try:
         config = ProjectConfig.model_validate(data)
     except ValidationError as exc:
-        return LoadedConfig(ProjectConfig(), (), _pydantic_issues(exc, (), loaded, ProjectConfig))
+        return LoadedConfig(ProjectConfig(), (), pydantic_issues(exc, (), loaded, ProjectConfig))
     allowed: list[Path] = []
     for index, folder in enumerate(config.allowed_data_dirs):
         if folder.startswith("~") or "\x00" in folder:

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-
 from tally.catalog.spec.durations import parse_duration
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"

@@ -11,7 +11,6 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
 from tally.catalog.errors import Issue
 
 MAX_FILE_BYTES = 1 << 20

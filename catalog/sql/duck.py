@@ -26,7 +26,6 @@ from tally.catalog.store.fsutil import glob_base
 
 if TYPE_CHECKING:
     import duckdb
-
     from tally.catalog.spec.project import Project
 
 TABLES_DIR = Path("data") / "tables"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-
 from tally.catalog.errors import DataError, TallyError
 
 ROW_GROUP_SIZE = 122_880
@@ -168,7 +167,6 @@ def write_arrow_chunks(chunks: Iterator[Any], path: Path, key: str) -> int:
     parquet file, atomically (a chunk at a time in memory). Returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from tally.catalog.store.fsutil import crash_point
 
     rows = 0
