@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
-
 from tally.cli.common import JsonOption, current_project, err, print_json, project_root, wait_notice
 
 ListOption = list[str] | None

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-
 from tally.catalog.errors import UsageError
 from tally.catalog.spec.moments import parse_moment
-
 from tally.cli.common import (
     JsonOption,
     current_project,
@@ -61,7 +59,6 @@ def compute(
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from tally.catalog.compute.runner import ComputeOptions, Computer
 
     options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from tally.cli.common import (
     JsonOption,
     current_project,
@@ -92,8 +91,8 @@ def export(
         "--out", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write SOURCE's contract as an ODCS v3 YAML document."""
-    from tally.catalog.store.fsutil import atomic_write_text
     from tally.catalog.contracts.odcs import export_yaml
+    from tally.catalog.store.fsutil import atomic_write_text
 
     text = export_yaml(current_project(), source)
     if out is None:

@@ -14,7 +14,7 @@ from tally.cli.common import JsonOption, err, print_json, project_root, wait_not
 
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")]) -> None:
     """Scaffold a project: metrics/ with one example, feature_repo/feature_store.yaml."""
-    from tally.catalog.spec.authoring import init_project
+    from tally.feature_repo.scaffold import init_project
 
     for path in init_project(directory):
         err(f"wrote {path}")

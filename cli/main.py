@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from tally.catalog.errors import TallyError, UsageError
-
 from tally.cli import common, definitions_cmds, metric_cmds
 
 app = typer.Typer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
 from tally.cli.common import err, project_root, wait_notice
 
 app = typer.Typer(help="Write metric definitions.", no_args_is_help=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from tally.cli.common import JsonOption, current_project, err, print_json, stdout_console
 
 At = Annotated[str | None, typer.Option(

@@ -11,8 +11,9 @@ from typing import Any
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs
+from tally.catalog.store.paths import FEATURE_REPO_DIR
 
-REPO_DIR = "feature_repo"
+REPO_DIR = FEATURE_REPO_DIR.as_posix()  # kept: registry and tests import it from here
 _CONTRACT_TYPES = {"int32": "Int32", "int64": "Int64", "float32": "Float32",
                    "float64": "Float64", "string": "String", "bool": "Bool",
                    "timestamp": "UnixTimestamp", "date": "UnixTimestamp"}

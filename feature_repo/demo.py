@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from tally.catalog.errors import TallyError
-from tally.catalog.spec.authoring import init_project
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
+from tally.feature_repo.scaffold import init_project
 
 MARKER = ".tally-demo"
 EXAMPLE = Path(str(importlib.resources.files("tally.example")))

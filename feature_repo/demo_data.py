@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tally.catalog.store.fsutil import replacing
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2026, 1, 1, tzinfo=UTC)
@@ -36,10 +37,8 @@ def _ts(values_us: np.ndarray) -> pa.Array:
 
 def _write(table: pa.Table, path: Path, sort_keys: list[str]) -> None:
     table = table.sort_by([(k, "ascending") for k in sort_keys])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tally-tmp-{path.name}")
-    pq.write_table(table, tmp, row_group_size=256_000)
-    tmp.replace(path)
+    with replacing(path, ".parquet") as tmp:
+        pq.write_table(table, tmp, row_group_size=256_000)
 
 
 def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:

@@ -39,7 +39,7 @@ from feast.infra.offline_stores.offline_store import (
 )
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
-
+from tally.catalog.store.paths import is_glob
 from tally.feature_repo.offline_store_sql import (
     MIN_ALIGNED_US,
     ROW,
@@ -81,7 +81,7 @@ def resolve_path(config: RepoConfig, path: str) -> str:
     repo = getattr(config, "repo_path", None)
     if repo is not None:
         candidate = Path(repo) / path
-        if candidate.exists() or any(ch in path for ch in "*?["):
+        if candidate.exists() or is_glob(path):
             return str(candidate)
     return path
 

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.errors import TallyError
-from tally.catalog.store.fsutil import clean_temp_files, crash_point, project_lock, temp_path_beside
 from tally.catalog.spec.project import Project
-
+from tally.catalog.store.fsutil import (
+    clean_temp_files,
+    project_lock,
+    rename_over,
+    temp_path_beside,
+)
+from tally.catalog.store.paths import DEFAULT_REGISTRY
 from tally.feature_repo.bridge import REPO_DIR, feast_objects
 
 
@@ -30,10 +35,28 @@ class Change:
     details: list[str]
 
 
+OFFLINE_STORE_TYPE = "tally.feature_repo.offline_store.TallyDuckDBOfflineStore"
+# what projects made before Tally installed under the one import name `tally` say
+LEGACY_OFFLINE_STORE_TYPE = "feature_repo.offline_store.TallyDuckDBOfflineStore"
+
+
+def check_repo_yaml(repo: Path) -> None:
+    """Refuse a feature_store.yaml Feast cannot load for a reason Tally knows the fix of."""
+    path = repo / "feature_store.yaml"
+    if not path.is_file():
+        raise RegistryError(f"{path} is missing; `tally init` writes one")
+    for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
+        if line.split("#")[0].strip() == f"type: {LEGACY_OFFLINE_STORE_TYPE}":
+            raise RegistryError(
+                f"{path}, line {number}, key offline_store.type: "
+                f"{LEGACY_OFFLINE_STORE_TYPE} is the name Tally's offline store had before "
+                f"Tally installed under the one import name `tally`; change it to "
+                f"{OFFLINE_STORE_TYPE}")
+
+
 def open_store(project: Project) -> Any:
     repo = project.root / REPO_DIR
-    if not (repo / "feature_store.yaml").is_file():
-        raise RegistryError(f"{repo}/feature_store.yaml is missing; `tally init` writes one")
+    check_repo_yaml(repo)
     from feast import FeatureStore
 
     try:
@@ -102,8 +125,7 @@ def apply(project: Project) -> list[Change]:
             with contextlib.redirect_stdout(sys.stderr):
                 store.apply(to_apply, objects_to_delete=to_delete, partial=False)
             if staged is not None and final is not None:
-                crash_point("apply-before-rename")
-                os.replace(staged, final)
+                rename_over(staged, final, crash_name="apply-")
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)
@@ -117,10 +139,11 @@ def _staged_store(project: Project) -> tuple[Any, Path | None, Path | None]:
     from feast.repo_config import RepoConfig
 
     repo = project.root / REPO_DIR
+    check_repo_yaml(repo)
     # read as feast.repo_config.load_repo_config does (${VAR}s expanded), so apply sees the
     # config plan, materialize and `feast` see; its RepoConfig cannot re-point the path
     raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text())) or {}
-    registry = raw.get("registry", "data/registry.db")
+    registry = raw.get("registry", DEFAULT_REGISTRY)
     path = registry if isinstance(registry, str) else (
         registry.get("path") if isinstance(registry, dict) and registry.get(
             "registry_type", "file") == "file" else None)

@@ -8,10 +8,8 @@ renamed into place, under the project lock, so a killed run leaves the previous 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,23 +21,16 @@ from sqlglot import exp
 from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import (
-    STATE_DIR,
-    TABLE_STATS_FILE,
-    TABLES_DIR,
-    TableSpec,
-    read_state,
-    table_specs,
-)
+from tally.catalog.spec.tables import TableSpec, read_state, table_specs
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
 from tally.catalog.sql.engines import first_line
 from tally.catalog.store.fsutil import (
     atomic_write_text,
     clean_temp_files,
-    crash_point,
     project_lock,
-    temp_path_beside,
+    replacing,
 )
+from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE, TABLES_DIR
 
 PLAN_VERSION = "1"
 Progress = Callable[[str, int, int], None]
@@ -100,16 +91,9 @@ def _run(con: Any, query: exp.Expression, what: str) -> Any:
 
 
 def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
-    tmp = temp_path_beside(path, ".parquet")
-    try:
+    with replacing(path, ".parquet", crash_name="compute-") as tmp:
         con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
-        crash_point("compute-before-rename")
-        os.replace(tmp, path)
-        crash_point("compute-after-rename")
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 class Computer:
@@ -122,7 +106,7 @@ class Computer:
         self.progress = progress
         self.specs = {s.name: s for s in table_specs(project)}
         self.state = read_state(project, TABLE_STATS_FILE)
-        self._spill = project.root / STATE_DIR / "duckdb_tmp"
+        self._spill = project.root / DUCKDB_SPILL_DIR
         self._spark: Any = None
 
     def _engine(self, allowed: list[Path]) -> Any:

@@ -27,8 +27,9 @@ from tally.catalog.spec.durations import parse_duration
 from tally.catalog.spec.models import Source
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import CONTRACT_RESULTS_FILE, read_state
+from tally.catalog.spec.tables import read_state
 from tally.catalog.store.fsutil import atomic_write_text, project_lock
+from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, is_glob
 
 if TYPE_CHECKING:
     from tally.catalog.contracts.expectations import MetricReport
@@ -105,7 +106,7 @@ class ContractReport:
 
 def scan_sql(path: str, file_format: str) -> str:
     """The table function reading a source's file(s)."""
-    many = any(ch in path for ch in "*?[")
+    many = is_glob(path)
     if file_format == "csv":
         return (f"read_csv({literal(path)}, header=true, auto_detect=true, "
                 "store_rejects=true)")
@@ -138,7 +139,7 @@ class _Rule:
 
 def _resolve_files(project: Project, source: Source) -> tuple[str, list[str]]:
     full = project.root / source.path
-    if any(ch in source.path for ch in "*?["):
+    if is_glob(source.path):
         return str(full), sorted(globmod.glob(str(full)))
     return str(full), [str(full)] if full.is_file() else []
 

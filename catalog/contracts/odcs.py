@@ -19,7 +19,7 @@ from tally.catalog.errors import LookupFailedError, TallyError, UsageError
 from tally.catalog.spec.durations import DURATION_RE
 from tally.catalog.spec.models import ColumnType, Source
 from tally.catalog.spec.project import Project
-from tally.catalog.store.fsutil import METRICS_DIR
+from tally.catalog.store.paths import METRICS_DIR
 
 API_VERSION = "v3.2.0"
 VENDOR = "tally"

@@ -32,6 +32,7 @@ from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec
 from tally.catalog.sql.duck import parquet_scan, sql_ident
 from tally.catalog.sql.relations import source_relation
+from tally.catalog.store.paths import is_glob
 
 DECIMALS = 9
 
@@ -182,7 +183,7 @@ def _column_segment(project: Project, metric: str, alias: str) -> tuple[str, str
     source = project.sources[spec.source or ""]
     key = project.entities[source.entity].join_key
     path = project.root / source.path
-    if "*" not in source.path and not path.exists():
+    if not is_glob(source.path) and not path.exists():
         raise DataError(f"source {source.name}: data file {path} does not exist")
     relation = source_relation(source, str(path), "duckdb").sql("duckdb")
     order = (f" ORDER BY {sql_ident(source.created_timestamp_field)} DESC"

@@ -154,7 +154,8 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
 
 def build_cards(project: Project) -> list[dict[str, Any]]:
     """Every card of the project, lineage and state files included."""
-    from tally.catalog.spec.tables import CONTRACT_RESULTS_FILE, TABLE_STATS_FILE, read_state
+    from tally.catalog.spec.tables import read_state
+    from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, TABLE_STATS_FILE
 
     tables = read_state(project, TABLE_STATS_FILE)
     contracts = read_state(project, CONTRACT_RESULTS_FILE)

@@ -35,15 +35,15 @@ from tally.catalog.store.fsutil import (
     find_definition_files,
     project_lock,
 )
+from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, INDEX_DIR, TABLE_STATS_FILE
 
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
 
 SCHEMA_VERSION = 7
-INDEX_DIR = Path(".tally") / "index"
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
-STATE_FILES = (".tally/tables.json", ".tally/contracts.json")
+STATE_FILES = (TABLE_STATS_FILE.as_posix(), CONTRACT_RESULTS_FILE.as_posix())
 
 
 def build_schema() -> tantivy.Schema:

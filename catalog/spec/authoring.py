@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,19 @@ from tally.catalog.spec.yamlio import (
     read_yaml_file,
 )
 from tally.catalog.store.fsutil import (
-    METRICS_DIR,
-    STATE_DIR,
     atomic_write_text,
     clean_temp_files,
     commit_files,
     find_definition_files,
     finish_commit,
     project_lock,
+)
+from tally.catalog.store.paths import (
+    DATA_DIR,
+    FEASTIGNORE,
+    FEATURE_STORE_YAML,
+    METRICS_DIR,
+    STATE_DIR,
 )
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -43,10 +49,14 @@ def yaml_text(data: Any) -> str:
     return stream.getvalue()
 
 
-def init_project(target: Path, *, name: str | None = None) -> list[Path]:
-    """Scaffold a project that validates; refuse to overwrite an existing one."""
+def init_project(target: Path, *, name: str | None = None,
+                 extra_files: Mapping[Path, str] | None = None) -> list[Path]:
+    """Scaffold a project that validates; refuse to overwrite an existing one.
+
+    `extra_files` (project-relative path -> text) are written with it: the Feast side adds
+    its definitions.py this way (`tally.feature_repo.scaffold`), so catalog/ holds no copy."""
     target = Path(target)
-    if (target / METRICS_DIR).exists() or (target / "feature_repo" / "feature_store.yaml").exists():
+    if (target / METRICS_DIR).exists() or (target / FEATURE_STORE_YAML).exists():
         raise TallyError(f"{target} already holds a Tally project (metrics/ or "
                          "feature_repo/feature_store.yaml exists); choose an empty folder")
     project_name = name or re.sub(r"[^a-z0-9_]", "_", target.resolve().name.lower()) or "tally"
@@ -54,17 +64,17 @@ def init_project(target: Path, *, name: str | None = None) -> list[Path]:
         project_name = f"tally_{project_name}"
     files = {
         Path(METRICS_DIR) / "example.yaml": (TEMPLATES / "example.yaml").read_text(),
-        Path("feature_repo") / "feature_store.yaml":
+        FEATURE_STORE_YAML:
             (TEMPLATES / "feature_store.yaml").read_text().replace("{project}", project_name),
-        Path("feature_repo") / "definitions.py": (TEMPLATES / "definitions.py").read_text(),
-        Path("feature_repo") / ".feastignore": (TEMPLATES / "feastignore").read_text(),
+        FEASTIGNORE: (TEMPLATES / "feastignore").read_text(),
         Path(".gitignore"): (TEMPLATES / "gitignore").read_text(),
+        **(extra_files or {}),
     }
     written = []
     for relative, text in files.items():
         atomic_write_text(target / relative, text)
         written.append(target / relative)
-    (target / "data").mkdir(exist_ok=True)
+    (target / DATA_DIR).mkdir(exist_ok=True)
     return written
 
 

@@ -25,8 +25,7 @@ from tally.catalog.errors import DefinitionError, Issue
 from tally.catalog.spec.issues import pydantic_issues
 from tally.catalog.spec.models import Spec
 from tally.catalog.spec.yamlio import read_yaml_file
-
-CONFIG_FILE = "tally.yaml"
+from tally.catalog.store.paths import CONFIG_FILE
 
 
 class ProjectConfig(Spec):

@@ -21,7 +21,8 @@ from tally.catalog.spec.yamlio import (
     parse_yaml_text,
     read_definition_bytes,
 )
-from tally.catalog.store.fsutil import METRICS_DIR, find_definition_files, pending_commit
+from tally.catalog.store.fsutil import find_definition_files, pending_commit
+from tally.catalog.store.paths import METRICS_DIR
 
 
 def parse_definitions(loaded: LoadedYaml) -> tuple[list[Definition], list[Issue]]:

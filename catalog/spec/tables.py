@@ -12,11 +12,7 @@ from typing import Any
 
 from tally.catalog.spec.durations import format_duration
 from tally.catalog.spec.project import Project
-
-TABLES_DIR = Path("data") / "tables"
-STATE_DIR = Path(".tally")
-TABLE_STATS_FILE = STATE_DIR / "tables.json"
-CONTRACT_RESULTS_FILE = STATE_DIR / "contracts.json"
+from tally.catalog.store.paths import TABLES_DIR
 
 
 @dataclass(frozen=True)

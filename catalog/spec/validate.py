@@ -13,7 +13,7 @@ from tally.catalog.spec.models import Metric, Model, Score, Source
 from tally.catalog.spec.project import Definition, Project
 from tally.catalog.spec.sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
 from tally.catalog.spec.yamlio import LoadedYaml
-from tally.catalog.store.fsutil import glob_base
+from tally.catalog.store.paths import glob_base
 
 MAX_GLOB_MATCHES_CHECKED = 1000
 

@@ -1,7 +1,7 @@
 """A hardened DuckDB connection for computation over definitions from many hands.
 
-    con = connect([*source_paths, project_root / "data" / "tables"],
-                  temp_directory=project_root / ".tally" / "duckdb_tmp")
+    con = connect([*source_paths, project_root / TABLES_DIR],
+                  temp_directory=project_root / DUCKDB_SPILL_DIR)
 
 The connection can read and write only the paths it is given (files; folders with
 everything below them; the base folder of a glob), never installs or loads extensions,
@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tally.catalog.errors import TallyError
-from tally.catalog.store.fsutil import glob_base
+from tally.catalog.store.paths import TABLES_DIR, glob_base
 
 if TYPE_CHECKING:
     import duckdb
     from tally.catalog.spec.project import Project
-
-TABLES_DIR = Path("data") / "tables"
-
 
 def sql_string(text: str) -> str:
     """A DuckDB string literal."""

@@ -150,28 +150,16 @@ def project_engine(root: Path) -> str:
     return load_config(root).config.engine
 
 
-@contextlib.contextmanager
-def _temp_beside(path: Path) -> Iterator[Path]:
-    from tally.catalog.store.fsutil import temp_path_beside
-
-    tmp = temp_path_beside(path, ".parquet")
-    try:
-        yield tmp
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def write_arrow_chunks(chunks: Iterator[Any], path: Path, key: str) -> int:
     """Write tables already in key and event_timestamp order, one after another, as one
     parquet file, atomically (a chunk at a time in memory). Returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tally.catalog.store.fsutil import crash_point
+    from tally.catalog.store.fsutil import replacing
 
     rows = 0
     writer = None
-    with _temp_beside(path) as tmp:
+    with replacing(path, ".parquet", crash_name="compute-") as tmp:
         try:
             for chunk in chunks:
                 chunk = chunk.cast(pa.schema([f.with_nullable(True) for f in chunk.schema]))
@@ -185,9 +173,6 @@ def write_arrow_chunks(chunks: Iterator[Any], path: Path, key: str) -> int:
                 writer.close()
         if writer is None:
             raise DataError(f"{path}: nothing to write")
-        crash_point("compute-before-rename")
-        os.replace(tmp, path)
-        crash_point("compute-after-rename")
     return rows
 
 

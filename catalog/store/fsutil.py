@@ -8,11 +8,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from tally.catalog.errors import LockTimeoutError, TallyError, UsageError
-
-METRICS_DIR = "metrics"  # where a project's definition files live
+from tally.catalog.store.paths import (  # noqa: F401 - METRICS_DIR, glob_base: re-exported
+    COMMIT_JOURNAL_FILE,
+    LOCK_FILE,
+    METRICS_DIR,
+    STATE_DIR,
+    TEMP_PREFIX,
+    glob_base,
+)
 
 
 def find_definition_files(root: Path) -> list[Path]:
@@ -20,8 +26,6 @@ def find_definition_files(root: Path) -> list[Path]:
     folder = root / METRICS_DIR
     return sorted(p for p in folder.rglob("*.yaml") if p.is_file() and not p.name.startswith("."))
 
-STATE_DIR = ".tally"
-TEMP_PREFIX = ".tally-tmp-"
 DEFAULT_LOCK_TIMEOUT = 60.0
 LOCK_TIMEOUT_ENV = "TALLY_LOCK_TIMEOUT"
 
@@ -82,40 +86,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     A killed writer leaves at most a `.tally-tmp-*` file beside `path`, which
     `clean_temp_files` removes on the next write under the project lock.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _file_mode(path)  # mkstemp creates 0600 files; keep what a plain write would give
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        crash_point("before-rename")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-GLOB_CHARS = "*?[{"
+def rename_over(tmp: Path, path: Path, *, crash_name: str = "") -> None:
+    """Rename a finished temp file over `path`, durably: the one step every atomic write
+    ends with. `crash_name` prefixes the test hooks around it (see crash_point)."""
+    crash_point(f"{crash_name}before-rename")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    crash_point(f"{crash_name}after-rename")
 
 
-def glob_base(path: PurePath) -> tuple[PurePath, bool]:
-    """The folder a glob pattern starts from, and whether `path` is a pattern at all."""
-    base_parts: list[str] = []
-    for part in path.parts:
-        if any(ch in part for ch in GLOB_CHARS):
-            break
-        base_parts.append(part)
-    is_glob = len(base_parts) < len(path.parts)
-    return (type(path)(*base_parts) if base_parts else type(path)(".")), is_glob
+@contextlib.contextmanager
+def replacing(path: Path, suffix: str = "", *, crash_name: str = "") -> Iterator[Path]:
+    """A fresh temp file beside `path` for a writer to fill; renamed over `path` when the
+    block ends normally, removed when it raises (temp-file-then-rename, written once)."""
+    tmp = temp_path_beside(path, suffix)
+    try:
+        yield tmp
+        rename_over(tmp, path, crash_name=crash_name)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # gone after the rename; left only when the writer failed
 
 
 def temp_path_beside(path: Path, suffix: str = "") -> Path:
@@ -161,7 +161,7 @@ def project_lock(
     timeout = lock_timeout_from_env() if timeout is None else timeout
     state = root / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    lock_file = state / "lock"
+    lock_file = root / LOCK_FILE
     handle = open(lock_file, "a+")  # noqa: SIM115 - held for the context's duration
     try:
         deadline = time.monotonic() + timeout
@@ -189,11 +189,8 @@ def project_lock(
 
 # -- multi-file commits -------------------------------------------------------------------
 
-COMMIT_JOURNAL = "commit.json"
-
-
 def _journal_path(root: Path) -> Path:
-    return root / STATE_DIR / COMMIT_JOURNAL
+    return root / COMMIT_JOURNAL_FILE
 
 
 def _checked_changes(root: Path, raw: object) -> dict[str, str | None]:
