@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 from tally.catalog.errors import TallyError
 
 if TYPE_CHECKING:
+    from datetime import date, datetime
     from pathlib import Path
 
     from tally.catalog.facade import Catalog
+    from tally.catalog.pipeline import ComputeRun
 
-__all__ = ["Catalog", "TallyError", "load", "training_frame"]
+__all__ = ["Catalog", "Gate", "TallyError", "compute", "load", "training_frame"]
 
 
 def load(path: str | Path = ".") -> Catalog:
@@ -35,9 +37,29 @@ def training_frame(entity_df: Any, model: str | None = None, features: list[str]
     return _training_frame(entity_df, model=model, features=features, project=project)
 
 
+def compute(project: str | Path = ".", metrics: list[str] | None = None, *,
+            start: date | None = None, end: date | None = None, full: bool = False,
+            as_of: str | datetime | None = None, allow_violations: bool = False) -> ComputeRun:
+    """Compute the project's tables (only those of `metrics` when given) through the
+    contract gate of the sources they read, as `tally compute` does: a failing contract
+    raises ContractViolationError unless `allow_violations`. `.tables` lists what was
+    written, `.contracts` the contract report."""
+    from tally.catalog.pipeline import ComputeOptions, Gate
+    from tally.catalog.pipeline import compute as gated_compute
+    from tally.catalog.spec.loading import load_project
+
+    options = ComputeOptions(metrics=list(metrics or []), start=start, end=end, full=full)
+    run_gate = Gate(as_of=as_of, allow_violations=allow_violations)
+    return gated_compute(load_project(project), options, run_gate=run_gate)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Catalog":
         from tally.catalog.facade import Catalog
 
         return Catalog
+    if name == "Gate":
+        from tally.catalog.pipeline import Gate
+
+        return Gate
     raise AttributeError(f"module 'tally' has no attribute {name!r}")

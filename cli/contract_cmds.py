@@ -29,7 +29,7 @@ def check(
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Run each source's data contract and each metric's expectations; exit 1 on a failure."""
-    from tally.catalog.contracts.checks import check as run_check
+    from tally.catalog.pipeline import check_contracts as run_check
 
     project = current_project()
     report = run_check(project, source or None, as_of=as_of, on_wait=wait_notice)

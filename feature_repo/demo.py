@@ -64,8 +64,7 @@ def _score_notes(project: Project, report: DemoReport) -> str:
 
 def run_demo(root: Path, accounts: int = 3000,
              on_step: Callable[[str], None] | None = None) -> DemoReport:
-    from tally.catalog.compute.runner import compute
-    from tally.catalog.contracts.checks import gate
+    from tally.catalog.pipeline import Gate, compute, gate
     from tally.feature_repo.demo_data import END, generate
     from tally.feature_repo.registry import apply
     from tally.feature_repo.serving import materialize, training_frame, write_frame
@@ -97,21 +96,23 @@ def run_demo(root: Path, accounts: int = 3000,
     project = load_project(root)
     step("validate", lambda: f"{len(project.definitions)} definitions valid")
     as_of = END
+    run_gate = Gate(as_of=as_of)  # the generated data ends at END: judge freshness there
 
     def check() -> str:
-        result = gate(project, None, as_of=as_of)
+        result = gate(project, None, run_gate)
         return f"{len(result.sources)} source contracts pass (as of {as_of.date()})"
 
     step("check", check)
 
     def run_compute() -> str:
-        results = compute(project)
+        results = compute(project, run_gate=run_gate).tables
         return ", ".join(f"{r.name} {r.rows:,} rows" for r in results)
 
     step("compute", run_compute)
-    step("apply", lambda: f"{sum(1 for c in apply(project) if c.action == 'add')} Feast "
-                          "objects added to the registry")
-    step("materialize", lambda: f"{len(materialize(project, as_of - timedelta(days=400), as_of))}"
+    step("apply", lambda: f"{sum(1 for c in apply(project, run_gate) if c.action == 'add')} "
+                          "Feast objects added to the registry")
+    since = as_of - timedelta(days=400)
+    step("materialize", lambda: f"{len(materialize(project, since, as_of, run_gate))}"
                                 " feature views in the online store")
 
     def frame() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.errors import TallyError
+from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.project import Project
 from tally.catalog.store.fsutil import (
     clean_temp_files,
@@ -108,13 +109,15 @@ def _changes(store: Any, contents: Any) -> list[Change]:
     return sorted(changes, key=lambda c: (order[c.action], c.kind, c.name))
 
 
-def apply(project: Project) -> list[Change]:
-    """Make the registry hold exactly the project's objects (adds, changes, removals).
+def apply(project: Project, run_gate: Gate | None = None) -> list[Change]:
+    """Make the registry hold exactly the project's objects (adds, changes, removals), after
+    the contract gate of every source (tally.catalog.pipeline.gate).
 
     Feast writes its file registry in place; Tally applies to a copy and renames it over
     the registry, so a killed apply leaves the previous registry intact."""
     from feast.repo_operations import extract_objects_for_apply_delete
 
+    gate(project, None, run_gate)
     with project_lock(project.root):
         store, staged, final = _staged_store(project)
         try:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 from tally.catalog.errors import DataError, LookupFailedError, UsageError
+from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs
@@ -160,10 +161,12 @@ def write_frame(frame: pd.DataFrame, out: Path) -> None:
 
 
 def materialize(project: Project, start: datetime | None = None,
-                end: datetime | None = None) -> list[str]:
-    """Load the latest values into the online store; returns the feature views loaded."""
+                end: datetime | None = None, run_gate: Gate | None = None) -> list[str]:
+    """Load the latest values into the online store, after the contract gate of every
+    source (tally.catalog.pipeline.gate); returns the feature views loaded."""
     from tally.catalog.store.fsutil import project_lock
 
+    gate(project, None, run_gate)
     store = open_store(project)
     computed = {t.name for t in table_specs(project) if t.path(project).exists()}
     views = [v.name for v in store.list_feature_views() if v.name in computed]
