@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
+def _as_parameter(option: str) -> str:
+    return f"`{option}`"
+
+
 class TallyError(Exception):
-    """Root of every error Tally reports to a user. The message says how to fix it."""
+    """Root of every error Tally reports to a user. The message says how to fix it.
+
+    The library never names a command-line flag. An error about the value of one option
+    carries the option's parameter name in `option` (e.g. "as_of"); options the message
+    tells the reader to use are written `name` in backticks and listed in `mentions`.
+    `render(name_of)` spells them: as parameters by default (str), as flags in the CLI."""
+
+    def __init__(self, message: str = "", *, option: str | None = None,
+                 mentions: Iterable[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.option = option
+        self.mentions = tuple(mentions)
+
+    def render(self, name_of: Callable[[str], str] = _as_parameter) -> str:
+        text = self.message
+        for mentioned in self.mentions:
+            text = text.replace(f"`{mentioned}`", name_of(mentioned))
+        return f"{name_of(self.option)} {text}" if self.option else text
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class UsageError(TallyError):
@@ -49,8 +75,9 @@ class Issue:
 class DefinitionError(TallyError):
     """One or more definitions are invalid; carries every issue found, sorted."""
 
-    def __init__(self, issues: list[Issue]):
+    def __init__(self, issues: list[Issue], *, mentions: Iterable[str] = ()):
         self.issues = sorted(set(issues))
         count = len(self.issues)
         head = f"{count} problem{'s' if count != 1 else ''} in the definitions:"
-        super().__init__("\n".join([head, *(f"  {i.render()}" for i in self.issues)]))
+        super().__init__("\n".join([head, *(f"  {i.render()}" for i in self.issues)]),
+                         mentions=mentions)

@@ -1,6 +1,6 @@
 """`tally search`, `show`, `impact`, `reuse`: thin wrappers over tally.catalog.search.query and
-tally.catalog.search.reuse. Imports stay light (no project load, no pandas, no rich) so search and show
-start fast; output is plain aligned text, or JSON with --json."""
+tally.catalog.search.reuse. Imports stay light (no project load, no pandas, no rich) so search
+and show start fast; output is plain aligned text, or JSON with --json."""
 
 from __future__ import annotations
 

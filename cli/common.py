@@ -6,9 +6,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from tally.catalog.errors import TallyError
 
 
 @dataclass
@@ -50,6 +53,19 @@ def stdout_console() -> Any:
 
 def wait_notice(message: str) -> None:
     err(message)
+
+
+# library parameter -> the flag that sets it, where the flag is not --<name with dashes>
+FLAGS = {"tags": "--tag", "metrics": "--metric"}
+
+
+def flag_of(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def error_text(exc: TallyError) -> str:
+    """A library error as the CLI says it: the options it names spelled as flags."""
+    return exc.render(flag_of)
 
 
 JsonOption = typer.Option("--json", help="Print JSON only, on stdout.")

@@ -138,7 +138,7 @@ def materialize(
     """Load the newest feature values into the online store (SQLite)."""
     from tally.feature_repo.serving import materialize as run
 
-    views = run(current_project(), parse_moment(start, "--start"), parse_moment(end, "--end"),
+    views = run(current_project(), parse_moment(start, "start"), parse_moment(end, "end"),
                 _run_gate(as_of, allow_violations))
     err(f"materialized {len(views)} feature views into the online store")
 

@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=args, prog_name="tally")
     except UsageError as exc:
-        common.err(f"usage error: {exc}")
+        common.err(f"usage error: {common.error_text(exc)}")
         sys.exit(2)
     except TallyError as exc:
         if debug:
             raise
-        common.err(f"error: {exc}")
+        common.err(f"error: {common.error_text(exc)}")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if debug:

@@ -142,7 +142,7 @@ def read_entity_file(path: Path) -> pd.DataFrame:
 def check_frame_path(out: Path) -> None:
     """A training frame is written as .parquet or .csv."""
     if out.suffix.lower() not in (".csv", ".parquet"):
-        raise UsageError(f"--out {out}: use .parquet or .csv")
+        raise UsageError(f"{out}: use .parquet or .csv", option="out")
 
 
 def write_frame(frame: pd.DataFrame, out: Path) -> None:

@@ -110,6 +110,7 @@ def test_training_frame_matches_the_point_in_time_rule(served: Path) -> None:
 def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Path) -> None:
     """The same frame through Feast's stock DuckDB store, on the same registry objects."""
     from feast import FeatureStore
+    from tally.catalog.pipeline import Gate
     from tally.catalog.spec.loading import load_project
     from tally.feature_repo.registry import apply
     from tally.feature_repo.serving import feature_refs, training_frame
@@ -122,7 +123,7 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
         (served / "feature_repo" / "feature_store.yaml").read_text().replace(
             "type: tally.feature_repo.offline_store.TallyDuckDBOfflineStore", "type: duckdb"))
     project = load_project(stock)
-    apply(project)
+    apply(project, Gate(as_of="2026-01-01"))  # the generated data ends there
     entities = _entity_rows(served, seed=2)
     ours = training_frame(entities, model="expansion_forecast", project=served)
     store = FeatureStore(repo_path=str(stock / "feature_repo"))
@@ -137,6 +138,7 @@ def test_tally_store_equals_feast_stock_duckdb_store(served: Path, tmp_path: Pat
 def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     """Feast's own loader expands ${VAR}s; apply's staged registry must read the same."""
+    from tally.catalog.pipeline import Gate
     from tally.catalog.spec.loading import load_project
     from tally.feature_repo.registry import apply
 
@@ -149,7 +151,7 @@ def test_apply_expands_variables_in_feature_store_yaml(served: Path, tmp_path: P
     (copy / "feature_repo" / "feature_store.yaml").write_text(
         (served / "feature_repo" / "feature_store.yaml").read_text().replace(
             "registry: data/registry.db", "registry: ${TALLY_TEST_REGISTRIES}/registry.db"))
-    apply(load_project(copy))
+    apply(load_project(copy), Gate(as_of="2026-01-01"))
     assert (registries / "registry.db").is_file()
     assert not list((copy / "feature_repo").glob("$*"))
 

@@ -334,8 +334,8 @@ class Computer:
         needed = self._input_groups(spec)
         missing = [g for g in needed if not Path(group_paths[g]).exists()]
         if missing:
-            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; run "
-                            "`tally compute` without --metric first")
+            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; compute "
+                            "without `metrics` first", mentions=("metrics",))
         out = spec.path(project)
         if self.progress:
             self.progress(spec.name, 0, 1)

@@ -55,7 +55,7 @@ class ContractViolationError(TallyError):
     """A source's contract fails and violations were not allowed; carries the report."""
 
     def __init__(self, message: str, report: ContractReport):
-        super().__init__(message)
+        super().__init__(message, mentions=("allow_violations",))
         self.report = report
 
 
@@ -119,7 +119,7 @@ def _base_type(duck_type: str) -> str:
 
 def parse_as_of(value: str | datetime | None) -> datetime:
     """A moment for freshness; naive times are UTC; None is now."""
-    moment = parse_moment(value, "--as-of")
+    moment = parse_moment(value, "as_of")
     return datetime.now(UTC) if moment is None else moment.astimezone(UTC)
 
 
@@ -458,7 +458,7 @@ def _judge_freshness(rule: _Rule, newest: Any, source: Source, as_of: datetime,
         result.ok = False
         result.offending_rows = rows  # every row is older than the limit
         result.message = (f"newest {source.timestamp_field} is {_iso(newest)}, "
-                          f"{_age_text(age)} before --as-of {_iso(as_of)}; the contract "
+                          f"{_age_text(age)} before the as-of time {_iso(as_of)}; the contract "
                           f"allows {source.contract.freshness}")
         rule.where_sql = "true"
     else:
@@ -580,6 +580,6 @@ def violation_message(report: ContractReport) -> str:
             where = f" on {failure.column}" if failure.column else ""
             lines.append(f"  rule {failure.rule}{where}: {failure.offending_rows} offending "
                          f"rows; {failure.message}")
-    lines.append("Fix the data (or the contract), or pass --allow-violations to go ahead "
+    lines.append("Fix the data (or the contract), or pass `allow_violations` to go ahead "
                  "anyway; the violation is then recorded in .tally/contracts.json.")
     return "\n".join(lines)

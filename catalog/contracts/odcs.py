@@ -196,7 +196,8 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
         raise OdcsError("the contract has no schema object; Tally needs one (the source's "
                         "columns)")
     if len(doc.schema_) > 1 and name is None:
-        raise OdcsError("the contract has several schema objects; pass --name to pick one")
+        raise OdcsError("the contract has several schema objects; pass `name` to pick one",
+                        mentions=("name",))
     obj = next((o for o in doc.schema_ if name is None or o.name == name), None)
     if obj is None:
         raise OdcsError(f"no schema object named {name!r} in the contract")
@@ -267,17 +268,17 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
     missing = [k for k in ("owner", "path", "entity", "timestamp_field", "description")
                if not source[k]]
     if missing:
-        flags = {"entity": "--entity", "timestamp_field": "--timestamp-field", "path": "--path"}
-        hints = [flags[k] for k in missing if k in flags]
+        hints = [k for k in missing if k in ("entity", "timestamp_field", "path")]
         raise OdcsError(f"the contract does not say the source's {', '.join(missing)}"
-                        + (f"; give {', '.join(hints)}" if hints else ""))
+                        + (f"; give {', '.join(f'`{k}`' for k in hints)}" if hints else ""),
+                        mentions=hints)
     return source
 
 
 def _name(raw: str | None) -> str:
     name = re.sub(r"[^a-z0-9_]", "_", (raw or "").strip().lower()).strip("_")
     if not name:
-        raise OdcsError("the contract has no name; pass --name")
+        raise OdcsError("the contract has no name; pass `name`", mentions=("name",))
     return name if re.match(r"^[a-z]", name) else f"source_{name}"
 
 

@@ -44,8 +44,8 @@ def _score(project: Project, name: str) -> tuple[Score, Path]:
     spec = next(s for s in table_specs(project) if s.kind == "score" and name in s.features)
     path = spec.path(project)
     if not path.exists():
-        raise DataError(f"score {name} is not computed yet ({path} is missing); run "
-                        f"`tally compute --metric {name}` first")
+        raise DataError(f"score {name} is not computed yet ({path} is missing); compute "
+                        f"its table first (`metrics` = [{name!r}])", mentions=("metrics",))
     return score, path
 
 
@@ -72,8 +72,8 @@ def _key(project: Project, score: Score, raw: str | int) -> str | int:
     try:
         return int(str(raw).strip())
     except ValueError:
-        raise UsageError(f"--entity {raw!r}: {entity.join_key} of {entity.name} is an "
-                         "integer") from None
+        raise UsageError(f"{raw!r}: {entity.join_key} of {entity.name} is an integer",
+                         option="entity") from None
 
 
 def _iso(value: Any) -> str | None:
@@ -197,7 +197,7 @@ def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
 
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise UsageError(f"--plot {out}: give a .png file name")
+        raise UsageError(f"{out}: give a .png file name", option="plot")
     labels = [c.metric for c in explanation.components] + [explanation.score]
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
     running = 0.0

@@ -171,7 +171,7 @@ def _snapshot_input(project: Project, spec: TableSpec, metric: str, key: str,
     path = spec.path(project)
     if not path.exists():
         raise DataError(f"table {spec.name} (for {metric}) is not computed yet; run "
-                        "`tally compute` without --metric first")
+                        "without `metrics` first", mentions=("metrics",))
     return _Input(alias, f"SELECT {sql_ident(key)} AS __k, event_timestamp AS __t, "
                          f"{sql_ident(metric)} AS __v FROM {parquet_scan(path)}")
 

@@ -6,8 +6,8 @@ matches certified entries before drafts, then bm25 over descriptions and tags (p
 typos too). Every query word must match somewhere; when no entry matches them all, entries
 matching any of them are returned. A field is searched for typos of a word only when none of
 its terms is the word or starts with it; numbers match exactly or as a prefix, never as a
-typo. Facets filter without scoring. tally.catalog.search.ranking turns this into tantivy searches, tier
-by tier, stopping at the first tier that fills the limit. Results are plain dataclasses;
+typo. Facets filter without scoring. tally.catalog.search.ranking turns this into tantivy
+searches, tier by tier, stopping at the first tier that fills the limit. Results are plain dataclasses;
 `to_frame()` gives a pandas DataFrame.
 """
 
@@ -209,7 +209,7 @@ def run_search(opened: OpenIndex, text: str, *, owner: list[str] | None = None,
                status: list[str] | None = None, contract: list[str] | None = None,
                limit: int = 20) -> SearchResults:
     if limit < 1:
-        raise UsageError("--limit must be at least 1")
+        raise UsageError("must be at least 1", option="limit")
     filters = {k: [x.strip().lower() for x in v if x.strip()] for k, v in
                (("owner", owner), ("tag", tag), ("kind", kind), ("status", status),
                 ("contract", contract)) if v}

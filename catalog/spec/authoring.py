@@ -164,7 +164,7 @@ def register_text(root: Path | str, file_name: str, text: str, *, shown_as: str,
         _recover(root)
         if destination.exists() and not replace:
             raise DefinitionError([Issue(shown_as, 1, "", f"{shown} already exists; pass "
-                                         "--replace to replace it")])
+                                         "`replace` to replace it")], mentions=("replace",))
         existing: dict[str, str] = {}
         for path in find_definition_files(root):
             relative = path.relative_to(root).as_posix()
@@ -178,10 +178,10 @@ def register_text(root: Path | str, file_name: str, text: str, *, shown_as: str,
         if clashes and not replace:
             raise DefinitionError([
                 Issue(shown_as, loaded.line_of((kind, index, "name")), f"{kind}[{index}].name",
-                      f"{name!r} already exists in {existing[name]}; pass --replace to "
+                      f"{name!r} already exists in {existing[name]}; pass `replace` to "
                       "replace it")
                 for kind, index, name in candidate if name in clashes
-            ])
+            ], mentions=("replace",))
         overrides: dict[str, str | None] = {shown: text}
         for other in sorted({existing[name] for name in clashes}):
             overrides[other] = _without_names(root / other, clashes) or None
@@ -196,8 +196,8 @@ def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None)
     root = check_project_root(Path(root))
     name = fields.get("name") or ""
     if not re.match(NAME_PATTERN, name):
-        raise UsageError(f"--name {name!r} is not a valid name; use lower snake case matching "
-                         f"{NAME_PATTERN}")
+        raise UsageError(f"{name!r} is not a valid name; use lower snake case matching "
+                         f"{NAME_PATTERN}", option="name")
     shown = f"{METRICS_DIR}/{name}.yaml"
     text = yaml_text({"metrics": [{k: v for k, v in fields.items() if v not in (None, [])}]})
     with project_lock(root, on_wait=on_wait):
@@ -209,16 +209,16 @@ def new_metric(root: Path | str, fields: dict[str, Any], *, on_wait: Any = None)
         except DefinitionError as exc:
             ours = [i for i in exc.issues if i.file == shown]
             if ours:
-                flags = {"expression", "filter", "window", "grain", "source", "aggregation",
-                         "name", "owner", "description", "tags"}
-                raise DefinitionError([
-                    Issue("(command line)", 0, _flag_for(i.key, flags), i.message) for i in ours
-                ]) from None
+                given = [(i, _field_of(i.key)) for i in ours]
+                raise DefinitionError(
+                    [Issue("(the given fields)", 0, f"`{field}`" if field in fields else i.key,
+                           i.message) for i, field in given],
+                    mentions=sorted({field for _, field in given if field in fields})) from None
             raise
         commit_files(root, {shown: text})
     return root / shown
 
 
-def _flag_for(key: str, flags: set[str]) -> str:
-    last = key.split(".")[-1].split("[")[0]
-    return f"--{last.replace('tags', 'tag')}" if last in flags else key
+def _field_of(key: str) -> str:
+    """The field of a metric an issue's key path ends in (`metrics[0].tags[1]` -> tags)."""
+    return key.split(".")[-1].split("[")[0]

@@ -68,7 +68,8 @@ def check_project_root(root: Path) -> Path:
     if not (root / METRICS_DIR).is_dir():
         raise ProjectNotFoundError(
             f"{root} is not a Tally project: it has no {METRICS_DIR}/ folder. Run `tally init "
-            f"{root}` to create one, or pass --project DIR."
+            f"{root}` to create one, or point `project` at a project folder.",
+            mentions=("project",)
         )
     return root
 

@@ -201,7 +201,8 @@ def write_arrow_table(table: Any, path: Path, key: str, keep_outside: tuple[int,
             old = old.select(table.column_names).cast(table.schema)
         except (KeyError, ValueError, pa.ArrowInvalid) as exc:
             raise DataError(f"{path}: the existing table does not match the new rows "
-                            f"({first_line(exc)}); recompute it with --full") from None
+                            f"({first_line(exc)}); recompute it with `full`",
+                            mentions=("full",)) from None
         table = pa.concat_tables([old, table])
     table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
     return write_arrow_chunks(iter([table]), path, key)
