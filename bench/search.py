@@ -168,7 +168,8 @@ def run(size: str) -> None:
     note = (
         "Entries are generated catalog cards (names from products x measures, descriptions "
         "from a small vocabulary, 50 owners, three statuses), indexed by the same code as "
-        "a project's index (`tally.catalog.search.index.write_generation`); queries mix exact names, "
+        "a project's index (`tally.catalog.search.index.write_generation`); queries mix exact "
+        "names, "
         "two-word queries, one-typo queries and facet filters. A search ranks its hits "
         "without counting every match; `SearchResults.total` counts them when first read "
         "(the CLI's text output does, to say \"20 of N\", when the hits fill --limit; "

@@ -13,7 +13,7 @@ from tally.catalog.errors import DataError, LookupFailedError, UsageError
 from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, table_specs
+from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
 from tally.feature_repo.offline_store_sql import (
     ROW as SPARK_ROW,  # the row number the offline store keeps
 )
@@ -46,12 +46,8 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
 
 
 def _serving_tables(project: Project) -> dict[str, TableSpec]:
-    """The table (FeatureView) serving each metric or score (first one wins, as table_of)."""
-    out: dict[str, TableSpec] = {}
-    for spec in table_specs(project):
-        for feature in spec.features:
-            out.setdefault(feature, spec)
-    return out
+    """The table (FeatureView) serving each metric or score."""
+    return tables_by_feature(table_specs(project))
 
 
 def _views(project: Project, refs: list[str]) -> list[TableSpec]:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 import tally
 from tally.catalog.search.reuse import normalize_sql
+
 from tests.helpers import invoke
 
 DUPLICATES = """\

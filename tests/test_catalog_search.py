@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tally
 from tally.catalog.search.index import INDEX_DIR, open_current
+
 from tests.helpers import invoke, run_tally
 
 RANKING_FIXTURE = """\
@@ -312,7 +312,6 @@ def test_score_bounds_hold(example_project: Path, capsys: pytest.CaptureFixture[
     """A tier's searches are skipped on the strength of score bounds: every hit of a tier
     search must score at most its bound, or a better entry could be skipped."""
     import tantivy
-
     from tally.catalog.search import ranking
     from tally.catalog.search.query import words
 

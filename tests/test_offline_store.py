@@ -224,7 +224,6 @@ def test_aligned_plan_is_used_for_daily_tables(repo):
 
 def test_pull_latest_and_materialize_match_stock(repo):
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
-
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     root, store = repo

@@ -21,7 +21,7 @@ from sqlglot import exp
 from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, read_state, table_specs
+from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
 from tally.catalog.sql.engines import first_line
 from tally.catalog.store.fsutil import (
@@ -180,7 +180,7 @@ class Computer:
         groups: set[str] = set()
         for name in spec.features:
             for i in self.project.derived_inputs(self.project.metrics[name]):
-                table = next((s for s in self.specs.values() if i in s.features), None)
+                table = tables_by_feature(self.specs.values()).get(i)
                 if table is not None and table.kind == "group":
                     groups.add(table.name)
         return groups

@@ -335,7 +335,8 @@ def import_file(root: Path, file: Path, *, replace: bool = False, name: str | No
         source = from_odcs(load_document(file), name=name, entity=entity,
                            timestamp_field=timestamp_field, path=path)
     except OdcsError as exc:
-        raise OdcsError(f"{file}: {exc}") from None
+        raise OdcsError(f"{file}: {exc.message}", option=exc.option,
+                        mentions=exc.mentions) from None
     # its own file, so --replace never replaces a file holding other definitions
     file_name = f"{source['name']}.contract.yaml"
     result = register_text(root, file_name, source_yaml(source), replace=replace,

@@ -30,7 +30,7 @@ from tally.catalog.scores.plans import (
 from tally.catalog.spec.models import Score
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import table_specs
+from tally.catalog.spec.tables import table_specs, tables_by_feature
 from tally.catalog.sql.duck import parquet_scan
 
 EXAMPLES = 5
@@ -41,7 +41,7 @@ def _score(project: Project, name: str) -> tuple[Score, Path]:
     if score is None:
         known = ", ".join(sorted(project.scores)) or "none"
         raise LookupFailedError(f"unknown score {name!r}; scores: {known}")
-    spec = next(s for s in table_specs(project) if s.kind == "score" and name in s.features)
+    spec = tables_by_feature(table_specs(project))[name]
     path = spec.path(project)
     if not path.exists():
         raise DataError(f"score {name} is not computed yet ({path} is missing); compute "

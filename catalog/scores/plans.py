@@ -29,7 +29,7 @@ from pathlib import Path
 from tally.catalog.errors import DataError
 from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec
+from tally.catalog.spec.tables import TableSpec, tables_by_feature
 from tally.catalog.sql.duck import parquet_scan, sql_ident
 from tally.catalog.sql.relations import source_relation
 from tally.catalog.store.paths import is_glob
@@ -139,7 +139,7 @@ def challenge_of(score: Score, row: dict[str, object]) -> str | None:
 
 # -- inputs -----------------------------------------------------------------------------
 def _table_with(specs: dict[str, TableSpec], feature: str) -> TableSpec | None:
-    return next((s for s in specs.values() if feature in s.features), None)
+    return tables_by_feature(specs.values()).get(feature)
 
 
 def input_tables(project: Project, score: Score, specs: dict[str, TableSpec]) -> set[str]:

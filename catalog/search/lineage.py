@@ -15,9 +15,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
+
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
-    from tally.catalog.spec.tables import TableSpec
 
 FEATURE_VIEW = "feature_view"
 KIND_ORDER = ("entity", "source", "metric", "score", FEATURE_VIEW, "model")
@@ -104,17 +105,15 @@ def table_owner(project: Project, spec: TableSpec) -> str:
 
 
 def build_lineage(project: Project) -> Lineage:
-    from tally.catalog.spec.tables import table_specs
-
     graph = Lineage()
     for name, definition in project.definitions.items():
         graph.add_node(node_id(definition.kind, name), definition.spec.owner)
-    for spec in table_specs(project):
+    specs = table_specs(project)
+    for spec in specs:
         ident = node_id(FEATURE_VIEW, spec.name)
         graph.add_node(ident, table_owner(project, spec))
         graph.tables[spec.name] = spec
-        for feature in spec.features:
-            graph.table_of_feature[feature] = spec.name
+    graph.table_of_feature = {f: s.name for f, s in tables_by_feature(specs).items()}
     for name, source in project.sources.items():
         graph.add_edge(node_id("entity", source.entity), node_id("source", name))
     for name, metric in project.metrics.items():

@@ -7,8 +7,8 @@ typos too). Every query word must match somewhere; when no entry matches them al
 matching any of them are returned. A field is searched for typos of a word only when none of
 its terms is the word or starts with it; numbers match exactly or as a prefix, never as a
 typo. Facets filter without scoring. tally.catalog.search.ranking turns this into tantivy
-searches, tier by tier, stopping at the first tier that fills the limit. Results are plain dataclasses;
-`to_frame()` gives a pandas DataFrame.
+searches, tier by tier, stopping at the first tier that fills the limit. Results are plain
+dataclasses; `to_frame()` gives a pandas DataFrame.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Each is one Feast FeatureView of the same name. Pure naming and layout; no Feast
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -62,12 +63,19 @@ def table_specs(project: Project) -> list[TableSpec]:
     return specs
 
 
+def tables_by_feature(specs: Iterable[TableSpec]) -> dict[str, TableSpec]:
+    """The table (FeatureView) serving each metric or score among `specs`: the one answer
+    every caller (compute, scores, serving, lineage, the Feast bridge) uses."""
+    out: dict[str, TableSpec] = {}
+    for spec in specs:
+        for feature in spec.features:
+            out.setdefault(feature, spec)
+    return out
+
+
 def table_of(project: Project, feature: str) -> TableSpec | None:
     """The table (FeatureView) that serves a metric or score."""
-    for spec in table_specs(project):
-        if feature in spec.features:
-            return spec
-    return None
+    return tables_by_feature(table_specs(project)).get(feature)
 
 
 def read_state(project: Project, relative: Path) -> dict[str, Any]:
