@@ -124,7 +124,7 @@ def test_no_import_cycle_among_modules() -> None:
 
 
 def test_import_linter_contracts_are_kept() -> None:
-    result = subprocess.run([sys.executable, str(REPO / ".ci" / "lint_imports.py")],
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(REPO / ".ci" / "staged.py"), "lint-imports"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
