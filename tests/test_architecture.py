@@ -128,3 +128,31 @@ def test_import_linter_contracts_are_kept() -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
+
+
+CLI_PUBLIC_API = {
+    "tally", "tally.catalog", "tally.catalog.errors", "tally.catalog.pipeline",
+    "tally.catalog.facade", "tally.catalog.spec.loading", "tally.catalog.spec.authoring",
+    "tally.catalog.spec.moments", "tally.catalog.spec.project", "tally.catalog.search.query",
+    "tally.catalog.search.reuse", "tally.catalog.scores.explain", "tally.catalog.contracts.odcs",
+    "tally.catalog.store.fsutil", "tally.feature_repo", "tally.feature_repo.registry",
+    "tally.feature_repo.serving", "tally.feature_repo.demo", "tally.feature_repo.scaffold",
+    # subpackage __init__s: empty today, where a subpackage's exports would go
+    "tally.catalog.spec", "tally.catalog.store", "tally.catalog.search", "tally.catalog.scores",
+    "tally.catalog.contracts",
+}
+
+
+def test_every_module_outside_the_public_api_is_forbidden_to_the_cli() -> None:
+    """A new catalog or feature_repo module is internal until docs/architecture.md and this
+    list say otherwise: the cli contract must forbid it."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"][
+        "contracts"]
+    cli = next(c for c in contracts if c["name"] == "cli imports only the public API")
+    forbidden = cli["forbidden_modules"]
+    internal = [m for m in import_graph() if m.startswith(("tally.catalog", "tally.feature_repo"))
+                and m not in CLI_PUBLIC_API]
+    uncovered = [m for m in internal if not any(m == f or m.startswith(f + ".")
+                                                for f in forbidden)]
+    assert uncovered == []
+    assert not [f for f in forbidden if f in CLI_PUBLIC_API]
