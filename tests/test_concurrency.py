@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from tally.catalog.spec.loading import load_project
-from tally.catalog.store.fsutil import TEMP_PREFIX, project_lock
+from tally.catalog.store.fsutil import project_lock
+from tally.catalog.store.paths import TEMP_PREFIX
 
 from tests.helpers import REPO, invoke, tree_digest
 

@@ -278,7 +278,7 @@ def test_gate_refuses_then_allows(project: Path) -> None:
         gate(loaded, ["commerce_orders", "crm_logins"], as_of="2026-01-01")
     message = str(caught.value)
     for part in ("commerce_orders", "rule min on amount", "3 offending rows", ORDERS_OWNER,
-                 "--allow-violations"):
+                 "`allow_violations`"):
         assert part in message, message
     assert "crm_logins" not in message
     state = json.loads((project / ".tally" / "contracts.json").read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from tally.catalog.spec.loading import load_project
-from tally.catalog.store.fsutil import TEMP_PREFIX
+from tally.catalog.store.paths import TEMP_PREFIX
 
 from tests.helpers import REPO
 

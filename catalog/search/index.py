@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tantivy
-from tally.catalog.store.fsutil import (
+from tally.catalog.store.fsutil import atomic_write_text, find_definition_files, project_lock
+from tally.catalog.store.paths import (
+    CONTRACT_RESULTS_FILE,
+    INDEX_DIR,
     METRICS_DIR,
+    TABLE_STATS_FILE,
     TEMP_PREFIX,
-    atomic_write_text,
-    find_definition_files,
-    project_lock,
 )
-from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, INDEX_DIR, TABLE_STATS_FILE
 
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project

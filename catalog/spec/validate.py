@@ -8,12 +8,12 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 
 from tally.catalog.errors import Issue
-from tally.catalog.spec.config import CONFIG_FILE, read_config
+from tally.catalog.spec.config import read_config
 from tally.catalog.spec.models import Metric, Model, Score, Source
 from tally.catalog.spec.project import Definition, Project
 from tally.catalog.spec.sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
 from tally.catalog.spec.yamlio import LoadedYaml
-from tally.catalog.store.paths import glob_base
+from tally.catalog.store.paths import CONFIG_FILE, glob_base
 
 MAX_GLOB_MATCHES_CHECKED = 1000
 

@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tally.catalog.errors import LockTimeoutError, TallyError, UsageError
-from tally.catalog.store.paths import (  # noqa: F401 - METRICS_DIR, glob_base: re-exported
+from tally.catalog.store.paths import (
     COMMIT_JOURNAL_FILE,
     LOCK_FILE,
     METRICS_DIR,
     STATE_DIR,
     TEMP_PREFIX,
-    glob_base,
 )
 
 
