@@ -7,6 +7,9 @@ import pytest
 
 from tests.helpers import REPO
 
+# the web catalog fixtures (web_project, web_server, static_site), created only when asked for
+pytest_plugins = ["tests.web_support"]
+
 
 @pytest.fixture
 def example_project(tmp_path: Path) -> Path:

@@ -13,8 +13,6 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.web_support import HOSTILE, METRIC, OWNER, SCORE, Served
 
-pytest_plugins = ["tests.web_support"]  # its fixtures: web_project, web_server, static_site
-
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]

@@ -14,8 +14,6 @@ from tally.catalog.search.query import search
 from tests.helpers import run_tally
 from tests.web_support import HOSTILE, METRIC, OWNER, SCORE, Served, fetch
 
-pytest_plugins = ["tests.web_support"]  # its fixtures: web_project, web_server, static_site
-
 
 def test_search_api_ranks_as_the_cli_does(web_server: Served) -> None:
     reply = fetch(f"{web_server.base}/api/search?q=montly+activ+usrs")
@@ -166,3 +164,25 @@ def test_ui_usage_errors(web_project: Path, tmp_path: Path) -> None:
     (broken / "metrics" / "x.yaml").write_text("metrics:\n  - name: Bad Name\n")
     result = run_tally(["-p", str(broken), "ui", "--port", "8"], timeout=120)
     assert result.code == 1 and "x.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_distribution_matches_the_computed_table(web_project: Path) -> None:
+    from tally.catalog.scores.entities import newest_keys
+    from tally.catalog.search.distribution import distribution
+    from tally.catalog.spec.project import load_project
+
+    project = load_project(web_project)
+    frame = pq.read_table(web_project / "data" / "tables" / "crm_logins_1d.parquet").to_pandas()
+    result = distribution(project, METRIC, snapshots=3)
+    assert result is not None and result.computed and len(result.snapshots) == 3
+    newest = frame[frame["event_timestamp"] == frame["event_timestamp"].max()][METRIC]
+    last = result.snapshots[-1]
+    assert last.count == newest.notna().sum()
+    assert last.p50 == float(newest.quantile(0.5))
+    assert last.p90 == float(newest.quantile(0.9))
+    assert (last.low, last.high) == (float(newest.min()), float(newest.max()))
+    assert distribution(project, "crm_seat_count") is None  # a column metric: no snapshots
+    scores = pq.read_table(web_project / "data" / "tables" / f"score_{SCORE}.parquet").to_pandas()
+    at_newest = scores[scores["event_timestamp"] == scores["event_timestamp"].max()]
+    assert newest_keys(project, SCORE, 1000) == sorted(at_newest["account_id"].tolist())
+    assert newest_keys(project, SCORE, 2) == sorted(at_newest["account_id"].tolist())[:2]

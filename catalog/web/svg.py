@@ -12,9 +12,9 @@ from tally.catalog.scores.explain import Explanation
 from tally.catalog.search.distribution import Distribution
 from tally.catalog.search.lineage import Lineage, sort_ids, split_id, walk
 
-NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD = 168, 34, 34, 12, 8
+NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD = 182, 34, 30, 12, 8
 MAX_NODES = 40
-_LABEL_CHARS = 23
+_LABEL_CHARS = 26
 
 
 def neighbourhood(graph: Lineage, ident: str) -> set[str]:
