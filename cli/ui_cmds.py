@@ -47,7 +47,7 @@ def ui(
     build: Annotated[Path | None, typer.Option(
         "--build", help="Write the catalog as a static site into this folder instead.")] = None,
     explain_limit: Annotated[int, typer.Option(
-        "--explain-limit", help="With --build: explanation pages per score, at most.")] = 1000,
+        "--explain-limit", help="With --build: explanation pages per score, at most.")] = 500,
 ) -> None:
     """The web catalog: search, one page per definition, lineage, scores, reuse."""
     if not 0 < port < 65536:

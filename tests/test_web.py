@@ -26,6 +26,8 @@ def test_search_api_ranks_as_the_cli_does(web_server: Served) -> None:
     assert views["hits"] and {h["kind"] for h in views["hits"]} == {"feature_view"}
     owned = json.loads(fetch(f"{web_server.base}/api/search?owner=billing").body)["hits"]
     assert owned and all(h["owner"].startswith("billing@") for h in owned)
+    three = json.loads(fetch(f"{web_server.base}/api/search?q=&limit=3").body)
+    assert len(three["hits"]) == 3 and three["total"] > 3
 
 
 def test_search_page_renders_hits_without_script(web_server: Served) -> None:
@@ -186,3 +188,18 @@ def test_distribution_matches_the_computed_table(web_project: Path) -> None:
     at_newest = scores[scores["event_timestamp"] == scores["event_timestamp"].max()]
     assert newest_keys(project, SCORE, 1000) == sorted(at_newest["account_id"].tolist())
     assert newest_keys(project, SCORE, 2) == sorted(at_newest["account_id"].tolist())[:2]
+
+
+def test_pages_follow_edited_definitions(example_project: Path) -> None:
+    from tally.catalog.web.render import Renderer
+    from tally.catalog.web.site import Site
+
+    renderer = Renderer(Site(example_project), "server")
+    assert "trailing 30 days" in renderer.entry("metric", METRIC)
+    crm = example_project / "metrics" / "crm.yaml"
+    crm.write_text(crm.read_text().replace(
+        "Distinct users who logged in to CRM in the trailing 30 days.",
+        "Distinct CRM users of the last 30 days <b>edited</b>."))
+    page = renderer.entry("metric", METRIC)
+    assert "Distinct CRM users of the last 30 days &lt;b&gt;edited&lt;/b&gt;." in page
+    assert "Distinct CRM users" in renderer.search("distinct crm", {})

@@ -139,8 +139,8 @@ def _add_pages(app: FastAPI, renderer: Renderer) -> None:
                    tag: Facet = [], kind: Facet = [], status: Facet = [],  # noqa: B006
                    contract: Facet = [],  # noqa: B006
                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-        context = site.search_context(q, _filters(owner, tag, kind, status, contract))
-        return {"query": q, "total": context["total"], "hits": context["hits"][:limit]}
+        context = site.search_context(q, _filters(owner, tag, kind, status, contract), limit)
+        return {"query": q, "total": context["total"], "hits": context["hits"]}
 
     @app.get("/reuse.html", response_class=HTMLResponse)
     def reuse_page() -> str:

@@ -26,7 +26,7 @@ from tally.catalog.web.render import ASSETS, Renderer, asset, script_json
 from tally.catalog.web.site import KEY, Site, entry_href, explain_href
 
 MARKER = ".tally-site"
-DEFAULT_EXPLAIN_LIMIT = 1000
+DEFAULT_EXPLAIN_LIMIT = 500
 
 
 @dataclass(frozen=True)

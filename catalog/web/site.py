@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,14 @@ class _Loaded:
     project: Project
     graph: Lineage
     cards: dict[str, dict[str, Any]]
+    memo: dict[tuple[str, str], Any] = field(default_factory=dict)  # reads of computed tables
+
+    def once(self, what: str, name: str, read: Callable[[], Any]) -> Any:
+        """`read()` the first time; the fingerprint covers .tally/tables.json, which every
+        compute rewrites, so a memo never outlives the tables it was read from."""
+        if (what, name) not in self.memo:
+            self.memo[(what, name)] = read()
+        return self.memo[(what, name)]
 
 
 class Site:
@@ -93,8 +103,9 @@ class Site:
         return search(self.root, query, limit=limit, owner=given["owner"], tag=given["tag"],
                       kind=given["kind"], status=given["status"], contract=given["contract"])
 
-    def search_context(self, query: str, filters: dict[str, list[str]]) -> dict[str, Any]:
-        results = self.search(query, filters)
+    def search_context(self, query: str, filters: dict[str, list[str]], limit: int = 50
+                       ) -> dict[str, Any]:
+        results = self.search(query, filters, limit)
         hits = [{**vars(h), "href": entry_href(h.kind, h.name)} for h in results]
         return {"query": query, "filters": filters, "choices": self.facet_choices(),
                 "hits": hits, "total": results.total}
@@ -135,7 +146,7 @@ class Site:
             "freshness": freshness(card), "distribution": None, "score": None,
         }
         if kind in ("metric", "score"):
-            dist = distribution(loaded.project, name)
+            dist = loaded.once("distribution", name, partial(distribution, loaded.project, name))
             if dist is not None and dist.computed:
                 context["distribution"] = {"svg": distribution_svg(dist),
                                            "newest": dist.snapshots[-1:] or None,
@@ -146,9 +157,10 @@ class Site:
 
     def score_context(self, name: str) -> dict[str, Any]:
         """The segments of a score and the entity keys to pick from."""
-        project = self.loaded().project
+        loaded = self.loaded()
+        project = loaded.project
         try:
-            result = segments(project, name)
+            result = loaded.once("segments", name, partial(segments, project, name))
         except (DataError, LookupFailedError) as exc:
             return {"name": name, "error": str(exc), "segments": None, "examples": []}
         examples = [str(k) for g in result.groups for k in g.examples]
