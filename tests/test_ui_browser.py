@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from tests.web_support import HOSTILE, METRIC, OWNER, SCORE, Served
 
 CHROMIUM = "/usr/bin/chromium"
+expect.set_options(timeout=30_000)  # a waiting bound on a busy machine, not a timing check
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 

@@ -7,6 +7,7 @@
   var prefix = body.getAttribute("data-prefix") || "";
   var mode = body.getAttribute("data-mode");
   var FACETS = ["owner", "tag", "kind", "status", "contract"];
+  var latest = 0;
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -120,9 +121,11 @@
     }
     var params = new URLSearchParams(f);
     params.set("q", query);
+    var asked = ++latest;
     fetch(prefix + "api/search?" + params.toString())
       .then(function (r) { return r.json().then(function (data) { return {ok: r.ok, data: data}; }); })
       .then(function (res) {
+        if (asked !== latest) return;  // a later query's answer wins, whatever the order
         if (res.ok) render(res.data.hits, res.data.total);
         else document.getElementById("summary").textContent = res.data.error;
       });
