@@ -59,13 +59,11 @@ def ui(
         return
     import uvicorn
     from tally.catalog.web.app import LOOPBACK_HOSTS, create_app
-    from tally.catalog.web.site import Site
 
-    Site(project_root()).loaded()  # invalid definitions fail now, with exit 1
-    _check_port(host, port)
     hosts = LOOPBACK_HOSTS if host in _LOOPBACK else ["*"] if host in ("0.0.0.0", "::") else [
         host, *LOOPBACK_HOSTS]
-    app = create_app(project_root(), allowed_hosts=hosts)
+    app = create_app(project_root(), allowed_hosts=hosts)  # invalid definitions: exit 1
+    _check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
     ready = (f"serving the catalog of {project_root().resolve()} at http://{shown}:{port}/ "
              "(read only; Ctrl+C stops)")

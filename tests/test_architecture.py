@@ -135,11 +135,12 @@ CLI_PUBLIC_API = {
     "tally.catalog.facade", "tally.catalog.spec.loading", "tally.catalog.spec.authoring",
     "tally.catalog.spec.moments", "tally.catalog.spec.project", "tally.catalog.search.query",
     "tally.catalog.search.reuse", "tally.catalog.scores.explain", "tally.catalog.contracts.odcs",
-    "tally.catalog.store.fsutil", "tally.feature_repo", "tally.feature_repo.registry",
+    "tally.catalog.store.fsutil", "tally.catalog.web.app", "tally.catalog.web.build",
+    "tally.feature_repo", "tally.feature_repo.registry",
     "tally.feature_repo.serving", "tally.feature_repo.demo", "tally.feature_repo.scaffold",
     # subpackage __init__s: empty today, where a subpackage's exports would go
     "tally.catalog.spec", "tally.catalog.store", "tally.catalog.search", "tally.catalog.scores",
-    "tally.catalog.contracts",
+    "tally.catalog.contracts", "tally.catalog.web",
 }
 
 

@@ -171,7 +171,7 @@ def test_ui_usage_errors(web_project: Path, tmp_path: Path) -> None:
 def test_distribution_matches_the_computed_table(web_project: Path) -> None:
     from tally.catalog.scores.entities import newest_keys
     from tally.catalog.search.distribution import distribution
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
 
     project = load_project(web_project)
     frame = pq.read_table(web_project / "data" / "tables" / "crm_logins_1d.parquet").to_pandas()

@@ -31,7 +31,7 @@ def web_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tally.catalog.compute.runner import compute
     from tally.catalog.contracts.checks import gate
     from tally.catalog.spec.authoring import init_project
-    from tally.catalog.spec.project import load_project
+    from tally.catalog.spec.loading import load_project
     from tally.feature_repo.demo_data import END, generate
 
     root = tmp_path_factory.mktemp("web") / "project"

@@ -63,8 +63,11 @@ def _wants_json(request: Request) -> bool:
 
 def create_app(root: Path | str, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app serving the catalog of the project at `root`. `allowed_hosts` are the Host
-    header values accepted (default: the loopback names)."""
-    renderer = Renderer(Site(root), "server")
+    header values accepted (default: the loopback names). Loads the project first, so
+    invalid definitions raise DefinitionError here rather than on the first page."""
+    site = Site(root)
+    site.loaded()
+    renderer = Renderer(site, "server")
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
     _add_guards(app, renderer)

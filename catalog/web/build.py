@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tally.catalog.errors import DataError, TallyError
 from tally.catalog.search.query import KINDS
-from tally.catalog.store.fsutil import TEMP_PREFIX
+from tally.catalog.store.paths import TEMP_PREFIX
 from tally.catalog.web.render import ASSETS, Renderer, asset, script_json
 from tally.catalog.web.site import KEY, Site, entry_href, explain_href
 

@@ -27,8 +27,9 @@ from tally.catalog.search.index import current_inputs
 from tally.catalog.search.lineage import Lineage, build_lineage, node_id
 from tally.catalog.search.query import CONTRACT_FACETS, KINDS, STATUSES, SearchResults, search
 from tally.catalog.search.reuse import reuse_report
+from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.moments import parse_moment
-from tally.catalog.spec.project import Project, load_project
+from tally.catalog.spec.project import Project
 from tally.catalog.web.svg import distribution_svg, lineage_svg, waterfall_svg
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
