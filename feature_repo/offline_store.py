@@ -50,7 +50,9 @@ from tally.feature_repo.offline_store_sql import (
     latest_sql,
     literal,
     range_sql,
+    rows_sql,
 )
+from tally.feature_repo.offline_store_fetch import read_rows
 
 TIMESTAMP = "event_timestamp"
 
@@ -200,11 +202,22 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Ta
             con.register("__tally_rest", entities.filter(pa.array(~matched)))
             rest = "__tally_rest"
     if rest is not None:
-        parts.append(_arrow(con.sql(range_sql(plan, rest, ts_col, lo, hi))).select(
-            [ROW, *names]))
+        parts.append(_range_rows(con, plan, rest, ts_col, lo, hi, names))
     con.unregister("__tally_entities")
     found = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
     return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
+
+
+def _range_rows(con: Any, plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
+                hi: str | None, names: list[str]) -> pa.Table:
+    """The range plan's rows (`ROW`, `__f0`, ...): on one parquet file, the join finds row
+    numbers and the features are read after; on a folder or glob, the join carries them."""
+    if not os.path.isfile(plan.path):
+        return _arrow(con.sql(range_sql(plan, relation, ts_col, lo, hi))).select([ROW, *names])
+    found = _arrow(con.sql(rows_sql(plan, relation, ts_col, lo, hi)))
+    values = read_rows(plan.path, [src for src, _ in plan.features],
+                       found.column("__r").to_numpy())
+    return pa.table([found.column(ROW), *values.columns], names=[ROW, *names])
 
 
 def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str

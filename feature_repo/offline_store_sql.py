@@ -30,6 +30,7 @@ ROW = "__tally_row"
 US_PER = {"7d": 7 * 86_400_000_000, "1d": 86_400_000_000, "12h": 43_200_000_000,
           "6h": 21_600_000_000, "1h": 3_600_000_000}
 MIN_ALIGNED_US = 3_600_000_000  # an equality join on a finer grain would rarely match
+LAYOUT_SAMPLE = 100_000  # rows read first by the layout check
 
 
 def q(name: str) -> str:
@@ -76,12 +77,20 @@ def aligned_grain(con: Any, plan: ViewPlan) -> int | None:
         return None
     if key in _layout_cache:
         return _layout_cache[key]
-    ts = f"epoch_us({q(plan.timestamp)}::TIMESTAMPTZ)"
-    checks = ", ".join(f"bool_and({ts} % {us} = 0)" for us in US_PER.values())
-    row = con.sql(f"SELECT {checks} FROM {reader(plan.path)}").fetchall()[0]
-    grain = next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
+    grain = _grain_of(con, plan, LAYOUT_SAMPLE)  # irregular tables fail on a sample
+    if grain is not None:
+        grain = _grain_of(con, plan, None)
     _layout_cache[key] = grain
     return grain
+
+
+def _grain_of(con: Any, plan: ViewPlan, limit: int | None) -> int | None:
+    ts = f"epoch_us({q(plan.timestamp)}::TIMESTAMPTZ)"
+    checks = ", ".join(f"bool_and({ts} % {us} = 0)" for us in US_PER.values())
+    rows = f"(SELECT {q(plan.timestamp)} FROM {reader(plan.path)} LIMIT {int(limit)})" if (
+        limit) else reader(plan.path)
+    row = con.sql(f"SELECT {checks} FROM {rows}").fetchall()[0]
+    return next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
 
 
 def _source(plan: ViewPlan) -> str:
@@ -148,6 +157,31 @@ def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
              f"GROUP BY e.{q(ROW)}")
     outs = ", ".join(f"__v.{q(f'f{i}')} AS {q(f'__f{i}')}" for i in range(len(plan.features)))
     return f"SELECT {q(ROW)}, {outs} FROM ({inner})"
+
+
+def _order_key(plan: ViewPlan) -> str:
+    """(event_timestamp, created_timestamp) packed into one HUGEINT, in the same order;
+    a missing created timestamp sorts first, as NULLS LAST does in a descending sort."""
+    created = f"coalesce(epoch_us(f.__c), {-(2**63)})"
+    return f"epoch_us(f.__ts)::HUGEINT * {2**64} + {created}"
+
+
+def rows_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
+             hi: str | None) -> str:
+    """The range plan without the features: per entity row, the file row number of the
+    newest row in [t - ttl, t] (`__r`). The features are read afterwards by row number,
+    so the join carries 3 columns instead of all of them."""
+    on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
+    cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
+    cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
+    cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
+                "NULL::TIMESTAMPTZ AS __c")
+    source = (f"(SELECT {', '.join(cols)}, file_row_number AS __r FROM "
+              f"read_parquet({literal(plan.path)}, file_row_number = true))")
+    return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
+            f"FROM {_entity(plan, relation, ts_col, None)} e "
+            f"JOIN (SELECT * FROM {source} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
+            f"GROUP BY e.{q(ROW)}")
 
 
 def dedup_sql(relation: str, n_features: int) -> str:
