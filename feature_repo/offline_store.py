@@ -53,6 +53,12 @@ from tally.feature_repo.offline_store_sql import (
     rows_sql,
 )
 from tally.feature_repo.offline_store_fetch import read_rows
+from tally.feature_repo.offline_store_write import (
+    append_rows,
+    check_batch_columns,
+    persist_table,
+    write_logs,
+)
 
 TIMESTAMP = "event_timestamp"
 
@@ -263,16 +269,10 @@ class TallyRetrievalJob(RetrievalJob):
 
     def persist(self, storage: Any, allow_overwrite: bool = False,
                 timeout: int | None = None) -> None:
-        import pyarrow.parquet as pq
-        from feast.errors import SavedDatasetLocationAlreadyExists
-
         source = storage.to_data_source()
         if not isinstance(source, FileSource):
             raise NotImplementedError("TallyDuckDBOfflineStore persists to FileSource only")
-        path = source.path
-        if os.path.exists(path) and not allow_overwrite:
-            raise SavedDatasetLocationAlreadyExists(location=path)
-        pq.write_table(self.to_arrow(), path)
+        persist_table(self.to_arrow(), source.path, allow_overwrite)
 
 
 class OrderedRetrievalJob(TallyRetrievalJob):
@@ -356,7 +356,26 @@ class TallyDuckDBOfflineStore(OfflineStore):
     @staticmethod
     def offline_write_batch(config: RepoConfig, feature_view: FeatureView, table: pa.Table,
                             progress: Any) -> None:
-        DuckDBOfflineStore.offline_write_batch(config, feature_view, table, progress)
+        source = feature_view.batch_source
+        if not _is_parquet_file_source(source) or not source.path.endswith(".parquet"):
+            DuckDBOfflineStore.offline_write_batch(config, feature_view, table, progress)
+            return
+        check_batch_columns(config, feature_view, table)
+        append_rows(table, Path(resolve_path(config, source.path)))
+        if progress:
+            progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(config: RepoConfig, data: pa.Table | Path, source: Any,
+                              logging_config: Any, registry: BaseRegistry) -> None:
+        from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+        destination = logging_config.destination
+        if not isinstance(destination, FileLoggingDestination) or destination.partition_by:
+            DuckDBOfflineStore.write_logged_features(config, data, source, logging_config,
+                                                     registry)
+            return
+        write_logs(data, resolve_path(config, destination.path))
 
 
 def _stamp(value: datetime | None) -> str | None:

@@ -264,3 +264,135 @@ def test_pull_latest_and_materialize_match_stock(repo):
             entity_rows=[{"driver_id": int(k)} for k in a["driver_id"]]).to_df()
     assert online["trips"].tolist() == a["trips"].tolist()
     assert online["rating"].tolist() == pytest.approx(a["rating"].tolist())
+
+
+# -- the rest of the OfflineStore interface, each against the stock store ------------------
+def _stock_store(root: Path):
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    config = RepoConfig(project="offline_test", provider="local", registry="data/registry.db",
+                        offline_store={"type": "duckdb"},
+                        online_store={"type": "sqlite", "path": "data/online.db"},
+                        entity_key_serialization_version=3, repo_path=root)
+    return FeatureStore(repo_path=str(root), config=config)
+
+
+def _in(root: Path):
+    """The stock store reads relative paths against the current folder."""
+    class Chdir:
+        def __enter__(self):
+            self.cwd = os.getcwd()
+            os.chdir(root)
+            warnings.simplefilter("ignore")
+
+        def __exit__(self, *exc):
+            os.chdir(self.cwd)
+
+    return Chdir()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ""])
+def test_saved_dataset_round_trip_matches_stock(repo, tmp_path, suffix):
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+
+    root, store = repo
+    frame = _entities(seed=13, n=120)
+    results = {}
+    for name, fs in (("tally", store), ("stock", _stock_store(root))):
+        with _in(root):
+            job = fs.get_historical_features(entity_df=frame, features=REFS)
+            fs.create_saved_dataset(from_=job, name=f"ds_{name}{suffix[1:]}",
+                                    storage=SavedDatasetFileStorage(
+                                        path=str(tmp_path / f"{name}{suffix}")))
+            back = fs.get_saved_dataset(f"ds_{name}{suffix[1:]}").to_df()
+        results[name] = back
+    ours, stock = results["tally"], results["stock"]
+    assert sorted(ours.columns) == sorted(stock.columns)
+    order = sorted(stock.columns)  # a saved dataset reads back in no particular order
+    ours, stock = (f[order].sort_values(order).reset_index(drop=True) for f in (ours, stock))
+    assert len(ours) == len(frame) and ours["trips"].notna().sum() > 20
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+
+
+def test_offline_write_batch_matches_stock(repo, tmp_path, monkeypatch):
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64
+
+    root, store = repo
+    base = pd.read_parquet(root / "data" / "daily.parquet").head(30)
+    new = base.head(5).assign(trips=lambda d: d.trips + 10_000)
+    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+    files = {}
+    for name, fs in (("tally", store), ("stock", _stock_store(root))):
+        files[name] = root / "data" / f"written_{name}.parquet"
+        base.to_parquet(files[name], index=False)
+        view = FeatureView(name=f"written_{name}", entities=[driver], ttl=timedelta(days=2),
+                           schema=[Field(name="trips", dtype=Int64),
+                                   Field(name="rating", dtype=Float64)],
+                           source=FileSource(name=f"written_{name}_src",
+                                             path=f"data/written_{name}.parquet",
+                                             timestamp_field="event_timestamp",
+                                             created_timestamp_column="created_timestamp"))
+        with _in(root):
+            fs.apply([driver, view])
+            fs.write_to_offline_store(f"written_{name}", new[list(base.columns)])
+    monkeypatch.chdir(tmp_path)
+    cols = list(base.columns)  # the stock writer's row order varies with its threads
+    ours, stock = (pd.read_parquet(files[n]).sort_values(cols).reset_index(drop=True)
+                   for n in ("tally", "stock"))
+    assert len(ours) == 35 and (ours["trips"] >= 10_000).sum() == 5
+    # the stock writer turns the timestamps into strings; Tally keeps the file's types
+    assert str(ours["event_timestamp"].dtype).startswith("datetime64")
+    stock = stock.assign(**{c: pd.to_datetime(stock[c], utc=True)
+                            for c in ("event_timestamp", "created_timestamp")})
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+
+
+def test_write_logged_features_matches_stock(repo, tmp_path):
+    import pyarrow as pa
+    from feast import FeatureService
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
+
+    root, store = repo
+    logs = pa.table({"driver_id": [1, 2, 3], "trips": [4, 5, 6],
+                     "__log_timestamp": pd.date_range("2024-03-01", periods=3, tz="UTC")})
+    service = FeatureService(name="svc", features=[store.get_feature_view("daily")])
+    out = {}
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
+
+    for name, cls in (("tally", TallyDuckDBOfflineStore), ("stock", DuckDBOfflineStore)):
+        out[name] = tmp_path / name
+        out[name].mkdir()  # the stock writer needs the folder to exist
+        config = LoggingConfig(destination=FileLoggingDestination(path=str(out[name])))
+        cls.write_logged_features(store.config, logs, service, config, store.registry)
+        cls.write_logged_features(store.config, logs.slice(1), service, config, store.registry)
+    ours, stock = (pd.read_parquet(out[n]).sort_values(["driver_id"]).reset_index(drop=True)
+                   for n in ("tally", "stock"))
+    assert len(list(out["tally"].iterdir())) == 2 and len(ours) == 5
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+
+
+@pytest.mark.parametrize("bounds", [(None, None), ("2024-03-04", None), (None, "2024-03-09"),
+                                    ("2024-03-04", "2024-03-04")])
+def test_pull_all_time_bounds_match_stock(repo, bounds):
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
+
+    from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
+
+    root, store = repo
+    start, end = (pd.Timestamp(b, tz="UTC").to_pydatetime() if b else None for b in bounds)
+    args = (store.config, store.get_feature_view("daily").batch_source, ["driver_id"],
+            ["trips", "rating"], "event_timestamp", "created_timestamp", start, end)
+    with _in(root):
+        stock = DuckDBOfflineStore.pull_all_from_table_or_query(*args).to_df()
+    ours = TallyDuckDBOfflineStore.pull_all_from_table_or_query(*args).to_df()
+    order = ["driver_id", "event_timestamp", "created_timestamp"]
+    stock = stock.assign(**{c: pd.to_datetime(stock[c], utc=True) for c in order[1:]})
+    assert list(ours.columns) == list(stock.columns) and len(ours) > 0
+    pd.testing.assert_frame_equal(ours.sort_values(order).reset_index(drop=True),
+                                  stock.sort_values(order).reset_index(drop=True),
+                                  check_dtype=False)
