@@ -13,7 +13,7 @@ def main() -> None:
                    if m.name not in {"common", "__main__"})
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=names)
-    parser.add_argument("--size", choices=["small", "large"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     args = parser.parse_args()
     module = importlib.import_module(f"bench.{args.name}")
     module.run(args.size)

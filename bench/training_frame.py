@@ -1,11 +1,17 @@
 """Training frame: Tally's offline store vs Feast's stock DuckDB store vs hand-written
 DuckDB queries (hash join + QUALIFY, ASOF join), and the floor (reading the needed
-columns once). 3 feature tables shaped like Tally's own (daily snapshots sorted by key and
-timestamp, 122880-row groups, 30-day ttl), entity rows at random times.
+columns once), on two shapes of 3 feature tables (30-day ttl, 122880-row groups):
 
-    python -m bench training_frame [--size small|large]
+* aligned: shaped like Tally's own (daily snapshots sorted by key and timestamp), entity
+  rows at random times;
+* irregular: raw tables as a Feast user points a FileSource at (see generate_irregular):
+  event times to the second over a year in no order, ~10 rows per key, 2% restated rows,
+  1% nulls, int32/int64/float32/float64; entity rows hitting every ttl edge.
 
-small: 3 x ~1M rows, 100k entity rows; large: 3 x ~10M rows, 1M entity rows.
+    python -m bench training_frame [--size tiny|small|large]
+
+tiny: a few thousand rows (seconds); small: 3 x ~1M rows, 100k entity rows; large:
+3 x ~10M rows, 1M entity rows.
 Each variant runs in its own subprocess (peak RSS is the whole process, Python and
 imports included); the time is the join alone, to Arrow, median of the repeats, the
 variants interleaved so machine load hits them alike.
@@ -14,15 +20,22 @@ variants interleaved so machine load hits them alike.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
 from .common import DATA, run_in_subprocess, table, write_section
 
-SIZES = {"small": (65_000, 100_000), "large": (650_000, 1_000_000)}  # keys, entity rows
+SIZES = {"tiny": (2_000, 2_000), "small": (65_000, 100_000),
+         "large": (650_000, 1_000_000)}  # aligned: keys, entity rows
+IRREGULAR = {"tiny": (30_000, 3_000), "small": (1_000_000, 100_000),
+             "large": (10_000_000, 1_000_000)}  # irregular: rows per table, entity rows
+YEAR_S = 365 * 86400
 DAYS = 20
 VIEWS = [("t1", 5), ("t2", 4), ("t3", 4)]
+VIEWS_N = [(1, 5), (2, 4), (3, 4)]
 GEN_VERSION = "3"
+IRREGULAR_VERSION = "1"
 
 
 def _h(expr: str, salt: int) -> str:
@@ -30,11 +43,11 @@ def _h(expr: str, salt: int) -> str:
     return f"((({expr}) * 2654435761 + {salt} * 40503 + 12345) % 2147483647)"
 
 
-def generate(size: str) -> Path:
+def generate(size: str, out: Path | None = None) -> Path:
     import duckdb
 
     keys, n = SIZES[size]
-    out = DATA / f"tf_{size}"
+    out = out or DATA / f"tf_{size}"
     marker = out / "VERSION"
     if marker.exists() and marker.read_text() == GEN_VERSION:
         return out
@@ -65,20 +78,82 @@ def generate(size: str) -> Path:
     return out
 
 
+def _irregular_key_ts(ti: int, row: str, keys: int) -> tuple[str, str]:
+    """Key and event time (seconds into 2024) of table ti's base row number `row`."""
+    return f"{_h(row, ti * 10 + 1)} % {keys}", f"{_h(row, ti * 10 + 2)} % {YEAR_S}"
+
+
+def _irregular_features(ti: int, n: int) -> str:
+    kinds = [f"({_h('i', ti * 100 + 1)} % 100000)::INTEGER",
+             f"({_h('i', ti * 100 + 2)} * 4099)::BIGINT",
+             f"({_h('i', ti * 100 + 3)} % 100000 / 7.0)::FLOAT",
+             f"CASE WHEN {_h('i', ti * 100 + 50)} % 100 = 0 THEN NULL "
+             f"ELSE {_h('i', ti * 100 + 4)} % 1000000 / 13.0 END::DOUBLE",
+             f"({_h('i', ti * 100 + 5)} % 1000 / 3.0)::DOUBLE"]
+    return ", ".join(f"{kinds[j]} AS t{ti}_f{j + 1}" for j in range(n))
+
+
+def generate_irregular(out: Path, rows: int, entity_rows: int) -> Path:
+    """3 raw tables of `rows` rows over rows/10 keys, written in generation order (not
+    sorted): the base 98% of rows at random seconds of 2024; the last 2% restate a base row
+    (same key and event time, created 1 h later, other values). created_timestamp is
+    unique per row. Entity rows: 1% unknown keys, 5% exactly at a feature row's time, 2%
+    exactly ttl (30 d) after one, 2% ttl + 1 s after one, the rest random keys and times."""
+    import duckdb
+
+    marker = out / "VERSION"
+    if marker.exists() and marker.read_text() == IRREGULAR_VERSION:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    keys, base = rows // 10, rows - rows // 50
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for ti, nf in VIEWS_N:
+        key, sec = _irregular_key_ts(ti, "src", keys)
+        con.execute(f"""COPY (
+          WITH r AS (SELECT i, CASE WHEN i < {base} THEN i ELSE {_h('i', ti * 10 + 5)} % {base}
+                               END AS src FROM range({rows}) t(i))
+          SELECT ({key})::BIGINT AS account_id,
+                 TIMESTAMPTZ '2024-01-01' + to_seconds(({sec})::BIGINT) AS event_timestamp,
+                 TIMESTAMPTZ '2024-01-01' + to_seconds(({sec})::BIGINT + 60
+                     + CASE WHEN i < {base} THEN 0 ELSE 3600 END) + to_microseconds(i)
+                     AS created_timestamp, {_irregular_features(ti, nf)}
+          FROM r) TO '{out}/t{ti}.parquet' (FORMAT parquet, ROW_GROUP_SIZE 122880)""")
+    pick = {part: "CASE (i // 100) % 3 " + " ".join(
+        f"WHEN {ti - 1} THEN {_irregular_key_ts(ti, 'r', keys)[part]}" for ti, _ in VIEWS_N)
+        + " END" for part in (0, 1)}
+    ttl = 30 * 86400
+    con.execute(f"""COPY (
+      WITH e AS (SELECT i, i % 100 AS m, {_h('i', 97)} % {base} AS r
+                 FROM range({entity_rows}) t(i)),
+      f AS (SELECT i, m, ({pick[0]})::BIGINT AS fk, ({pick[1]})::BIGINT AS fs FROM e)
+      SELECT i AS rid,
+        CASE WHEN m = 0 THEN {keys} + {_h('i', 96)} % {keys} WHEN m < 10 THEN fk
+             ELSE {_h('i', 99)} % {keys} END::BIGINT AS account_id,
+        TIMESTAMPTZ '2024-01-01' + to_seconds(CASE WHEN m BETWEEN 1 AND 5 THEN fs
+             WHEN m IN (6, 7) THEN fs + {ttl} WHEN m IN (8, 9) THEN fs + {ttl} + 1
+             ELSE {_h('i', 98)} % {YEAR_S + ttl} END) AS event_timestamp,
+        i % 2 AS label FROM f) TO '{out}/entities.parquet' (FORMAT parquet)""")
+    marker.write_text(IRREGULAR_VERSION)
+    return out
+
+
 _FEAST_SETUP = """
 import sys, warnings
 warnings.filterwarnings("ignore")
 from datetime import timedelta
 import pyarrow.parquet as pq
 from feast import Entity, FeatureView, Field, FileSource, ValueType
-from feast.types import Int64, Float64
+from feast.types import Int32, Int64, Float32, Float64
 from feast.repo_config import RepoConfig
 D = sys.argv[1]
+TYPES = ([Int32, Int64, Float32, Float64, Float64] if sys.argv[2] == "irregular" else
+         [Int64, Float64, Float64, Float64, Float64])
 ent = pq.read_table(f"{D}/entities.parquet").to_pandas()
 acc = Entity(name="account", join_keys=["account_id"], value_type=ValueType.INT64)
 views = [FeatureView(name=v, entities=[acc], ttl=timedelta(days=30),
     schema=[Field(name="account_id", dtype=Int64)] + [Field(name=f"{v}_f{j}",
-            dtype=Int64 if j == 1 else Float64) for j in range(1, n + 1)],
+            dtype=TYPES[j - 1]) for j in range(1, n + 1)],
     source=FileSource(name=v + "_src", path=f"{D}/{v}.parquet", timestamp_field="event_timestamp",
                       created_timestamp_column="created_timestamp"))
     for v, n in [("t1", 5), ("t2", 4), ("t3", 4)]]
@@ -95,9 +170,9 @@ import time
 t = time.perf_counter()
 res = STORE.get_historical_features(config, views, refs, ent, Registry(), "bench").to_arrow()
 OUT = {"join_s": time.perf_counter() - t, "rows": res.num_rows}
-if len(sys.argv) > 2:
+if len(sys.argv) > 3:
     import pyarrow.parquet as pq
-    pq.write_table(res.sort_by("rid"), sys.argv[2])
+    pq.write_table(res.sort_by("rid"), sys.argv[3])
 """
 
 CODE = {
@@ -167,9 +242,11 @@ def _identical(a: Path, b: Path) -> bool:
 
 
 GENERATE = """
-from bench.training_frame import generate, VIEWS
+from bench.training_frame import generate, generate_irregular, VIEWS, IRREGULAR, DATA
 import pyarrow.parquet as pq
-data = generate(sys.argv[1])
+size, shape = sys.argv[1], sys.argv[2]
+data = (generate(size) if shape == "aligned" else
+        generate_irregular(DATA / f"tf_irregular_{size}", *IRREGULAR[size]))
 OUT = {"data": str(data), "sizes": [pq.ParquetFile(data / f"{v}.parquet").metadata.num_rows
                                     for v, _ in VIEWS]}
 """
@@ -182,11 +259,32 @@ OUT = {"same": _identical(Path(sys.argv[1]), Path(sys.argv[2]))}
 
 
 def run(size: str) -> None:
+    texts = [run_shape(size, shape) for shape in ("aligned", "irregular")]
+    write_section(f"training_frame --size {size}", "\n".join(texts))
+
+
+def _describe(size: str, shape: str, sizes: list[int]) -> str:
+    rows = ", ".join(f"{s:,}" for s in sizes)
+    nfeat = sum(n for _, n in VIEWS)
+    if shape == "aligned":
+        keys, n = SIZES[size]
+        return (f"### {size}, aligned: feature tables of {rows} rows ({nfeat} features, ttl "
+                f"30d, daily snapshots over {DAYS} days sorted by key, {keys:,} keys), "
+                f"{n:,} entity rows at random times")
+    per_table, n = IRREGULAR[size]
+    return (f"### {size}, irregular: feature tables of {rows} rows ({nfeat} features: int32, "
+            f"int64, float32, float64 with 1% nulls; ttl 30d), {per_table // 10:,} keys, "
+            "event times to the second over a year, rows in no order, 2% restated rows "
+            f"(same key and time, later created_timestamp); {n:,} entity rows: 1% unknown "
+            "keys, 5% exactly at a feature row's time, 2% at exactly +ttl, 2% at +ttl+1s")
+
+
+def run_shape(size: str, shape: str) -> str:
     # Data generation and comparison run in subprocesses: Linux keeps a process's peak RSS
     # across fork+exec, so a parent that grew would inflate every child's peak.
-    prepared = run_in_subprocess(GENERATE, size).output
+    prepared = run_in_subprocess(GENERATE, size, shape).output
     data, sizes = Path(prepared["data"]), prepared["sizes"]
-    repeat = 3
+    repeat = 1 if size == "tiny" else 3
     order = ["floor_scan", "tally", "feast_duckdb", "hash_join", "asof_join"]
     runs: dict[str, list] = {k: [] for k in order}
     outs = {k: data / f"out_{k}.parquet" for k in ("tally", "feast_duckdb")}
@@ -194,10 +292,10 @@ def run(size: str) -> None:
         for kind in order:
             if kind == "asof_join" and i > 0 and size == "large":
                 continue  # one ASOF run at large: it sorts every table (minutes, GBs)
-            args = [str(data)] + ([str(outs[kind])] if i == 0 and kind in outs else [])
+            args = [str(data), shape] + ([str(outs[kind])] if i == 0 and kind in outs else [])
             run = run_in_subprocess(CODE[kind], *args)
             runs[kind].append(run)
-            print(f"{kind:13s} run {i + 1}: {run.output['join_s']:.2f} s, "
+            print(f"{shape} {kind:13s} run {i + 1}: {run.output['join_s']:.2f} s, "
                   f"{run.peak_mb:.0f} MB", flush=True)
     same = run_in_subprocess(IDENTICAL, str(outs["tally"]), str(outs["feast_duckdb"])
                              ).output["same"]
@@ -207,14 +305,13 @@ def run(size: str) -> None:
         peak = max(r.peak_mb for r in runs[kind])
         rows.append([LABELS[kind], f"{med[kind]:.2f}", f"{peak:.0f}",
                      f"{med['feast_duckdb'] / med[kind]:.2f}x", len(runs[kind])])
-    keys, n = SIZES[size]
-    text = (f"### {size}: feature tables of {', '.join(f'{s:,}' for s in sizes)} rows "
-            f"({sum(n for _, n in VIEWS)} features, ttl 30d, daily snapshots over {DAYS} days, "
-            f"{keys:,} keys), {n:,} entity rows\n\n"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = (_describe(size, shape, sizes) + "\n\n"
             + table(["variant", "join s (median)", "peak MB", "vs Feast stock", "runs"], rows)
             + f"\n\nTally's result identical to Feast's stock store (sorted by entity row): "
               f"**{'yes' if same else 'NO'}**. Speed-up over Feast's stock store: "
               f"**{med['feast_duckdb'] / med['tally']:.2f}x**; Tally over the floor: "
-              f"{med['tally'] / med['floor_scan']:.1f}x.\n")
-    write_section(f"training_frame --size {size}", text)
+              f"{med['tally'] / med['floor_scan']:.1f}x. Load average at the end (1/5/15 "
+              f"min): {load}.\n")
     print(text)
+    return text

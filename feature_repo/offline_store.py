@@ -40,6 +40,7 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
+from tally.feature_repo.offline_store_fetch import read_rows
 from tally.feature_repo.offline_store_sql import (
     MIN_ALIGNED_US,
     ROW,
@@ -52,7 +53,6 @@ from tally.feature_repo.offline_store_sql import (
     range_sql,
     rows_sql,
 )
-from tally.feature_repo.offline_store_fetch import read_rows
 from tally.feature_repo.offline_store_write import (
     append_rows,
     check_batch_columns,
@@ -357,7 +357,8 @@ class TallyDuckDBOfflineStore(OfflineStore):
     def offline_write_batch(config: RepoConfig, feature_view: FeatureView, table: pa.Table,
                             progress: Any) -> None:
         source = feature_view.batch_source
-        if not _is_parquet_file_source(source) or not source.path.endswith(".parquet"):
+        if not (isinstance(source, FileSource) and _is_parquet_file_source(source)
+                and source.path.endswith(".parquet")):
             DuckDBOfflineStore.offline_write_batch(config, feature_view, table, progress)
             return
         check_batch_columns(config, feature_view, table)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from tally.catalog.store.fsutil import temp_path_beside
 
 

@@ -354,7 +354,6 @@ def test_write_logged_features_matches_stock(repo, tmp_path):
     from feast import FeatureService
     from feast.feature_logging import LoggingConfig
     from feast.infra.offline_stores.file_source import FileLoggingDestination
-
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     root, store = repo
@@ -380,7 +379,6 @@ def test_write_logged_features_matches_stock(repo, tmp_path):
                                     ("2024-03-04", "2024-03-04")])
 def test_pull_all_time_bounds_match_stock(repo, bounds):
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
-
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     root, store = repo
