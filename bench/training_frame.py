@@ -23,8 +23,9 @@ import json
 import os
 import statistics
 from pathlib import Path
+from typing import cast
 
-from .common import DATA, run_in_subprocess, table, write_section
+from .common import DATA, Run, run_in_subprocess, table, write_section
 
 SIZES = {"tiny": (2_000, 2_000), "small": (65_000, 100_000),
          "large": (650_000, 1_000_000)}  # aligned: keys, entity rows
@@ -283,10 +284,10 @@ def run_shape(size: str, shape: str) -> str:
     # Data generation and comparison run in subprocesses: Linux keeps a process's peak RSS
     # across fork+exec, so a parent that grew would inflate every child's peak.
     prepared = run_in_subprocess(GENERATE, size, shape).output
-    data, sizes = Path(prepared["data"]), prepared["sizes"]
+    data, sizes = Path(str(prepared["data"])), cast(list[int], prepared["sizes"])
     repeat = 1 if size == "tiny" else 3
     order = ["floor_scan", "tally", "feast_duckdb", "hash_join", "asof_join"]
-    runs: dict[str, list] = {k: [] for k in order}
+    runs: dict[str, list[Run]] = {k: [] for k in order}
     outs = {k: data / f"out_{k}.parquet" for k in ("tally", "feast_duckdb")}
     for i in range(repeat):
         for kind in order:
@@ -299,7 +300,8 @@ def run_shape(size: str, shape: str) -> str:
                   f"{run.peak_mb:.0f} MB", flush=True)
     same = run_in_subprocess(IDENTICAL, str(outs["tally"]), str(outs["feast_duckdb"])
                              ).output["same"]
-    med = {k: statistics.median(r.output["join_s"] for r in v) for k, v in runs.items()}
+    med = {k: statistics.median(cast(float, r.output["join_s"]) for r in v)
+           for k, v in runs.items()}
     rows = []
     for kind in order:
         peak = max(r.peak_mb for r in runs[kind])
