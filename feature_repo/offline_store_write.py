@@ -13,17 +13,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tally.catalog.store.fsutil import temp_path_beside
+from tally.catalog.store.fsutil import replacing
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path, ".parquet")
-    try:
+    with replacing(path, ".parquet") as tmp:
         pq.write_table(table, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def persist_table(table: pa.Table, path: str, allow_overwrite: bool) -> None:
