@@ -8,8 +8,10 @@ renamed into place, under the project lock, so a killed run leaves the previous 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,21 +20,45 @@ from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
+from tally.catalog.compute.fingerprints import (
+    Digest,
+    digest_of,
+    digest_query,
+    earliest_change,
+    file_fingerprint,
+    time_bounds,
+)
+from tally.catalog.compute.generations import WHOLE, generations, inputs_changed, next_generation
+from tally.catalog.compute.plans import (
+    derived_query,
+    group_query,
+    partial_plan,
+    plan_group,
+    snapshots_from,
+)
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
+from tally.catalog.spec.tables import (
+    STATE_DIR,
+    TABLE_STATS_FILE,
+    TABLES_DIR,
+    TableSpec,
+    read_state,
+    table_specs,
+)
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
 from tally.catalog.sql.engines import first_line
 from tally.catalog.store.fsutil import (
     atomic_write_text,
     clean_temp_files,
+    crash_point,
     project_lock,
-    replacing,
+    temp_path_beside,
 )
-from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE, TABLES_DIR
 
-PLAN_VERSION = "1"
+PLAN_VERSION = "2"  # 2: state records source fingerprints and table generations
+KEEP_ALL_AFTER = 1 << 62  # an upper bound of `keep` that keeps no old row after `low`
+UP_TO_DATE = "up to date"
 Progress = Callable[[str, int, int], None]
 
 
@@ -44,8 +70,17 @@ class TableResult:
     new_snapshots: int | None  # snapshots computed; None for tables computed whole
     seconds: float
     path: Path
-    mode: str  # full | incremental | skipped
+    mode: str  # full | incremental | skipped | up to date
     bucket_us: int | None = None
+    since_us: int = WHOLE  # the first snapshot this write replaced (WHOLE: all of them)
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # kept in the table state
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """What a derived or score table reads: computed tables, and sources of column metrics."""
+    tables: set[str]
+    column_sources: list[str]
 
 
 @dataclass
@@ -83,17 +118,17 @@ def _source_path(project: Project, source_name: str) -> str:
     return str(path)
 
 
-def _run(con: Any, query: exp.Expression, what: str) -> Any:
-    try:
-        return con.execute(query.sql("duckdb"))
-    except Exception as exc:  # duckdb raises a family of its own errors
-        raise DataError(f"{what}: {first_line(exc)}") from None
-
-
 def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
-    with replacing(path, ".parquet", crash_name="compute-") as tmp:
+    tmp = temp_path_beside(path, ".parquet")
+    try:
         con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
+        crash_point("compute-before-rename")
+        os.replace(tmp, path)
+        crash_point("compute-after-rename")
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 class Computer:
@@ -106,7 +141,7 @@ class Computer:
         self.progress = progress
         self.specs = {s.name: s for s in table_specs(project)}
         self.state = read_state(project, TABLE_STATS_FILE)
-        self._spill = project.root / DUCKDB_SPILL_DIR
+        self._spill = project.root / STATE_DIR / "duckdb_tmp"
         self._spark: Any = None
 
     def _engine(self, allowed: list[Path]) -> Any:
@@ -180,7 +215,7 @@ class Computer:
         groups: set[str] = set()
         for name in spec.features:
             for i in self.project.derived_inputs(self.project.metrics[name]):
-                table = tables_by_feature(self.specs.values()).get(i)
+                table = next((s for s in self.specs.values() if i in s.features), None)
                 if table is not None and table.kind == "group":
                     groups.add(table.name)
         return groups
@@ -212,41 +247,97 @@ class Computer:
         src_path = _source_path(project, group.source)
         out = spec.path(project)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if self._group_unchanged(spec):
+            return self._up_to_date(spec, out)
         engine = self._engine([Path(src_path).parent, out.parent])
-        bounds = self._time_bounds(engine, source, src_path)
+        key = project.entities[group.entity].join_key
+        digest = self._digest(engine, source, key, plan, src_path)
+        files = file_fingerprint(project, source)
+        bounds = time_bounds(digest)
         if bounds is None:
             return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "skipped")
+        low, high = self._snapshot_range(plan, bounds)
+        previous = self.state.get(spec.name, {})
+        same = previous.get("definition_hash") == _definition_hash(project, spec)
+        ranged = bool(self.options.start or self.options.end)
+        keep_old = same and out.exists() and not self.options.full and "digest" in previous
+        if keep_old and not ranged:
+            changed = earliest_change(previous["digest"], digest)
+            if changed is None and "files" in previous:  # files touched, rows the same
+                return self._up_to_date(spec, out, {"files": files})
+            g = plan.grain_buckets
+            last = int(previous.get("last_position", low))  # after --end: not the source's
+            first_hit = last if changed is None else (plan.position_of(changed) // g + 1) * g
+            low = max(low, min(last, first_hit))
+        if ranged:  # later runs must still see what changed outside the range
+            files, digest = None, previous.get("digest", digest)  # type: ignore[assignment]
+        total = max(0, (high - low) // plan.grain_buckets + 1)
+        if self.progress:
+            self.progress(spec.name, 0, total)
+        keep = (low * plan.bucket_us, high * plan.bucket_us if self.options.end
+                else KEEP_ALL_AFTER) if keep_old else None
+        rows = self._write_group(engine, plan, src_path, low, high, key, spec.name, out, keep)
+        if self.progress:
+            self.progress(spec.name, total, total)
+        return TableResult(spec.name, spec.kind, rows, total, 0.0, out,
+                           "incremental" if keep_old else "full", plan.bucket_us,
+                           since_us=keep[0] if keep else WHOLE,
+                           fingerprints={"files": files, "digest": digest})
+
+    def _snapshot_range(self, plan: Any, bounds: tuple[int, int]) -> tuple[int, int]:
+        """The snapshot positions low..high the source spans, narrowed by --start/--end."""
         low, high = plan.snapshot_bounds(*bounds)
         g = plan.grain_buckets
         if self.options.start:
             low = max(low, -(-plan.position_of(_us(self.options.start)) // g) * g)
         if self.options.end:
             high = min(high, plan.position_of(_us(self.options.end)) // g * g)
-        previous = self.state.get(spec.name, {})
-        same = previous.get("definition_hash") == _definition_hash(project, spec)
-        mode = "full"
-        if same and out.exists() and not self.options.full and previous.get("last_position"):
-            low = max(low, int(previous["last_position"]))
-            mode = "incremental"
-        total = max(0, (high - low) // g + 1)
-        if self.progress:
-            self.progress(spec.name, 0, total)
-        key = project.entities[group.entity].join_key
-        keep_old = out.exists() and (mode == "incremental" or self.options.start or
-                                     self.options.end) and same
-        keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
-        rows = 0
+        return low, high
+
+    def _write_group(self, engine: Any, plan: Any, src_path: str, low: int, high: int,
+                     key: str, name: str, out: Path, keep: tuple[int, int] | None) -> int:
         if engine.dialect == "spark":
-            query = group_query(project, plan, path=src_path, low=low, high=high,
+            query = group_query(self.project, plan, path=src_path, low=low, high=high,
                                 dialect="spark")
-            rows = self._write_spark(engine, query, out, key, spec.name, keep)
-        elif not self._kernel_write(engine.con, plan, src_path, low, high, key, spec.name,
-                                    out, keep):
-            self._write_group_sql(engine.con, plan, src_path, low, high, key, spec.name, out,
-                                  keep)
+            return self._write_spark(engine, query, out, key, name, keep)
+        if not self._kernel_write(engine.con, plan, src_path, low, high, key, name, out,
+                                  keep):
+            self._write_group_sql(engine.con, plan, src_path, low, high, key, name, out, keep)
+        return 0
+
+    def _group_unchanged(self, spec: TableSpec) -> bool:
+        """Same definition, same source files (names, sizes, times), table in place: up to
+        date without reading any data."""
+        previous = self.state.get(spec.name, {})
+        source = self.project.sources[spec.source or ""]
+        return (not self.options.full and not self.options.start and not self.options.end
+                and previous.get("definition_hash") == _definition_hash(self.project, spec)
+                and "digest" in previous and spec.path(self.project).exists()
+                and previous.get("files") == file_fingerprint(self.project, source))
+
+    def _up_to_date(self, spec: TableSpec, out: Path,
+                    fingerprints: dict[str, Any] | None = None) -> TableResult:
         if self.progress:
-            self.progress(spec.name, total, total)
-        return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+            self.progress(spec.name, 1, 1)
+        rows = int(self.state.get(spec.name, {}).get("rows", 0))
+        return TableResult(spec.name, spec.kind, rows, 0, 0.0, out, UP_TO_DATE,
+                           fingerprints=fingerprints or {})
+
+    def _digest(self, engine: Any, source: Any, key: str, plan: Any, path: str) -> Digest:
+        """The source's day digest (catalog/compute/fingerprints.py): one scan."""
+        metrics = [self.project.metrics[m] for m in plan.group.metrics]
+        query = digest_query(source, key, metrics, path, engine.dialect)
+        try:
+            if engine.dialect == "spark":
+                table = engine.to_arrow(query)
+                rows = list(zip(*[table.column(i).to_pylist()
+                                  for i in range(table.num_columns)], strict=True))
+            else:
+                rows = engine.con.execute(query.sql("duckdb")).fetchall()
+        except Exception as exc:  # duckdb and pyspark/py4j raise many types
+            raise DataError(f"reading source {source.name} ({path}): "
+                            f"{first_line(exc)}") from None
+        return digest_of(rows)
 
     def _write_group_sql(self, con: Any, plan: Any, src_path: str, low: int, high: int,
                          key: str, name: str, out: Path, keep: tuple[int, int] | None) -> None:
@@ -295,27 +386,6 @@ class Computer:
         except Exception as exc:  # duckdb raises a family of its own errors
             raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
-    def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
-        from tally.catalog.compute.plans import col, epoch_us
-        from tally.catalog.sql.relations import source_relation
-
-        ts, dialect = col(source.timestamp_field), engine.dialect
-        query = exp.select(exp.Min(this=epoch_us(ts, dialect)),
-                           exp.Max(this=epoch_us(ts, dialect))).from_(
-            source_relation(source, path, dialect))
-        if dialect == "spark":
-            try:
-                low, high = engine.scalar_row(query)
-            except Exception as exc:  # pyspark/py4j raise many types
-                raise DataError(f"reading source {source.name} ({path}): "
-                                f"{first_line(exc)}") from None
-        else:
-            low, high = _run(engine.con, query,
-                             f"reading source {source.name} ({path})").fetchall()[0]
-        if low is None:
-            return None
-        return int(low), int(high)
-
     # -- derived ----------------------------------------------------------------------
     def _compute_derived(self, spec: TableSpec) -> TableResult:
         project = self.project
@@ -334,22 +404,71 @@ class Computer:
         needed = self._input_groups(spec)
         missing = [g for g in needed if not Path(group_paths[g]).exists()]
         if missing:
-            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; compute "
-                            "without `metrics` first", mentions=("metrics",))
+            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; run "
+                            "`tally compute` without --metric first")
         out = spec.path(project)
+        inputs = self._derived_inputs(spec, needed)
+        since = self._changed_from(spec, inputs)
+        if since is None:
+            return self._up_to_date(spec, out)
         if self.progress:
             self.progress(spec.name, 0, 1)
         engine = self._engine([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
         query = derived_query(project, spec.features, entity_key=entity_key,
                               group_paths=group_paths, column_inputs=column_inputs,
                               group_of=group_of, dialect=engine.dialect)
-        if engine.dialect == "spark":
-            rows = self._write_spark(engine, query, out, entity_key, spec.name, None)
-            if self.progress:
-                self.progress(spec.name, 1, 1)
-            return TableResult(spec.name, spec.kind, rows, None, 0.0, out, "full")
-        return self._write_whole(engine.con, f"SELECT * FROM ({query.sql('duckdb')})", out,
-                                 entity_key, spec)
+        return self._write_computed(engine, query, out, entity_key, spec, since, inputs)
+
+    def _derived_inputs(self, spec: TableSpec, groups: set[str]) -> TableInputs:
+        sources = {self.project.metrics[i].source or "" for n in spec.features
+                   for i in self.project.derived_inputs(self.project.metrics[n])
+                   if self.project.metrics[i].type == "column"}
+        return TableInputs(groups, sorted(sources - {""}))
+
+    def _changed_from(self, spec: TableSpec, inputs: TableInputs) -> int | None:
+        """From which snapshot a derived or score table must be recomputed (WHOLE: all of
+        it), None when it is up to date: its inputs' writes since it read them."""
+        previous = self.state.get(spec.name, {})
+        if (self.options.full or previous.get("definition_hash") != _definition_hash(
+                self.project, spec) or not spec.path(self.project).exists()
+                or previous.get("column_files") != self._column_files(inputs)):
+            return WHOLE
+        return inputs_changed(self.state, previous.get("inputs", {}), inputs.tables)
+
+    def _column_files(self, inputs: TableInputs) -> dict[str, Any]:
+        return {name: file_fingerprint(self.project, self.project.sources[name])
+                for name in inputs.column_sources}
+
+    def _write_computed(self, engine: Any, query: exp.Expression | str, out: Path, key: str,
+                        spec: TableSpec, since: int, inputs: TableInputs) -> TableResult:
+        """Write a table computed from other tables (derived, score): whole, or its
+        snapshots from `since` on merged with the older rows kept."""
+        from tally.catalog.sql.engines import write_arrow_table
+
+        sql = query if isinstance(query, str) else query.sql(engine.dialect)
+        fingerprints = {"inputs": generations(self.state, inputs.tables),
+                        "column_files": self._column_files(inputs)}
+        if since != WHOLE:
+            sql = snapshots_from(sql, since, engine.dialect)
+        if engine.dialect == "duckdb":
+            if since != WHOLE:
+                sql = (f"SELECT * FROM {parquet_scan(out)} WHERE epoch_us(event_timestamp) "
+                       f"< {int(since)} UNION ALL BY NAME {sql}")
+            result = self._write_whole(engine.con, f"SELECT * FROM ({sql})", out, key, spec)
+            result.mode = "full" if since == WHOLE else "incremental"
+        else:
+            try:
+                table = engine.to_arrow(sql)
+            except Exception as exc:  # duckdb and pyspark/py4j raise many types
+                raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
+            keep = (since, KEEP_ALL_AFTER) if since != WHOLE else None
+            write_arrow_table(table, out, key, keep)
+            result = TableResult(spec.name, spec.kind, 0, None, 0.0, out,
+                                 "full" if since == WHOLE else "incremental")
+        if self.progress:
+            self.progress(spec.name, 1, 1)
+        result.since_us, result.fingerprints = since, fingerprints
+        return result
 
     def _write_whole(self, con: Any, select_sql: str, out: Path, key: str,
                      spec: TableSpec) -> TableResult:
@@ -358,23 +477,55 @@ class Computer:
             _write_table(con, select_sql, out, f'"{key}", event_timestamp')
         except Exception as exc:
             raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
-        if self.progress:
-            self.progress(spec.name, 1, 1)
         return TableResult(spec.name, spec.kind, 0, None, 0.0, out, "full")
 
     # -- scores -----------------------------------------------------------------------
     def _compute_score(self, spec: TableSpec) -> TableResult:
         from tally.catalog.scores.plans import input_paths, score_query
+        from tally.catalog.sql.engines import DuckDBEngine
 
         score = self.project.scores[spec.features[0]]
         out = spec.path(self.project)
         out.parent.mkdir(parents=True, exist_ok=True)
+        inputs = self._score_inputs(spec)
+        since = self._changed_from(spec, inputs)
+        if since is None:
+            return self._up_to_date(spec, out)
         if self.progress:
             self.progress(spec.name, 0, 1)
         query = score_query(self.project, score, self.specs)
         con = connect([out.parent, *input_paths(self.project, score, self.specs)])
         key = self.project.entities[score.entity].join_key
-        return self._write_whole(con, query, out, key, spec)
+        return self._write_computed(DuckDBEngine(con), query, out, key, spec, since, inputs)
+
+    def _score_inputs(self, spec: TableSpec) -> TableInputs:
+        from tally.catalog.scores.plans import input_tables
+
+        score = self.project.scores[spec.features[0]]
+        segments = {self.project.metrics[c.segment_by].source or "" for c in score.components
+                    if c.segment_by and c.segment_by in self.project.metrics
+                    and self.project.metrics[c.segment_by].type == "column"}
+        return TableInputs(input_tables(self.project, score, self.specs),
+                           sorted(segments - {""}))
+
+    def up_to_date(self, tables: list[TableSpec]) -> bool:
+        """Whether every table is up to date, judged without reading any data: source files,
+        definitions and input tables all as they were when it was computed."""
+        for spec in tables:
+            if spec.kind == "group":
+                fresh = self._group_unchanged(spec)
+            elif spec.kind == "derived":
+                inputs = self._derived_inputs(spec, self._input_groups(spec))
+                fresh = self._changed_from(spec, inputs) is None
+            else:
+                fresh = self._changed_from(spec, self._score_inputs(spec)) is None
+            if not fresh:
+                return False
+        return True
+
+    def unchanged(self, tables: list[TableSpec]) -> list[TableResult]:
+        """The results of a run that found every table up to date (see `up_to_date`)."""
+        return [self._up_to_date(spec, spec.path(self.project)) for spec in tables]
 
     def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
                      name: str, keep: tuple[int, int] | None) -> int:
@@ -390,9 +541,23 @@ class Computer:
 
     # -- state ------------------------------------------------------------------------
     def _record(self, spec: TableSpec, result: TableResult) -> None:
-        """Read the written table once for its statistics (rows included) into the state."""
-        if result.mode == "skipped":
+        """Read the written table once for its statistics (rows included) into the state,
+        with the fingerprints and generation later runs compare against."""
+        if result.mode == "skipped" or (result.mode == UP_TO_DATE and not result.fingerprints):
             return
+        entry = dict(self.state.get(spec.name, {}))
+        if result.mode != UP_TO_DATE:
+            entry.update(self._statistics(spec, result))
+            entry.update(next_generation(entry, result.since_us))
+        entry.update({k: v for k, v in result.fingerprints.items() if v is not None})
+        for name, value in result.fingerprints.items():
+            if value is None:
+                entry.pop(name, None)
+        self.state[spec.name] = entry
+        atomic_write_text(self.project.root / TABLE_STATS_FILE,
+                          json.dumps(self.state, indent=2, sort_keys=True))
+
+    def _statistics(self, spec: TableSpec, result: TableResult) -> dict[str, Any]:
         con = connect(None)
         nulls = ", ".join(f"avg(CASE WHEN {sql_ident(f)} IS NULL THEN 1.0 ELSE 0.0 END)"
                           for f in spec.features)
@@ -411,9 +576,7 @@ class Computer:
         }
         if result.bucket_us and row[2] is not None:
             entry["last_position"] = int(row[2]) // result.bucket_us
-        self.state[spec.name] = entry
-        atomic_write_text(self.project.root / TABLE_STATS_FILE,
-                          json.dumps(self.state, indent=2, sort_keys=True))
+        return entry
 
 
 def compute(project: Project, options: ComputeOptions | None = None,
