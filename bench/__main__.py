@@ -13,9 +13,11 @@ def main() -> None:
                    if m.name not in {"common", "__main__"})
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=names)
-    parser.add_argument("--size", choices=["small", "large"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     args = parser.parse_args()
     module = importlib.import_module(f"bench.{args.name}")
+    if args.size not in getattr(module, "SIZES", {"small": 0, "large": 0}):
+        parser.error(f"bench {args.name} has no size {args.size}")
     module.run(args.size)
 
 

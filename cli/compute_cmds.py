@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
 from tally.catalog.errors import UsageError
 from tally.catalog.spec.moments import parse_moment
-
 from tally.cli.common import (
     JsonOption,
     current_project,
@@ -61,8 +59,7 @@ def compute(
 ) -> None:
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
     from tally.catalog.compute.runner import ComputeOptions, Computer
 
     options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),
@@ -81,7 +78,7 @@ def compute(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=Console(stderr=True)) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
@@ -105,12 +102,12 @@ def _print_results(results: list[TableResult], as_json: bool) -> None:
 
     table = Table("table", "kind", "mode", "rows", "snapshots", "seconds", title="computed")
     for r in rows:
-        table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
+        table.add_row(str(r["table"]), str(r["kind"]), str(r["mode"]), f"{r['rows']:,}",
                       "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
     stdout_console().print(table)
 
 
-def _print_changes(changes: list, as_json: bool, verb: str) -> None:
+def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
     if as_json:
         print_json([asdict(c) for c in changes])
         return

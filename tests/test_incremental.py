@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from tally.catalog.compute.runner import ComputeOptions, compute
 from tally.catalog.spec.project import load_project
+
 from tests.helpers import invoke
 
 DEFINITIONS = """
@@ -224,9 +224,9 @@ def test_nothing_changed_reads_no_data(tmp_path: Path,
 
 @pytest.fixture(scope="module")
 def spark_session():
-    from tests.test_spark import SPARK_CONF
-
     from tally.catalog.sql.engines import check_spark_available
+
+    from tests.test_spark import SPARK_CONF
 
     check_spark_available()
     from pyspark.sql import SparkSession
