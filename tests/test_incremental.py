@@ -129,12 +129,24 @@ def _rewrite_old_rows(root: Path, rng: random.Random, step: int) -> None:
 
 
 def _remove_file(root: Path, rng: random.Random, step: int) -> None:
-    files = sorted((root / "data" / "events").glob("*.parquet"))
-    if len(files) > 1:
-        files[-1].unlink()
+    """One of the files added since (the first one stays, so the tables stay large)."""
+    files = sorted(f for f in (root / "data" / "events").glob("*.parquet")
+                   if f.name != "p0.parquet")
+    if files:
+        rng.choice(files).unlink()
 
 
-CHANGES = [_append_day, _late_file, _rewrite_old_rows, _remove_file]
+def _restate_level(root: Path, rng: random.Random, step: int) -> None:
+    """A column metric's source rewritten: one old level restated, one new level."""
+    path = root / "data" / "levels.parquet"
+    rows = pq.read_table(path).to_pylist()
+    rng.choice(rows)["level"] = float(rng.randint(20, 30))
+    rows.append({"shop_id": rng.randint(1, 6), "ts": EPOCH + rng.randint(3, 15) * DAY,
+                 "level": 0.5})
+    _write(path, rows, LEVELS)
+
+
+CHANGES = [_append_day, _late_file, _rewrite_old_rows, _remove_file, _restate_level]
 
 
 def _tables(root: Path) -> dict[str, pa.Table]:
@@ -195,6 +207,10 @@ def test_late_file_recomputes_from_its_oldest_row(tmp_path: Path) -> None:
     assert results["visits_1d"].mode == "up to date"
     assert results["derived_shop_1d"].since_us == events.since_us
     assert results["score_shop_score"].since_us == events.since_us
+    _restate_level(root, rng, 0)  # the derived table reads levels: from its changed day on
+    results = {r.name: r for r in compute(load_project(root))}
+    assert {r.mode for r in results.values()} == {"up to date", "incremental"}
+    assert results["derived_shop_1d"].since_us > 0
     _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "late file")
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-from tally.catalog.compute.fingerprints import file_fingerprint
+from tally.catalog.compute.fingerprints import (
+    Digest,
+    digest_of,
+    digest_query,
+    earliest_change,
+    file_fingerprint,
+)
 from tally.catalog.compute.generations import WHOLE, generations, inputs_changed
 from tally.catalog.compute.plans import derived_query, snapshots_from
 from tally.catalog.compute.session import (
@@ -27,6 +33,8 @@ from tally.catalog.sql.engines import first_line
 
 class DependentTables(ComputeSession):
     """Derived and score tables of a run (runner.Computer adds the groups)."""
+
+    _column_digests: dict[str, Digest]
 
     def _compute_derived(self, spec: TableSpec) -> TableResult:
         project = self.project
@@ -68,14 +76,43 @@ class DependentTables(ComputeSession):
 
     def _changed_from(self, spec: TableSpec, inputs: TableInputs) -> int | None:
         """From which snapshot a derived or score table must be recomputed (WHOLE: all of
-        it), None when it is up to date: its inputs' writes since it read them."""
+        it), None when it is up to date: its inputs' writes since it read them, and the
+        earliest changed day of a column-metric source (a row at `t` is seen by the
+        snapshots after it)."""
         previous = self.state.get(spec.name, {})
         if (self.options.full or previous.get("definition_hash") != definition_hash(
-                self.project, spec) or not spec.path(self.project).exists()
-                or previous.get("column_files") != self._column_files(inputs)):
+                self.project, spec) or not spec.path(self.project).exists()):
             return WHOLE
         seen: dict[str, int] = previous.get("inputs", {})
-        return inputs_changed(self.state, seen, inputs.tables)
+        since = inputs_changed(self.state, seen, inputs.tables)
+        files, digests = previous.get("column_files", {}), previous.get("column_digests", {})
+        for name in inputs.column_sources:
+            source = self.project.sources[name]
+            if files.get(name) == file_fingerprint(self.project, source):
+                continue
+            if name not in digests:
+                return WHOLE
+            change = earliest_change(digests[name], self._column_digest(name))
+            if change is not None:
+                since = change if since is None else min(since, change)
+        return since
+
+    def _column_digest(self, name: str) -> Digest:
+        """The day digest of a column-metric source (read with DuckDB once per run)."""
+        if name not in self._column_digests:
+            source = self.project.sources[name]
+            path = source_path(self.project, name)
+            metrics = [m for m in self.project.metrics.values()
+                       if m.type == "column" and m.source == name]
+            query = digest_query(source, self.project.entities[source.entity].join_key,
+                                 metrics, path, "duckdb")
+            con = connect([Path(path).parent])
+            try:
+                rows = con.execute(query.sql("duckdb")).fetchall()
+            except Exception as exc:  # duckdb raises a family of its own errors
+                raise DataError(f"reading source {name} ({path}): {first_line(exc)}") from None
+            self._column_digests[name] = digest_of(rows)
+        return self._column_digests[name]
 
     def _column_files(self, inputs: TableInputs) -> dict[str, Any]:
         return {name: file_fingerprint(self.project, self.project.sources[name])
@@ -89,7 +126,9 @@ class DependentTables(ComputeSession):
 
         sql = query if isinstance(query, str) else query.sql(engine.dialect)
         fingerprints = {"inputs": generations(self.state, inputs.tables),
-                        "column_files": self._column_files(inputs)}
+                        "column_files": self._column_files(inputs),
+                        "column_digests": {name: self._column_digest(name)
+                                           for name in inputs.column_sources}}
         if since != WHOLE:
             sql = snapshots_from(sql, since, engine.dialect)
         if engine.dialect == "duckdb":

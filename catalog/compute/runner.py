@@ -142,6 +142,7 @@ class Computer(DependentTables):
         same = previous.get("definition_hash") == definition_hash(project, spec)
         ranged = bool(self.options.start or self.options.end)
         keep_old = same and out.exists() and not self.options.full and "digest" in previous
+        replace_from = low
         if keep_old and not ranged:
             changed = earliest_change(previous["digest"], digest)
             if changed is None and "files" in previous:  # files touched, rows the same
@@ -149,14 +150,17 @@ class Computer(DependentTables):
             g = plan.grain_buckets
             last = int(previous.get("last_position", low))  # after --end: not the source's
             first_hit = last if changed is None else (plan.position_of(changed) // g + 1) * g
-            low = max(low, min(last, first_hit))
+            replace_from = min(last, first_hit)  # older kept rows before the source's new
+            low = max(low, replace_from)  # first snapshot (rows removed) are dropped
         if ranged:  # later runs must still see what changed outside the range
             files, digest = None, previous.get("digest", digest)
         total = max(0, (high - low) // plan.grain_buckets + 1)
         if self.progress:
             self.progress(spec.name, 0, total)
-        keep = (low * plan.bucket_us, high * plan.bucket_us if self.options.end
-                else KEEP_ALL_AFTER) if keep_old else None
+        keep = None
+        if keep_old:
+            keep = ((replace_from if not ranged else low) * plan.bucket_us,
+                    high * plan.bucket_us if self.options.end else KEEP_ALL_AFTER)
         rows = self._write_group(engine, plan, src_path, low, high, key, spec.name, out, keep)
         if self.progress:
             self.progress(spec.name, total, total)

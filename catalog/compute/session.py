@@ -115,6 +115,7 @@ class ComputeSession:
         self.state = read_state(project, TABLE_STATS_FILE)
         self._spill = project.root / STATE_DIR / "duckdb_tmp"
         self._spark: Any = None
+        self._column_digests: dict[str, Any] = {}
 
     def _engine(self, allowed: list[Path]) -> Any:
         """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
