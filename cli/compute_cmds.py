@@ -20,8 +20,7 @@ from tally.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from tally.catalog.compute.runner import TableResult
-    from tally.catalog.spec.project import Project
+    from tally.catalog.pipeline import ContractReport, Gate
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
 AllowViolations = Annotated[bool, typer.Option(
@@ -37,14 +36,16 @@ def _date(value: str | None, flag: str) -> date | None:
         raise UsageError(f"{flag} {value!r} is not a date; write YYYY-MM-DD") from None
 
 
-def _gate(project: Project, sources: list[str] | None, as_of: str | None,
-          allow: bool) -> None:
-    from tally.catalog.contracts.checks import gate
+def _run_gate(as_of: str | None, allow: bool) -> Gate:
+    from tally.catalog.pipeline import Gate
 
-    report = gate(project, sources, as_of=as_of, allow_violations=allow, on_wait=wait_notice)
+    return Gate(as_of=as_of, allow_violations=allow, on_wait=wait_notice)
+
+
+def _warn_allowed(report: ContractReport) -> None:
     for source in report.failing_sources:
-        err(f"warning: going ahead with source {source} despite its contract violations "
-            "(recorded; `tally show` reports them)")
+        err(f"warning: going ahead with source {source.source} despite its contract "
+            "violations (recorded; `tally show` reports them)")
 
 
 def compute(
@@ -60,21 +61,14 @@ def compute(
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-    from tally.catalog.compute.runner import ComputeOptions, Computer
+    from tally.catalog.pipeline import ComputeOptions
+    from tally.catalog.pipeline import compute as gated_compute
 
     options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),
                              end=_date(end, "--end"), full=full)
     if options.start and options.end and options.start > options.end:
         raise UsageError("--start is after --end")
     project = current_project()
-    computer = Computer(project, options)
-    tables = computer.selected()
-    if computer.up_to_date(tables):  # no data read, so no contract to check either
-        err("every table is up to date: sources and definitions unchanged since the last "
-            "compute")
-        _print_results(computer.unchanged(tables), as_json)
-        return
-    _gate(project, computer.sources_read(tables), as_of, allow_violations)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=Console(stderr=True)) as bar:
@@ -86,12 +80,12 @@ def compute(
             bar.update(tasks[name], completed=done if total else 1,
                        n=f"{total} snapshots" if total else "")
 
-        computer.progress = progress
-        results = computer.run()
-    _print_results(results, as_json)
-
-
-def _print_results(results: list[TableResult], as_json: bool) -> None:
+        run = gated_compute(project, options, run_gate=_run_gate(as_of, allow_violations),
+                            progress=progress, on_gate=_warn_allowed)
+    results = run.tables
+    if run.up_to_date:
+        err("every table is up to date: sources and definitions unchanged since the last "
+            "compute")
     rows = [{"table": r.name, "kind": r.kind, "mode": r.mode, "rows": r.rows,
              "snapshots": r.new_snapshots, "seconds": round(r.seconds, 2),
              "path": str(r.path)} for r in results]
@@ -135,9 +129,8 @@ def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
     """Register every table as a Feast FeatureView and every model as a FeatureService."""
     from tally.feature_repo.registry import apply as registry_apply
 
-    project = current_project()
-    _gate(project, None, as_of, allow_violations)
-    _print_changes(registry_apply(project), as_json, "applied")
+    changes = registry_apply(current_project(), _run_gate(as_of, allow_violations))
+    _print_changes(changes, as_json, "applied")
 
 
 def materialize(
@@ -149,9 +142,8 @@ def materialize(
     """Load the newest feature values into the online store (SQLite)."""
     from tally.feature_repo.serving import materialize as run
 
-    project = current_project()
-    _gate(project, None, as_of, allow_violations)
-    views = run(project, parse_moment(start, "--start"), parse_moment(end, "--end"))
+    views = run(current_project(), parse_moment(start, "start"), parse_moment(end, "end"),
+                _run_gate(as_of, allow_violations))
     err(f"materialized {len(views)} feature views into the online store")
 
 

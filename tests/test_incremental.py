@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tally.catalog.compute.runner import ComputeOptions, compute
-from tally.catalog.spec.project import load_project
+from tally.catalog.spec.loading import load_project
 
 from tests.helpers import invoke
 

@@ -53,8 +53,8 @@ class DependentTables(ComputeSession):
         needed = self._input_groups(spec)
         missing = [g for g in needed if not Path(group_paths[g]).exists()]
         if missing:
-            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; run "
-                            "`tally compute` without --metric first")
+            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; compute "
+                            "without `metrics` first", mentions=("metrics",))
         out = spec.path(project)
         inputs = self._derived_inputs(spec, needed)
         since = self._changed_from(spec, inputs)

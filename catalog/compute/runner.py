@@ -36,12 +36,13 @@ from tally.catalog.compute.session import (
 )
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TABLES_DIR, TableSpec
+from tally.catalog.spec.tables import TableSpec
 from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.sql.engines import first_line
 from tally.catalog.store.fsutil import clean_temp_files, project_lock
+from tally.catalog.store.paths import TABLES_DIR
 
-__all__ = ["ComputeOptions", "Computer", "TableResult", "compute"]
+__all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
 
 
 class Computer(DependentTables):

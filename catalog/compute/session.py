@@ -3,10 +3,8 @@ the table state (`.tally/tables.json`) each write records into."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -17,16 +15,11 @@ from sqlglot import exp
 from tally.catalog.compute.generations import WHOLE, next_generation
 from tally.catalog.errors import DataError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import (
-    STATE_DIR,
-    TABLE_STATS_FILE,
-    TableSpec,
-    read_state,
-    table_specs,
-)
+from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
 from tally.catalog.sql.engines import first_line
-from tally.catalog.store.fsutil import atomic_write_text, crash_point, temp_path_beside
+from tally.catalog.store.fsutil import atomic_write_text, replacing
+from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE
 
 PLAN_VERSION = "2"  # 2: state records source fingerprints and table generations
 KEEP_ALL_AFTER = 1 << 62  # an upper bound of `keep` that keeps no old row after `low`
@@ -91,16 +84,9 @@ def source_path(project: Project, source_name: str) -> str:
 
 
 def write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
-    tmp = temp_path_beside(path, ".parquet")
-    try:
+    with replacing(path, ".parquet", crash_name="compute-") as tmp:
         con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
-        crash_point("compute-before-rename")
-        os.replace(tmp, path)
-        crash_point("compute-after-rename")
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 class ComputeSession:
@@ -113,7 +99,7 @@ class ComputeSession:
         self.progress = progress
         self.specs = {s.name: s for s in table_specs(project)}
         self.state = read_state(project, TABLE_STATS_FILE)
-        self._spill = project.root / STATE_DIR / "duckdb_tmp"
+        self._spill = project.root / DUCKDB_SPILL_DIR
         self._spark: Any = None
         self._column_digests: dict[str, Any] = {}
 
@@ -134,7 +120,7 @@ class ComputeSession:
         groups: set[str] = set()
         for name in spec.features:
             for i in self.project.derived_inputs(self.project.metrics[name]):
-                table = next((s for s in self.specs.values() if i in s.features), None)
+                table = tables_by_feature(self.specs.values()).get(i)
                 if table is not None and table.kind == "group":
                     groups.add(table.name)
         return groups
