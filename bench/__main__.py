@@ -16,6 +16,8 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     args = parser.parse_args()
     module = importlib.import_module(f"bench.{args.name}")
+    if args.size not in getattr(module, "SIZES", {"small": 0, "large": 0}):
+        parser.error(f"bench {args.name} has no size {args.size}")
     module.run(args.size)
 
 

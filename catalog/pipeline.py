@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tally.catalog.compute.runner import ComputeOptions, Computer, Progress, TableResult
@@ -31,8 +31,9 @@ class Gate:
 
 @dataclass
 class ComputeRun:
-    contracts: ContractReport
+    contracts: ContractReport  # no sources checked when every table was up to date
     tables: list[TableResult] = field(default_factory=list)
+    up_to_date: bool = False  # nothing changed: no data read, nothing written
 
 
 def check_contracts(project: Project, sources: Iterable[str] | None = None, *,
@@ -60,7 +61,11 @@ def compute(project: Project, options: ComputeOptions | None = None, *,
     `on_gate` sees the contract report before computing starts (e.g. to warn about an
     allowed violation)."""
     computer = Computer(project, options, progress)
-    report = gate(project, computer.sources_read(computer.selected()), run_gate)
+    tables = computer.selected()
+    if computer.up_to_date(tables):  # nothing is read or computed, so nothing to gate
+        as_of = datetime.now(UTC)
+        return ComputeRun(ContractReport(as_of), computer.unchanged(tables), up_to_date=True)
+    report = gate(project, computer.sources_read(tables), run_gate)
     if on_gate is not None:
         on_gate(report)
     return ComputeRun(report, computer.run())

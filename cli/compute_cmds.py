@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from tally.catalog.errors import UsageError
@@ -60,7 +60,7 @@ def compute(
 ) -> None:
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
     from tally.catalog.pipeline import ComputeOptions
     from tally.catalog.pipeline import compute as gated_compute
 
@@ -72,7 +72,7 @@ def compute(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=Console(stderr=True)) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
@@ -80,8 +80,12 @@ def compute(
             bar.update(tasks[name], completed=done if total else 1,
                        n=f"{total} snapshots" if total else "")
 
-        results = gated_compute(project, options, run_gate=_run_gate(as_of, allow_violations),
-                                progress=progress, on_gate=_warn_allowed).tables
+        run = gated_compute(project, options, run_gate=_run_gate(as_of, allow_violations),
+                            progress=progress, on_gate=_warn_allowed)
+    results = run.tables
+    if run.up_to_date:
+        err("every table is up to date: sources and definitions unchanged since the last "
+            "compute")
     rows = [{"table": r.name, "kind": r.kind, "mode": r.mode, "rows": r.rows,
              "snapshots": r.new_snapshots, "seconds": round(r.seconds, 2),
              "path": str(r.path)} for r in results]
@@ -92,12 +96,12 @@ def compute(
 
     table = Table("table", "kind", "mode", "rows", "snapshots", "seconds", title="computed")
     for r in rows:
-        table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
+        table.add_row(str(r["table"]), str(r["kind"]), str(r["mode"]), f"{r['rows']:,}",
                       "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
     stdout_console().print(table)
 
 
-def _print_changes(changes: list, as_json: bool, verb: str) -> None:
+def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
     if as_json:
         print_json([asdict(c) for c in changes])
         return

@@ -531,3 +531,11 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
     for name, sub in ctes:
         final = final.with_(name, as_=sub)
     return final.order_by(col(entity_key), col("event_timestamp"))
+
+
+def snapshots_from(select_sql: str, since_us: int, dialect: str) -> str:
+    """The rows of a table query (derived, score) at snapshots from `since_us` on. Both
+    engines push the filter down to the input tables' scans: every input is joined on, or
+    partitioned by, the snapshot time."""
+    since = exp.GTE(this=col("event_timestamp"), expression=from_us(num(since_us), dialect))
+    return f"SELECT * FROM ({select_sql}) AS __all WHERE {since.sql(dialect)}"

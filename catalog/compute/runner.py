@@ -1,126 +1,52 @@
-"""Compute every table of a project once with DuckDB: groups, derived metrics, then scores.
+"""Compute every table of a project once: groups, derived metrics, then scores.
 
-Incremental by default: a table whose definition is unchanged is recomputed from its
-newest snapshot on (that snapshot included, as its source may have grown); a changed
-definition or `full=True` recomputes it all. Every table is written to a temp file and
-renamed into place, under the project lock, so a killed run leaves the previous table.
+Incremental by default: each table recomputes the snapshots its sources or inputs changed
+since it was computed (catalog/compute/fingerprints.py, generations.py; docs/compute.md);
+with nothing changed, nothing is read. A changed definition or `full=True` recomputes it
+all. Every table is written to a temp file and renamed into place, under the project
+lock, so a killed run leaves the previous table.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlglot import exp
-from tally.catalog.compute.plans import derived_query, group_query, partial_plan, plan_group
+from tally.catalog.compute.dependents import DependentTables
+from tally.catalog.compute.fingerprints import (
+    Digest,
+    digest_of,
+    digest_query,
+    earliest_change,
+    file_fingerprint,
+    time_bounds,
+)
+from tally.catalog.compute.generations import WHOLE
+from tally.catalog.compute.plans import group_query, partial_plan, plan_group
+from tally.catalog.compute.session import (
+    KEEP_ALL_AFTER,
+    ComputeOptions,
+    Progress,
+    TableResult,
+    day_us,
+    definition_hash,
+    source_path,
+    write_table,
+)
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
-from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
+from tally.catalog.spec.tables import TableSpec
+from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.sql.engines import first_line
-from tally.catalog.store.fsutil import (
-    atomic_write_text,
-    clean_temp_files,
-    project_lock,
-    replacing,
-)
-from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE, TABLES_DIR
+from tally.catalog.store.fsutil import clean_temp_files, project_lock
+from tally.catalog.store.paths import TABLES_DIR
 
-PLAN_VERSION = "1"
-Progress = Callable[[str, int, int], None]
+__all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
 
 
-@dataclass
-class TableResult:
-    name: str
-    kind: str
-    rows: int
-    new_snapshots: int | None  # snapshots computed; None for tables computed whole
-    seconds: float
-    path: Path
-    mode: str  # full | incremental | skipped
-    bucket_us: int | None = None
-
-
-@dataclass
-class ComputeOptions:
-    metrics: list[str] = field(default_factory=list)
-    start: date | None = None
-    end: date | None = None
-    full: bool = False
-
-
-def _definition_hash(project: Project, spec: TableSpec) -> str:
-    parts: list[Any] = [PLAN_VERSION, spec.name, spec.kind]
-    for name in spec.features:
-        parts.append(project.metrics[name].model_dump(mode="json") if name in project.metrics
-                     else project.scores[name].model_dump(mode="json"))
-        if spec.kind == "derived":
-            for i in project.derived_inputs(project.metrics[name]):
-                parts.append(project.metrics[i].model_dump(mode="json"))
-    if spec.source:
-        parts.append(project.sources[spec.source].model_dump(mode="json"))
-        parts.append(project.entities[project.sources[spec.source].entity].join_key)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _us(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1_000_000)
-
-
-def _source_path(project: Project, source_name: str) -> str:
-    source = project.sources[source_name]
-    path = project.root / source.path
-    if "*" not in source.path and not path.exists():
-        raise DataError(f"source {source_name}: data file {path} does not exist; ask its "
-                        f"producer {source.owner} or fix `path` in its definition")
-    return str(path)
-
-
-def _run(con: Any, query: exp.Expression, what: str) -> Any:
-    try:
-        return con.execute(query.sql("duckdb"))
-    except Exception as exc:  # duckdb raises a family of its own errors
-        raise DataError(f"{what}: {first_line(exc)}") from None
-
-
-def _write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
-    with replacing(path, ".parquet", crash_name="compute-") as tmp:
-        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
-                    "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
-
-
-class Computer:
+class Computer(DependentTables):
     """Computes a project's tables; one instance per run."""
-
-    def __init__(self, project: Project, options: ComputeOptions | None = None,
-                 progress: Progress | None = None):
-        self.project = project
-        self.options = options or ComputeOptions()
-        self.progress = progress
-        self.specs = {s.name: s for s in table_specs(project)}
-        self.state = read_state(project, TABLE_STATS_FILE)
-        self._spill = project.root / DUCKDB_SPILL_DIR
-        self._spark: Any = None
-
-    def _engine(self, allowed: list[Path]) -> Any:
-        """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
-        one SparkSession of this run."""
-        from tally.catalog.sql.engines import DuckDBEngine, SparkEngine, project_engine
-
-        if project_engine(self.project.root) == "spark":
-            if self._spark is None:
-                from tally.catalog.spec.config import load_config
-
-                self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
-            return self._spark
-        return DuckDBEngine(connect(allowed, temp_directory=self._spill))
 
     def selected(self) -> list[TableSpec]:
         wanted = self.options.metrics
@@ -176,15 +102,6 @@ class Computer:
                 out.add(spec.name)
         return out
 
-    def _input_groups(self, spec: TableSpec) -> set[str]:
-        groups: set[str] = set()
-        for name in spec.features:
-            for i in self.project.derived_inputs(self.project.metrics[name]):
-                table = tables_by_feature(self.specs.values()).get(i)
-                if table is not None and table.kind == "group":
-                    groups.add(table.name)
-        return groups
-
     def run(self) -> list[TableResult]:
         results = []
         tables = self.selected()
@@ -209,44 +126,96 @@ class Computer:
         group = next(g for g in project.groups() if g.name == spec.name)
         plan = plan_group(project, group)
         source = project.sources[group.source]
-        src_path = _source_path(project, group.source)
+        src_path = source_path(project, group.source)
         out = spec.path(project)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if self._group_unchanged(spec):
+            return self._up_to_date(spec, out)
         engine = self._engine([Path(src_path).parent, out.parent])
-        bounds = self._time_bounds(engine, source, src_path)
+        key = project.entities[group.entity].join_key
+        digest = self._digest(engine, source, key, plan, src_path)
+        files: list[list[Any]] | None = file_fingerprint(project, source)
+        bounds = time_bounds(digest)
         if bounds is None:
             return TableResult(spec.name, spec.kind, 0, 0, 0.0, out, "skipped")
+        low, high = self._snapshot_range(plan, bounds)
+        previous = self.state.get(spec.name, {})
+        same = previous.get("definition_hash") == definition_hash(project, spec)
+        ranged = bool(self.options.start or self.options.end)
+        keep_old = same and out.exists() and not self.options.full and "digest" in previous
+        replace_from = low
+        if keep_old and not ranged:
+            changed = earliest_change(previous["digest"], digest)
+            if changed is None and "files" in previous:  # files touched, rows the same
+                return self._up_to_date(spec, out, {"files": files})
+            g = plan.grain_buckets
+            last = int(previous.get("last_position", low))  # after --end: not the source's
+            first_hit = last if changed is None else (plan.position_of(changed) // g + 1) * g
+            replace_from = min(last, first_hit)  # older kept rows before the source's new
+            low = max(low, replace_from)  # first snapshot (rows removed) are dropped
+        if ranged:  # later runs must still see what changed outside the range
+            files, digest = None, previous.get("digest", digest)
+        total = max(0, (high - low) // plan.grain_buckets + 1)
+        if self.progress:
+            self.progress(spec.name, 0, total)
+        keep = None
+        if keep_old:
+            keep = ((replace_from if not ranged else low) * plan.bucket_us,
+                    high * plan.bucket_us if self.options.end else KEEP_ALL_AFTER)
+        rows = self._write_group(engine, plan, src_path, low, high, key, spec.name, out, keep)
+        if self.progress:
+            self.progress(spec.name, total, total)
+        return TableResult(spec.name, spec.kind, rows, total, 0.0, out,
+                           "incremental" if keep_old else "full", plan.bucket_us,
+                           since_us=keep[0] if keep else WHOLE,
+                           fingerprints={"files": files, "digest": digest})
+
+    def _snapshot_range(self, plan: Any, bounds: tuple[int, int]) -> tuple[int, int]:
+        """The snapshot positions low..high the source spans, narrowed by --start/--end."""
         low, high = plan.snapshot_bounds(*bounds)
         g = plan.grain_buckets
         if self.options.start:
-            low = max(low, -(-plan.position_of(_us(self.options.start)) // g) * g)
+            low = max(low, -(-plan.position_of(day_us(self.options.start)) // g) * g)
         if self.options.end:
-            high = min(high, plan.position_of(_us(self.options.end)) // g * g)
-        previous = self.state.get(spec.name, {})
-        same = previous.get("definition_hash") == _definition_hash(project, spec)
-        mode = "full"
-        if same and out.exists() and not self.options.full and previous.get("last_position"):
-            low = max(low, int(previous["last_position"]))
-            mode = "incremental"
-        total = max(0, (high - low) // g + 1)
-        if self.progress:
-            self.progress(spec.name, 0, total)
-        key = project.entities[group.entity].join_key
-        keep_old = out.exists() and (mode == "incremental" or self.options.start or
-                                     self.options.end) and same
-        keep = (low * plan.bucket_us, high * plan.bucket_us) if keep_old else None
-        rows = 0
+            high = min(high, plan.position_of(day_us(self.options.end)) // g * g)
+        return low, high
+
+    def _write_group(self, engine: Any, plan: Any, src_path: str, low: int, high: int,
+                     key: str, name: str, out: Path, keep: tuple[int, int] | None) -> int:
         if engine.dialect == "spark":
-            query = group_query(project, plan, path=src_path, low=low, high=high,
+            query = group_query(self.project, plan, path=src_path, low=low, high=high,
                                 dialect="spark")
-            rows = self._write_spark(engine, query, out, key, spec.name, keep)
-        elif not self._kernel_write(engine.con, plan, src_path, low, high, key, spec.name,
-                                    out, keep):
-            self._write_group_sql(engine.con, plan, src_path, low, high, key, spec.name, out,
-                                  keep)
-        if self.progress:
-            self.progress(spec.name, total, total)
-        return TableResult(spec.name, spec.kind, rows, total, 0.0, out, mode, plan.bucket_us)
+            return self._write_spark(engine, query, out, key, name, keep)
+        if not self._kernel_write(engine.con, plan, src_path, low, high, key, name, out,
+                                  keep):
+            self._write_group_sql(engine.con, plan, src_path, low, high, key, name, out, keep)
+        return 0
+
+    def _group_unchanged(self, spec: TableSpec) -> bool:
+        """Same definition, same source files (names, sizes, times), table in place: up to
+        date without reading any data."""
+        previous = self.state.get(spec.name, {})
+        source = self.project.sources[spec.source or ""]
+        return (not self.options.full and not self.options.start and not self.options.end
+                and previous.get("definition_hash") == definition_hash(self.project, spec)
+                and "digest" in previous and spec.path(self.project).exists()
+                and previous.get("files") == file_fingerprint(self.project, source))
+
+    def _digest(self, engine: Any, source: Any, key: str, plan: Any, path: str) -> Digest:
+        """The source's day digest (catalog/compute/fingerprints.py): one scan."""
+        metrics = [self.project.metrics[m] for m in plan.group.metrics]
+        query = digest_query(source, key, metrics, path, engine.dialect)
+        try:
+            if engine.dialect == "spark":
+                table = engine.to_arrow(query)
+                rows = list(zip(*[table.column(i).to_pylist()
+                                  for i in range(table.num_columns)], strict=True))
+            else:
+                rows = engine.con.execute(query.sql("duckdb")).fetchall()
+        except Exception as exc:  # duckdb and pyspark/py4j raise many types
+            raise DataError(f"reading source {source.name} ({path}): "
+                            f"{first_line(exc)}") from None
+        return digest_of(rows)
 
     def _write_group_sql(self, con: Any, plan: Any, src_path: str, low: int, high: int,
                          key: str, name: str, out: Path, keep: tuple[int, int] | None) -> None:
@@ -262,7 +231,7 @@ class Computer:
         else:
             select_sql = f"SELECT * FROM ({new_sql})"
         try:
-            _write_table(con, select_sql, out, f'"{key}", event_timestamp')
+            write_table(con, select_sql, out, f'"{key}", event_timestamp')
         except TallyError:
             raise
         except Exception as exc:
@@ -295,125 +264,24 @@ class Computer:
         except Exception as exc:  # duckdb raises a family of its own errors
             raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
-    def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
-        from tally.catalog.compute.plans import col, epoch_us
-        from tally.catalog.sql.relations import source_relation
+    def up_to_date(self, tables: list[TableSpec]) -> bool:
+        """Whether every table is up to date, judged without reading any data: source files,
+        definitions and input tables all as they were when it was computed."""
+        for spec in tables:
+            if spec.kind == "group":
+                fresh = self._group_unchanged(spec)
+            elif spec.kind == "derived":
+                inputs = self._derived_inputs(spec, self._input_groups(spec))
+                fresh = self._changed_from(spec, inputs) is None
+            else:
+                fresh = self._changed_from(spec, self._score_inputs(spec)) is None
+            if not fresh:
+                return False
+        return True
 
-        ts, dialect = col(source.timestamp_field), engine.dialect
-        query = exp.select(exp.Min(this=epoch_us(ts, dialect)),
-                           exp.Max(this=epoch_us(ts, dialect))).from_(
-            source_relation(source, path, dialect))
-        if dialect == "spark":
-            try:
-                low, high = engine.scalar_row(query)
-            except Exception as exc:  # pyspark/py4j raise many types
-                raise DataError(f"reading source {source.name} ({path}): "
-                                f"{first_line(exc)}") from None
-        else:
-            low, high = _run(engine.con, query,
-                             f"reading source {source.name} ({path})").fetchall()[0]
-        if low is None:
-            return None
-        return int(low), int(high)
-
-    # -- derived ----------------------------------------------------------------------
-    def _compute_derived(self, spec: TableSpec) -> TableResult:
-        project = self.project
-        entity_key = project.entities[spec.entity].join_key
-        group_of: dict[str, str] = {}
-        group_paths: dict[str, str] = {}
-        column_inputs: dict[str, tuple[Any, str]] = {}
-        for other in self.specs.values():
-            for feature in other.features:
-                if other.kind == "group":
-                    group_of[feature] = other.name
-                    group_paths[other.name] = str(other.path(project))
-                elif other.kind == "column" and other.source:
-                    column_inputs[feature] = (project.sources[other.source],
-                                              _source_path(project, other.source))
-        needed = self._input_groups(spec)
-        missing = [g for g in needed if not Path(group_paths[g]).exists()]
-        if missing:
-            raise DataError(f"derived table {spec.name} needs {', '.join(missing)}; compute "
-                            "without `metrics` first", mentions=("metrics",))
-        out = spec.path(project)
-        if self.progress:
-            self.progress(spec.name, 0, 1)
-        engine = self._engine([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
-        query = derived_query(project, spec.features, entity_key=entity_key,
-                              group_paths=group_paths, column_inputs=column_inputs,
-                              group_of=group_of, dialect=engine.dialect)
-        if engine.dialect == "spark":
-            rows = self._write_spark(engine, query, out, entity_key, spec.name, None)
-            if self.progress:
-                self.progress(spec.name, 1, 1)
-            return TableResult(spec.name, spec.kind, rows, None, 0.0, out, "full")
-        return self._write_whole(engine.con, f"SELECT * FROM ({query.sql('duckdb')})", out,
-                                 entity_key, spec)
-
-    def _write_whole(self, con: Any, select_sql: str, out: Path, key: str,
-                     spec: TableSpec) -> TableResult:
-        """Write a table computed whole (derived, score) and report it."""
-        try:
-            _write_table(con, select_sql, out, f'"{key}", event_timestamp')
-        except Exception as exc:
-            raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
-        if self.progress:
-            self.progress(spec.name, 1, 1)
-        return TableResult(spec.name, spec.kind, 0, None, 0.0, out, "full")
-
-    # -- scores -----------------------------------------------------------------------
-    def _compute_score(self, spec: TableSpec) -> TableResult:
-        from tally.catalog.scores.plans import input_paths, score_query
-
-        score = self.project.scores[spec.features[0]]
-        out = spec.path(self.project)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if self.progress:
-            self.progress(spec.name, 0, 1)
-        query = score_query(self.project, score, self.specs)
-        con = connect([out.parent, *input_paths(self.project, score, self.specs)])
-        key = self.project.entities[score.entity].join_key
-        return self._write_whole(con, query, out, key, spec)
-
-    def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
-                     name: str, keep: tuple[int, int] | None) -> int:
-        """Run on Spark, collect as Arrow, write one sorted parquet file atomically (see
-        catalog/engines.py for why one file rather than Spark's folder of parts)."""
-        from tally.catalog.sql.engines import write_arrow_table
-
-        try:
-            table = engine.to_arrow(query)
-        except Exception as exc:  # pyspark/py4j raise many types
-            raise DataError(f"computing {name} on Spark: {first_line(exc)}") from None
-        return write_arrow_table(table, out, key, keep)
-
-    # -- state ------------------------------------------------------------------------
-    def _record(self, spec: TableSpec, result: TableResult) -> None:
-        """Read the written table once for its statistics (rows included) into the state."""
-        if result.mode == "skipped":
-            return
-        con = connect(None)
-        nulls = ", ".join(f"avg(CASE WHEN {sql_ident(f)} IS NULL THEN 1.0 ELSE 0.0 END)"
-                          for f in spec.features)
-        row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
-                          f", {nulls} FROM {parquet_scan(result.path)}").fetchall()[0]
-        result.rows = int(row[0])
-        entry = {
-            "path": result.path.relative_to(self.project.root).as_posix(),
-            "kind": spec.kind,
-            "rows": result.rows,
-            "newest_snapshot": row[1].isoformat() if row[1] is not None else None,
-            "null_fraction": {f: (float(v) if v is not None else None)
-                              for f, v in zip(spec.features, row[3:], strict=True)},
-            "definition_hash": _definition_hash(self.project, spec),
-            "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        if result.bucket_us and row[2] is not None:
-            entry["last_position"] = int(row[2]) // result.bucket_us
-        self.state[spec.name] = entry
-        atomic_write_text(self.project.root / TABLE_STATS_FILE,
-                          json.dumps(self.state, indent=2, sort_keys=True))
+    def unchanged(self, tables: list[TableSpec]) -> list[TableResult]:
+        """The results of a run that found every table up to date (see `up_to_date`)."""
+        return [self._up_to_date(spec, spec.path(self.project)) for spec in tables]
 
 
 def compute(project: Project, options: ComputeOptions | None = None,

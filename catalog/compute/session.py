@@ -1,0 +1,184 @@
+"""What every table of a compute run shares: the options, the results, the engine, and
+the table state (`.tally/tables.json`) each write records into."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+from tally.catalog.compute.generations import WHOLE, next_generation
+from tally.catalog.errors import DataError
+from tally.catalog.spec.project import Project
+from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
+from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
+from tally.catalog.sql.engines import first_line
+from tally.catalog.store.fsutil import atomic_write_text, replacing
+from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE
+
+PLAN_VERSION = "2"  # 2: state records source fingerprints and table generations
+KEEP_ALL_AFTER = 1 << 62  # an upper bound of `keep` that keeps no old row after `low`
+UP_TO_DATE = "up to date"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class TableResult:
+    name: str
+    kind: str
+    rows: int
+    new_snapshots: int | None  # snapshots computed; None for tables computed whole
+    seconds: float
+    path: Path
+    mode: str  # full | incremental | skipped | up to date
+    bucket_us: int | None = None
+    since_us: int = WHOLE  # the first snapshot this write replaced (WHOLE: all of them)
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # kept in the table state
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """What a derived or score table reads: computed tables, and sources of column metrics."""
+    tables: set[str]
+    column_sources: list[str]
+
+
+@dataclass
+class ComputeOptions:
+    metrics: list[str] = field(default_factory=list)
+    start: date | None = None
+    end: date | None = None
+    full: bool = False
+
+
+def definition_hash(project: Project, spec: TableSpec) -> str:
+    parts: list[Any] = [PLAN_VERSION, spec.name, spec.kind]
+    for name in spec.features:
+        parts.append(project.metrics[name].model_dump(mode="json") if name in project.metrics
+                     else project.scores[name].model_dump(mode="json"))
+        if spec.kind == "derived":
+            for i in project.derived_inputs(project.metrics[name]):
+                parts.append(project.metrics[i].model_dump(mode="json"))
+    if spec.source:
+        parts.append(project.sources[spec.source].model_dump(mode="json"))
+        parts.append(project.entities[project.sources[spec.source].entity].join_key)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def day_us(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1_000_000)
+
+
+def source_path(project: Project, source_name: str) -> str:
+    source = project.sources[source_name]
+    path = project.root / source.path
+    if "*" not in source.path and not path.exists():
+        raise DataError(f"source {source_name}: data file {path} does not exist; ask its "
+                        f"producer {source.owner} or fix `path` in its definition")
+    return str(path)
+
+
+def write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
+    with replacing(path, ".parquet", crash_name="compute-") as tmp:
+        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
+                    "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
+
+
+class ComputeSession:
+    """One run's project, options, engine and table state (runner.Computer computes)."""
+
+    def __init__(self, project: Project, options: ComputeOptions | None = None,
+                 progress: Progress | None = None):
+        self.project = project
+        self.options = options or ComputeOptions()
+        self.progress = progress
+        self.specs = {s.name: s for s in table_specs(project)}
+        self.state = read_state(project, TABLE_STATS_FILE)
+        self._spill = project.root / DUCKDB_SPILL_DIR
+        self._spark: Any = None
+        self._column_digests: dict[str, Any] = {}
+
+    def _engine(self, allowed: list[Path]) -> Any:
+        """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
+        one SparkSession of this run."""
+        from tally.catalog.sql.engines import DuckDBEngine, SparkEngine, project_engine
+
+        if project_engine(self.project.root) == "spark":
+            if self._spark is None:
+                from tally.catalog.spec.config import load_config
+
+                self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
+            return self._spark
+        return DuckDBEngine(connect(allowed, temp_directory=self._spill))
+
+    def _input_groups(self, spec: TableSpec) -> set[str]:
+        groups: set[str] = set()
+        for name in spec.features:
+            for i in self.project.derived_inputs(self.project.metrics[name]):
+                table = tables_by_feature(self.specs.values()).get(i)
+                if table is not None and table.kind == "group":
+                    groups.add(table.name)
+        return groups
+
+    def _up_to_date(self, spec: TableSpec, out: Path,
+                    fingerprints: dict[str, Any] | None = None) -> TableResult:
+        if self.progress:
+            self.progress(spec.name, 1, 1)
+        rows = int(self.state.get(spec.name, {}).get("rows", 0))
+        return TableResult(spec.name, spec.kind, rows, 0, 0.0, out, UP_TO_DATE,
+                           fingerprints=fingerprints or {})
+
+    def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
+                     name: str, keep: tuple[int, int] | None) -> int:
+        """Run on Spark, collect as Arrow, write one sorted parquet file atomically (see
+        catalog/engines.py for why one file rather than Spark's folder of parts)."""
+        from tally.catalog.sql.engines import write_arrow_table
+
+        try:
+            table = engine.to_arrow(query)
+        except Exception as exc:  # pyspark/py4j raise many types
+            raise DataError(f"computing {name} on Spark: {first_line(exc)}") from None
+        return int(write_arrow_table(table, out, key, keep))
+
+    def _record(self, spec: TableSpec, result: TableResult) -> None:
+        """Read the written table once for its statistics (rows included) into the state,
+        with the fingerprints and generation later runs compare against."""
+        if result.mode == "skipped" or (result.mode == UP_TO_DATE and not result.fingerprints):
+            return
+        entry = dict(self.state.get(spec.name, {}))
+        if result.mode != UP_TO_DATE:
+            entry.update(self._statistics(spec, result))
+            entry.update(next_generation(entry, result.since_us))
+        entry.update({k: v for k, v in result.fingerprints.items() if v is not None})
+        for name, value in result.fingerprints.items():
+            if value is None:
+                entry.pop(name, None)
+        self.state[spec.name] = entry
+        atomic_write_text(self.project.root / TABLE_STATS_FILE,
+                          json.dumps(self.state, indent=2, sort_keys=True))
+
+    def _statistics(self, spec: TableSpec, result: TableResult) -> dict[str, Any]:
+        con = connect(None)
+        nulls = ", ".join(f"avg(CASE WHEN {sql_ident(f)} IS NULL THEN 1.0 ELSE 0.0 END)"
+                          for f in spec.features)
+        row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
+                          f", {nulls} FROM {parquet_scan(result.path)}").fetchall()[0]
+        result.rows = int(row[0])
+        entry = {
+            "path": result.path.relative_to(self.project.root).as_posix(),
+            "kind": spec.kind,
+            "rows": result.rows,
+            "newest_snapshot": row[1].isoformat() if row[1] is not None else None,
+            "null_fraction": {f: (float(v) if v is not None else None)
+                              for f, v in zip(spec.features, row[3:], strict=True)},
+            "definition_hash": definition_hash(self.project, spec),
+            "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if result.bucket_us and row[2] is not None:
+            entry["last_position"] = int(row[2]) // result.bucket_us
+        return entry
