@@ -77,8 +77,9 @@ def search(
         return
     # plain aligned text, not rich: search is the command that must start fastest
     rows = [("kind", "name", "owner", "status", "models", "description")]
-    rows += [(h.kind, h.name, h.owner or "-", h.status or "-", str(h.model_count),
-              h.description) for h in results]
+    rows += [(h.kind, h.name, h.owner or "-", (h.status or "-") + (
+        f" v{h.version} of {h.version_count}" if h.version_count > 1 else ""),
+        str(h.model_count), h.description) for h in results]
     _table(rows, right=(4,))
     if results.total > len(results.hits):
         err(f"{len(results.hits)} of {results.total} matches; --limit shows more")
@@ -127,12 +128,26 @@ def show(
                  f"{t.get('newest_snapshot')}, null fraction {t.get('null_fraction')}")
         else:
             _out(f"table {t['table']}: not computed yet (run tally compute)")
+    _show_versions(card.versions)
     _out(f"upstream:   {_refs(card.upstream)}")
     _out(f"downstream: {_refs(card.downstream)}")
     _out(f"models:     {', '.join(card.models) or '-'}")
     feast = "; ".join(f"{k.replace('_', ' ')} {', '.join(v) if isinstance(v, list) else v}"
                       for k, v in card.feast.items() if v)
     _out(f"feast:      {feast or '-'}")
+
+
+def _show_versions(versions: list[dict[str, Any]]) -> None:
+    if len(versions) < 2 and not any(v["deprecated_on"] for v in versions):
+        return
+    _out(f"versions ({len(versions)}):")
+    for v in versions:
+        flags = [v["status"]] + (["current"] if v["current"] else [])
+        if v["deprecated_on"]:
+            flags.append(f"deprecated on {v['deprecated_on']}")
+        changed = f"; changed {', '.join(v['changed'])}" if v["changed"] else ""
+        _out(f"  @{v['version']} ({', '.join(flags)}) served as {', '.join(v['served_as'])}"
+             f"{changed}; models: {', '.join(v['models']) or '-'}")
 
 
 def impact(

@@ -32,7 +32,15 @@ def current_project() -> Any:
     not when the CLI starts: search and show never need them)."""
     from tally.catalog.spec.loading import load_project
 
-    return load_project(project_root())
+    project = load_project(project_root())
+    show_warnings(project)
+    return project
+
+
+def show_warnings(project: Any) -> None:
+    """The project's validation warnings (e.g. a deprecated version read), on stderr."""
+    for warning in project.warnings:
+        err(f"warning: {warning.render()}")
 
 
 def err(message: str) -> None:

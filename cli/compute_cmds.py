@@ -50,7 +50,8 @@ def _warn_allowed(report: ContractReport) -> None:
 
 def compute(
     metric: Annotated[list[str] | None, typer.Option(
-        "--metric", help="Compute only the tables of these metrics (repeat).")] = None,
+        "--metric", help="Compute only the tables of these metrics (repeat; NAME@N: a "
+        "version).")] = None,
     start: Annotated[str | None, typer.Option("--start", help="First snapshot date.")] = None,
     end: Annotated[str | None, typer.Option("--end", help="Last snapshot date.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Recompute every snapshot.")] = False,
@@ -64,11 +65,11 @@ def compute(
     from tally.catalog.pipeline import ComputeOptions
     from tally.catalog.pipeline import compute as gated_compute
 
-    options = ComputeOptions(metrics=metric or [], start=_date(start, "--start"),
-                             end=_date(end, "--end"), full=full)
+    project = current_project()
+    options = ComputeOptions(metrics=[project.resolve(m) or m for m in metric or []],
+                             start=_date(start, "--start"), end=_date(end, "--end"), full=full)
     if options.start and options.end and options.start > options.end:
         raise UsageError("--start is after --end")
-    project = current_project()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=Console(stderr=True)) as bar:
@@ -118,18 +119,33 @@ def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
 
 
 def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
-    """What `tally apply` would add, change or remove in the Feast registry."""
+    """What `tally apply` would add, change or remove in the Feast registry, beside the
+    definition changes since the last apply (breaking/additive/metadata)."""
+    from tally.catalog.changes.diff import diff_definitions
+    from tally.cli.diff_cmds import print_report
     from tally.feature_repo.registry import plan as registry_plan
 
-    _print_changes(registry_plan(current_project()), as_json, "plan")
+    project = current_project()
+    changes, report = registry_plan(project), diff_definitions(project)
+    if as_json:
+        print_json({"feast": [asdict(c) for c in changes], "definitions": report.to_dict()})
+        return
+    _print_changes(changes, False, "plan")
+    print_report(report)
+
+
+AcceptBreaking = Annotated[bool, typer.Option(
+    "--accept-breaking", help="Apply even when a breaking change reaches a model.")]
 
 
 def apply(as_of: AsOf = None, allow_violations: AllowViolations = False,
+          accept_breaking: AcceptBreaking = False,
           as_json: Annotated[bool, JsonOption] = False) -> None:
     """Register every table as a Feast FeatureView and every model as a FeatureService."""
     from tally.feature_repo.registry import apply as registry_apply
 
-    changes = registry_apply(current_project(), _run_gate(as_of, allow_violations))
+    changes = registry_apply(current_project(), _run_gate(as_of, allow_violations),
+                             accept_breaking=accept_breaking)
     _print_changes(changes, as_json, "applied")
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tally.cli.common import JsonOption, err, print_json, project_root, wait_notice
+from tally.cli.common import (
+    JsonOption,
+    err,
+    print_json,
+    project_root,
+    show_warnings,
+    wait_notice,
+)
 
 
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")]) -> None:
@@ -35,10 +42,13 @@ def validate(as_json: Annotated[bool, JsonOption] = False) -> None:
         raise
     counts: dict[str, int] = {}
     for definition in project.definitions.values():
-        counts[definition.kind] = counts.get(definition.kind, 0) + 1
+        if not project.is_version_copy(definition.name):
+            counts[definition.kind] = counts.get(definition.kind, 0) + 1
     if as_json:
-        print_json({"ok": True, "counts": counts, "issues": []})
+        print_json({"ok": True, "counts": counts, "issues": [],
+                    "warnings": [w.to_dict() for w in project.warnings]})
         return
+    show_warnings(project)
     summary = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
     err(f"ok: {summary} in {len(project.file_hashes)} files")
 

@@ -109,16 +109,49 @@ def _changes(store: Any, contents: Any) -> list[Change]:
     return sorted(changes, key=lambda c: (order[c.action], c.kind, c.name))
 
 
-def apply(project: Project, run_gate: Gate | None = None) -> list[Change]:
+class BreakingChangeError(TallyError):
+    """apply would change values that models read, and was not told to accept that."""
+
+
+def refuse_breaking(project: Project) -> None:
+    """Raise BreakingChangeError when a breaking change since the last apply reaches a
+    model, naming each change, the models and their owners."""
+    from tally.catalog.changes.classify import breaking_for_models
+    from tally.catalog.changes.diff import diff_definitions
+
+    found = breaking_for_models(diff_definitions(project).changes)
+    if not found:
+        return
+    lines = []
+    for change, models in found:
+        what = ", ".join(f.field for f in change.fields) or change.action
+        readers = ", ".join(f"model {m.name} ({m.owner}{', pinned' if m.pinned else ''})"
+                            for m in models)
+        lines.append(f"  {change.kind} {change.label} ({what}) is read by {readers}")
+    raise BreakingChangeError(
+        "apply refused: these breaking changes since the last apply change what models "
+        "read:\n" + "\n".join(lines) + "\nPin the models to the old version (name@N), or "
+        "agree the change with their owners and apply with `accept_breaking` (the diff "
+        "shows every change).", mentions=("accept_breaking",))
+
+
+def apply(project: Project, run_gate: Gate | None = None, *,
+          accept_breaking: bool = False) -> list[Change]:
     """Make the registry hold exactly the project's objects (adds, changes, removals), after
     the contract gate of every source (tally.catalog.pipeline.gate).
 
-    Feast writes its file registry in place; Tally applies to a copy and renames it over
-    the registry, so a killed apply leaves the previous registry intact."""
+    Refuses (BreakingChangeError) a breaking change that a model reads, unless
+    `accept_breaking`. Feast writes its file registry in place; Tally applies to a copy and
+    renames it over the registry, so a killed apply leaves the previous registry intact.
+    The definitions applied are kept for the diff (tally.catalog.changes.states)."""
     from feast.repo_operations import extract_objects_for_apply_delete
+    from tally.catalog.changes.states import working_texts, write_applied
 
     gate(project, None, run_gate)
     with project_lock(project.root):
+        if not accept_breaking:
+            refuse_breaking(project)
+        texts = working_texts(project.root)
         store, staged, final = _staged_store(project)
         try:
             contents = repo_contents(store, feast_objects(project))
@@ -129,6 +162,7 @@ def apply(project: Project, run_gate: Gate | None = None) -> list[Change]:
                 store.apply(to_apply, objects_to_delete=to_delete, partial=False)
             if staged is not None and final is not None:
                 rename_over(staged, final, crash_name="apply-")
+            write_applied(project.root, texts)
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)

@@ -36,13 +36,19 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
         names = list(features or [])
     refs = []
     serving = _serving_tables(project)
-    for name in names:
+    for reference in names:
+        name = project.resolve(reference)
+        if name is None:
+            versions = project.versions.get(reference.partition("@")[0])
+            listing = ", ".join(map(str, versions.numbers)) if versions else "none"
+            raise LookupFailedError(f"feature {reference!r}: no such version (versions: "
+                                    f"{listing})")
         table = serving.get(name)
         if table is None:
-            raise LookupFailedError(f"unknown feature {name!r}; `tally search {name}` lists "
-                                    "what exists")
+            raise LookupFailedError(f"unknown feature {reference!r}; `tally search {name}` "
+                                    "lists what exists")
         refs.append(f"{table.name}:{name}")
-    return refs
+    return list(dict.fromkeys(refs))
 
 
 def _serving_tables(project: Project) -> dict[str, TableSpec]:
@@ -91,11 +97,11 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
     store = open_store(proj)
     _require_registered(store, refs)
     spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
-    if spark:  # Feast's Spark store neither keeps row order nor duplicate entity rows apart
-        frame = frame.assign(**{SPARK_ROW: range(len(frame))})
+    if spark and isinstance(frame, pd.DataFrame):  # Feast's Spark store neither keeps row
+        frame = frame.assign(**{SPARK_ROW: range(len(frame))})  # order nor duplicates apart
     job = store.get_historical_features(entity_df=frame, features=refs)
-    result = job.to_df()
-    if spark:
+    result: pd.DataFrame = job.to_df()
+    if spark and isinstance(frame, pd.DataFrame):
         result = result.drop_duplicates(SPARK_ROW).sort_values(SPARK_ROW).drop(
             columns=SPARK_ROW)
         frame = frame.drop(columns=SPARK_ROW)

@@ -133,6 +133,7 @@ def test_import_linter_contracts_are_kept() -> None:
 CLI_PUBLIC_API = {
     "tally", "tally.catalog", "tally.catalog.errors", "tally.catalog.pipeline",
     "tally.catalog.facade", "tally.catalog.spec.loading", "tally.catalog.spec.authoring",
+    "tally.catalog.changes.diff", "tally.catalog.changes",
     "tally.catalog.spec.moments", "tally.catalog.spec.project", "tally.catalog.search.query",
     "tally.catalog.search.reuse", "tally.catalog.scores.explain", "tally.catalog.contracts.odcs",
     "tally.catalog.store.fsutil", "tally.catalog.web.app", "tally.catalog.web.build",

@@ -122,14 +122,14 @@ def test_register_adds_and_replaces(example_project: Path, tmp_path: Path,
     moved = tmp_path / "logins.yaml"
     moved.write_text("metrics:\n  - name: crm_logins_30d\n    description: Logins, 30 days v2.\n"
                      "    owner: a@x.com\n    source: crm_logins\n    aggregation: count\n"
-                     "    expression: '*'\n    window: 30d\n    version: 2\n")
+                     "    expression: '*'\n    window: 30d\n")
     refused = invoke(["--project", str(example_project), "register", str(moved)], capsys)
     assert refused.code == 1 and "already exists in metrics/crm.yaml" in refused.stderr
     assert "logins.yaml:2: metrics[0].name" in refused.stderr
     ok = invoke(["--project", str(example_project), "register", str(moved), "--replace"], capsys)
     assert ok.code == 0, ok.stderr
     project = load_project(example_project)
-    assert project.metrics["crm_logins_30d"].version == 2
+    assert project.metrics["crm_logins_30d"].description == "Logins, 30 days v2."
     assert project.get("crm_logins_30d").file == "metrics/logins.yaml"
     assert "crm_monthly_active_users" in project.metrics
     assert not list((example_project / "metrics").glob(".tally-tmp-*"))

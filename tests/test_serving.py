@@ -212,7 +212,7 @@ def test_feast_cli_sees_tally_objects_and_agrees_with_tally_apply(served: Path) 
     plan = run_tally(["--project", str(served), "plan", "--json"])
     import json
 
-    changes = [c for c in json.loads(plan.stdout) if c["action"] != "keep"]
+    changes = [c for c in json.loads(plan.stdout)["feast"] if c["action"] != "keep"]
     assert changes == []
 
 

@@ -152,6 +152,34 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
     }
 
 
+def _versions(project: Project, graph: Lineage, name: str) -> list[dict[str, Any]]:
+    """Every version of a metric: status, deprecation, the fields changed from the version
+    before it, the feature serving it and the models reading it (pinned or through the
+    current name)."""
+    versions = project.versions.get(name)
+    if versions is None:
+        return []
+    out: list[dict[str, Any]] = []
+    previous: dict[str, Any] | None = None
+    for number in versions.numbers:
+        spec = versions.definitions[number].spec
+        dumped = spec.model_dump(mode="json", exclude={"version"})
+        features = [versions.served[number]] if number in versions.served else []
+        features += [name] if number == versions.current else []
+        models = sorted({split_id(m)[1] for f in features
+                         for m in graph.models_using(node_id("metric", f))})
+        out.append({
+            "version": number, "status": spec.status, "current": number == versions.current,
+            "deprecated_on": dumped["deprecated_on"], "served_as": features,
+            "changed": [] if previous is None else sorted(
+                k for k in set(dumped) | set(previous) if dumped.get(k) != previous.get(k)),
+            "models": models, "file": versions.definitions[number].file,
+            "line": versions.definitions[number].line,
+        })
+        previous = dumped
+    return out
+
+
 def build_cards(project: Project) -> list[dict[str, Any]]:
     """Every card of the project, lineage and state files included."""
     from tally.catalog.spec.tables import read_state
@@ -160,7 +188,14 @@ def build_cards(project: Project) -> list[dict[str, Any]]:
     tables = read_state(project, TABLE_STATS_FILE)
     contracts = read_state(project, CONTRACT_RESULTS_FILE)
     graph = build_lineage(project)
-    cards = [definition_card(project, graph, d, tables, contracts)
-             for d in project.definitions.values()]
+    cards = []
+    for d in project.definitions.values():
+        if project.is_version_copy(d.name):
+            continue  # shown in its metric's card, under versions
+        card = definition_card(project, graph, d, tables, contracts)
+        if d.kind == "metric":
+            card["versions"] = _versions(project, graph, d.name)
+            card["version_count"] = len(card["versions"])
+        cards.append(card)
     cards += [table_card(project, graph, spec, tables) for spec in graph.tables.values()]
     return cards

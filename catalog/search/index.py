@@ -40,7 +40,7 @@ from tally.catalog.store.paths import (
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STATE_FILES = (TABLE_STATS_FILE.as_posix(), CONTRACT_RESULTS_FILE.as_posix())
@@ -61,8 +61,9 @@ def build_schema() -> tantivy.Schema:
     return builder.build()
 
 
+# tally.catalog.search.query.SearchHit's fields before the score
 HIT_FIELDS = ("kind", "name", "owner", "description", "tags", "status", "version",
-              "model_count")  # tally.catalog.search.query.SearchHit's fields before the score
+              "model_count", "version_count")
 
 
 def hit_summary(card: dict[str, Any]) -> list[Any]:
@@ -71,7 +72,8 @@ def hit_summary(card: dict[str, Any]) -> list[Any]:
     description = (card.get("description") or "").strip().splitlines()
     return [card["kind"], card["name"], card.get("owner"),
             description[0] if description else "", card.get("tags") or [],
-            card.get("status"), card.get("version"), card.get("model_count", 0)]
+            card.get("status"), card.get("version"), card.get("model_count", 0),
+            card.get("version_count", 1)]
 
 
 def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy.Document:

@@ -47,6 +47,7 @@ class SearchHit:
     status: str | None
     version: int | None
     model_count: int
+    version_count: int  # how many versions the metric has (1 for anything else)
     score: float
 
 
@@ -116,6 +117,8 @@ class Card:
     table: dict[str, Any] | None = None
     contract: dict[str, Any] | None = None
     id: str = ""
+    version_count: int = 1
+    versions: list[dict[str, Any]] = field(default_factory=list)  # a metric's, oldest first
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Card:
@@ -251,7 +254,11 @@ def not_found(opened: OpenIndex, name: str) -> LookupFailedError:
 
 
 def card_of(opened: OpenIndex, name: str) -> Card:
+    """The card of `name`; `name@N` and `name__vN` (a version) give their metric's card."""
     card = find_card(opened, name)
+    if card is None:
+        base = re.sub(r"(@|__v)[1-9][0-9]*$", "", name)
+        card = find_card(opened, base) if base != name else None
     if card is None:
         raise not_found(opened, name)
     return Card.from_dict(card)

@@ -128,7 +128,10 @@ _SIGNATURE_KEYS = {
 def reuse_report(project: Project) -> ReuseReport:
     graph = build_lineage(project)
     report = ReuseReport()
-    features = [(n, "metric") for n in sorted(project.metrics)]
+    copies = {n for n in project.metrics if project.is_version_copy(n)}
+    currents = {(v.name, v.current) for v in project.versions.values()}
+    current = {n for n in copies if project.version_of(n) in currents}
+    features = [(n, "metric") for n in sorted(set(project.metrics) - current)]  # as `name`
     features += [(n, "score") for n in sorted(project.scores)]
     for name, kind in features:
         ident = node_id(kind, name)
@@ -139,7 +142,7 @@ def reuse_report(project: Project) -> ReuseReport:
             sorted(set(every) - set(direct))))
     report.features.sort(key=lambda f: (-f.model_count, -len(f.indirect_models), f.name))
     groups: dict[tuple[Any, ...], list[str]] = {}
-    for name in sorted(project.metrics):
+    for name in sorted(set(project.metrics) - copies):  # versions differ, or are one
         sig = signature(project, name)
         if sig is not None:
             groups.setdefault(sig, []).append(name)

@@ -86,6 +86,13 @@ class Registered:
     removed_from: list[Path]
 
 
+def _identity(kind: str, item: dict[str, Any]) -> str:
+    """What a definition replaces: its name, and for a metric beyond version 1 `name@N`
+    (each version of a metric is a definition of its own)."""
+    version = item.get("version", 1) if kind == "metrics" else 1
+    return item["name"] if version == 1 else f"{item['name']}@{version}"
+
+
 def _names_of(loaded_data: Any) -> list[tuple[str, int, str]]:
     out = []
     if isinstance(loaded_data, dict):
@@ -93,7 +100,7 @@ def _names_of(loaded_data: Any) -> list[tuple[str, int, str]]:
             items = loaded_data.get(kind)
             for index, item in enumerate(items if isinstance(items, list) else []):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    out.append((kind, index, item["name"]))
+                    out.append((kind, index, _identity(kind, item)))
     return out
 
 
@@ -109,7 +116,9 @@ def _without_names(path: Path, names: set[str]) -> str | None:
         if not items:
             continue
         for index in reversed(range(len(items))):
-            if isinstance(items[index], dict) and items[index].get("name") in names:
+            item = items[index]
+            if isinstance(item, dict) and isinstance(item.get("name"), str) and (
+                    _identity(kind, item) in names):
                 del items[index]
                 changed = True
         if not items:
@@ -183,8 +192,8 @@ def register_text(root: Path | str, file_name: str, text: str, *, shown_as: str,
                 for kind, index, name in candidate if name in clashes
             ], mentions=("replace",))
         overrides: dict[str, str | None] = {shown: text}
-        for other in sorted({existing[name] for name in clashes}):
-            overrides[other] = _without_names(root / other, clashes) or None
+        for other_file in sorted({existing[name] for name in clashes}):
+            overrides[other_file] = _without_names(root / other_file, clashes) or None
         load_project(root, overrides=overrides)
         commit_files(root, overrides)
         removed = [root / relative for relative in overrides if relative != shown]

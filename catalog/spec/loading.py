@@ -5,6 +5,7 @@ against their models (`parse_definitions`), then the rules across definitions
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -78,12 +79,14 @@ def load_project(
     root: Path | str = ".",
     *,
     overrides: dict[str, str | None] | None = None,
+    today: date | None = None,
 ) -> Project:
     """Load and validate every definition under root/metrics.
 
     `overrides` maps a project-relative file name to new text (or None to drop the file),
     so a change can be validated together with the project before anything is written.
-    Raises DefinitionError with every issue found.
+    `today` (default: the UTC date) decides which `deprecated_on` dates have passed.
+    Raises DefinitionError with every issue found; warnings land in `project.warnings`.
     """
     root = check_project_root(Path(root))
     texts: dict[str, LoadedYaml | None] = {}
@@ -120,7 +123,7 @@ def load_project(
         definitions.extend(found)
         issues.extend(problems)
     project = Project(root=root, file_hashes=hashes)
-    issues.extend(cross_check(project, definitions, loaded_files))
+    issues.extend(cross_check(project, definitions, loaded_files, today=today))
     if issues:
         raise DefinitionError(issues)
     return project

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -11,6 +11,9 @@ from tally.catalog.spec.durations import parse_duration
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# a metric or score as a reader names it: `name` (the current version) or `name@N` (pinned)
+REFERENCE_PATTERN = r"^[a-z][a-z0-9_]{0,62}(@[1-9][0-9]{0,5})?$"
+Reference = Annotated[str, Field(pattern=REFERENCE_PATTERN)]
 
 
 def _check_duration(value: str) -> str:
@@ -113,6 +116,7 @@ class Metric(Spec):
     tags: list[Tag] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
+    deprecated_on: date | None = None
     expect: Expect | None = None
 
     @model_validator(mode="after")
@@ -158,14 +162,14 @@ class Model(Spec):
     name: Name
     description: Text
     owner: Email
-    features: Annotated[list[Name], Field(min_length=1)]
+    features: Annotated[list[Reference], Field(min_length=1)]
     tags: list[Tag] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 
 
 class ScoreComponent(Spec):
-    metric: Name
+    metric: Reference
     weight: Annotated[float, Field(gt=0, le=1e6)]
     transform: Literal["log1p"] | None = None
     direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"

@@ -3,6 +3,7 @@ catalog. Loading and validating one from metrics/*.yaml is `spec.loading`."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 from tally.catalog.errors import Issue
 from tally.catalog.spec.models import Entity, Metric, Model, Score, Source
 from tally.catalog.spec.yamlio import KeyPath, LoadedYaml, key_path_text
+
+# `name__vN`: the feature serving version N of metric `name` (and a pin in an expression)
+PINNED_COLUMN = re.compile(r"^(?P<base>[a-z][a-z0-9_]*?)__v(?P<version>[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,34 @@ class MetricGroup:
         return f"{self.source}_{format_duration(self.grain)}"
 
 
+@dataclass(frozen=True)
+class MetricVersions:
+    """Every version of one metric name and the feature that serves each
+    (spec.versions builds them while the project validates)."""
+
+    name: str
+    definitions: dict[int, Definition]
+    current: int
+    served: dict[int, str]  # version -> feature name; the current one also as `name`
+
+    @property
+    def numbers(self) -> list[int]:
+        return sorted(self.definitions)
+
+
+def split_reference(reference: str) -> tuple[str, int | None]:
+    """`name@N` -> (name, N); `name` -> (name, None)."""
+    name, at, version = reference.partition("@")
+    return (name, int(version)) if at else (name, None)
+
+
 @dataclass
 class Project:
     root: Path
     definitions: dict[str, Definition] = field(default_factory=dict)
     file_hashes: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, MetricVersions] = field(default_factory=dict)  # per metric name
+    warnings: list[Issue] = field(default_factory=list)  # e.g. a deprecated version read
 
     _by_kind: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -87,6 +114,37 @@ class Project:
 
     def get(self, name: str) -> Definition | None:
         return self.definitions.get(name)
+
+    # -- metric versions (docs/definitions.md) ------------------------------------------
+    def resolve(self, reference: str) -> str | None:
+        """The feature serving a reference (`name` or `name@N`), or None when N is no
+        version of the metric `name`. A pin of a metric's only version that nothing else
+        pins is served by `name` itself."""
+        name, version = split_reference(reference)
+        if version is None:
+            return name
+        versions = self.versions.get(name)
+        if versions is None or version not in versions.definitions:
+            return None
+        if version in versions.served:
+            return versions.served[version]
+        return name if len(versions.definitions) == 1 else None
+
+    def version_of(self, feature: str) -> tuple[str, int] | None:
+        """(metric name, version) a served metric feature computes, or None."""
+        match = PINNED_COLUMN.match(feature)
+        if match and match["base"] in self.versions:
+            versions = self.versions[match["base"]]
+            if versions.served.get(int(match["version"])) == feature:
+                return versions.name, int(match["version"])
+        if feature in self.versions:
+            return feature, self.versions[feature].current
+        return None
+
+    def is_version_copy(self, name: str) -> bool:
+        """Whether `name` is the `name__vN` feature of a version, not a definition itself."""
+        found = self.version_of(name)
+        return found is not None and found[0] != name
 
     # -- semantics shared by compute, registration and the catalog ------------------
     def entity_of(self, name: str) -> str | None:

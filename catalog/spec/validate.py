@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from datetime import UTC, date, datetime
 from itertools import islice
 from pathlib import Path, PurePosixPath
 
@@ -12,6 +13,7 @@ from tally.catalog.spec.config import read_config
 from tally.catalog.spec.models import Metric, Model, Score, Source
 from tally.catalog.spec.project import Definition, Project
 from tally.catalog.spec.sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
+from tally.catalog.spec.versions import check_deprecations, expand_versions
 from tally.catalog.spec.yamlio import LoadedYaml
 from tally.catalog.store.paths import CONFIG_FILE, glob_base
 
@@ -31,6 +33,11 @@ class _Checker:
     def add(self, definition: Definition, field: tuple[str | int, ...], message: str) -> None:
         self.issues.append(definition.issue(field, message, self.files[definition.file]))
 
+    def warn(self, definition: Definition, field: tuple[str | int, ...], message: str) -> None:
+        warning = definition.issue(field, message, self.files[definition.file])
+        if warning not in self.project.warnings:
+            self.project.warnings.append(warning)
+
     def where(self, name: str) -> str:
         d = self.project.definitions[name]
         return f"{d.file}:{d.line}"
@@ -49,15 +56,10 @@ class _Checker:
 
 
 def cross_check(project: Project, definitions: list[Definition],
-                files: dict[str, LoadedYaml]) -> list[Issue]:
+                files: dict[str, LoadedYaml], today: date | None = None) -> list[Issue]:
     checker = _Checker(project, files)
-    for d in sorted(definitions, key=lambda d: (d.file, d.line)):
-        first = project.definitions.get(d.name)
-        if first is not None:
-            checker.add(d, ("name",), f"name {d.name!r} is already used by the {first.kind} "
-                        f"at {first.file}:{first.line}; names are unique across the project")
-            continue
-        project.add(d)
+    later_versions = _add_definitions(checker, definitions)
+    expand_versions(project, later_versions, checker.add)
     for d in list(project.definitions.values()):
         if d.kind == "source":
             _check_source(checker, d)
@@ -68,7 +70,33 @@ def cross_check(project: Project, definitions: list[Definition],
         elif d.kind == "score":
             _check_score(checker, d)
     _check_derived_cycles(checker)
+    check_deprecations(project, today or datetime.now(UTC).date(), checker.add, checker.warn)
     return checker.issues
+
+
+def _add_definitions(c: _Checker, definitions: list[Definition]) -> list[Definition]:
+    """Add each definition once per name; returns the further versions of metrics."""
+    versions: dict[tuple[str, int], Definition] = {}
+    later: list[Definition] = []
+    for d in sorted(definitions, key=lambda d: (d.file, d.line)):
+        first = c.project.definitions.get(d.name)
+        if first is None:
+            c.project.add(d)
+        elif d.kind != "metric" or first.kind != "metric":
+            c.add(d, ("name",), f"name {d.name!r} is already used by the {first.kind} "
+                  f"at {first.file}:{first.line}; names are unique across the project")
+            continue
+        if d.kind != "metric":
+            continue
+        same = versions.get((d.name, d.spec.version))
+        if same is not None:
+            c.add(d, ("version",), f"version {d.spec.version} of metric {d.name!r} is "
+                  f"already defined at {same.file}:{same.line}; give each version its own "
+                  "number")
+        elif first is not None:
+            later.append(d)
+        versions.setdefault((d.name, d.spec.version), d)
+    return later
 
 
 def _check_source(c: _Checker, d: Definition) -> None:
@@ -95,7 +123,7 @@ def _check_source(c: _Checker, d: Definition) -> None:
         if column not in declared:
             c.add(d, (field,), f"column {column!r} is not among the contract's columns "
                   f"({', '.join(declared)}); add it to contract.columns")
-    for column in (source.timestamp_field, source.created_timestamp_field):
+    for column in filter(None, (source.timestamp_field, source.created_timestamp_field)):
         if column in declared and declared[column].type not in ("timestamp", "date"):
             c.add(d, ("contract", "columns", column, "type"),
                   f"{column!r} is a time column, so its type must be timestamp or date")
@@ -200,7 +228,8 @@ def _check_model(c: _Checker, d: Definition) -> None:
         if feature in seen:
             c.add(d, ("features", index), f"feature {feature!r} is listed twice")
         seen.add(feature)
-        c.expect_kind(d, ("features", index), feature, ("metric", "score"))
+        if "@" not in feature:  # an unresolved pin is reported by versions.expand_versions
+            c.expect_kind(d, ("features", index), feature, ("metric", "score"))
 
 
 def _check_score(c: _Checker, d: Definition) -> None:
@@ -208,7 +237,8 @@ def _check_score(c: _Checker, d: Definition) -> None:
     c.expect_kind(d, ("entity",), score.entity, ("entity",))
     for index, component in enumerate(score.components):
         field = ("components", index, "metric")
-        if not c.expect_kind(d, field, component.metric, ("metric",)):
+        if "@" in component.metric or not c.expect_kind(d, field, component.metric,
+                                                         ("metric",)):
             continue
         entity = c.project.entity_of(component.metric)
         if entity is not None and entity != score.entity:
