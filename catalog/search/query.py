@@ -116,6 +116,7 @@ class Card:
     table: dict[str, Any] | None = None
     contract: dict[str, Any] | None = None
     id: str = ""
+    owners: list[str] = field(default_factory=list)  # `owner`, split: a view may have several
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Card:
