@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .common import DATA, median_runs, run_in_subprocess, table, write_section
 
-SIZES = {"small": (2_000_000, 20_000), "large": (20_000_000, 200_000)}
+SIZES = {"tiny": (20_000, 200), "small": (2_000_000, 20_000), "large": (20_000_000, 200_000)}
 DAYS = 60
 GEN_VERSION = "1"
 AGGS = [("count", "*", None), ("sum", "amount", None), ("avg", "amount", None),
@@ -128,7 +128,7 @@ from pathlib import Path
 from tally.catalog.sql.engines import write_arrow_table
 table = pq.read_table(sys.argv[1])
 t = time.perf_counter()
-write_arrow_table(table, Path(sys.argv[2]), "account_id", presorted=True)
+write_arrow_table(table, Path(sys.argv[2]), "account_id")
 OUT = {"s": time.perf_counter() - t}
 """
 

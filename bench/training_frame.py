@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .common import DATA, run_in_subprocess, table, write_section
 
-SIZES = {"small": (65_000, 100_000), "large": (650_000, 1_000_000)}  # keys, entity rows
+SIZES = {"tiny": (500, 1_000), "small": (65_000, 100_000),
+         "large": (650_000, 1_000_000)}  # keys, entity rows
 DAYS = 20
 VIEWS = [("t1", 5), ("t2", 4), ("t3", 4)]
 GEN_VERSION = "3"
