@@ -1,4 +1,7 @@
-"""`python -m bench NAME [--size small|large]`: run the benchmark module bench/NAME.py."""
+"""`python -m bench NAME [--size tiny|small|large]`: run the benchmark module bench/NAME.py.
+
+`tiny` runs a bench end to end in seconds so none rots (tests/test_bench.py runs each);
+its figures mean nothing and are printed, never written to docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ def main() -> None:
     parser.add_argument("name", choices=names)
     parser.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     args = parser.parse_args()
+    from bench import common
+
+    common.RECORD = args.size != "tiny"
     module = importlib.import_module(f"bench.{args.name}")
     if args.size not in getattr(module, "SIZES", {"small": 0, "large": 0}):
         parser.error(f"bench {args.name} has no size {args.size}")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks.md"
-DATA = REPO / "bench" / "data"
+# generated inputs; TALLY_BENCH_DATA puts them elsewhere (the tests' tiny runs use a temp dir)
+DATA = Path(os.environ.get("TALLY_BENCH_DATA") or REPO / "bench" / "data")
+RECORD = True  # False for `--size tiny`: results are printed, never written
 
 
 def machine() -> str:
@@ -70,7 +72,11 @@ def median_runs(code: str, *args: str, repeat: int = 3, timer: str | None = None
 
 
 def write_section(name: str, markdown: str) -> None:
-    """Replace (or add) the section of `name` in docs/benchmarks.md."""
+    """Replace (or add) the section of `name` in docs/benchmarks.md (print it when not
+    RECORD)."""
+    if not RECORD:
+        print(f"## {name} (not recorded)\n\n{markdown.strip()}")
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     text = RESULTS.read_text() if RESULTS.exists() else (
         "# Benchmarks\n\nEach section is written by the command it names; ratios are measured "

@@ -27,7 +27,7 @@ from typing import Any
 
 from .common import DATA, median_runs, run_in_subprocess, table, write_section
 
-SIZES = {"tiny": (200_000, 2_000), "small": (2_000_000, 20_000),
+SIZES = {"tiny": (20_000, 200), "small": (2_000_000, 20_000),
          "large": (20_000_000, 200_000)}
 DEMO_ACCOUNTS = {"tiny": 300, "small": 3_000, "large": 30_000}
 DAYS = 60

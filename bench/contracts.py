@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from . import common
 
-ROWS = {"small": 1_000_000, "large": 10_000_000}
+ROWS = {"tiny": 10_000, "small": 1_000_000, "large": 10_000_000}
 CONTRACT = """\
 entities:
   - {name: account, join_key: account_id, description: An account., owner: a@example.com}

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.common import REPO, table, write_section
 
-SIZES = {"small": 100_000, "large": 1_000_000}
+SIZES = {"tiny": 2_000, "small": 100_000, "large": 1_000_000}
 PRODUCTS = ["crm", "marketing", "commerce", "support", "billing", "mobile", "web", "search",
             "payments", "analytics", "identity", "storage"]
 MEASURES = ["active_users", "logins", "sessions", "orders", "refunds", "gmv", "emails_sent",

@@ -27,9 +27,9 @@ from typing import cast
 
 from .common import DATA, Run, run_in_subprocess, table, write_section
 
-SIZES = {"tiny": (2_000, 2_000), "small": (65_000, 100_000),
+SIZES = {"tiny": (500, 1_000), "small": (65_000, 100_000),
          "large": (650_000, 1_000_000)}  # aligned: keys, entity rows
-IRREGULAR = {"tiny": (30_000, 3_000), "small": (1_000_000, 100_000),
+IRREGULAR = {"tiny": (10_000, 1_000), "small": (1_000_000, 100_000),
              "large": (10_000_000, 1_000_000)}  # irregular: rows per table, entity rows
 YEAR_S = 365 * 86400
 DAYS = 20

@@ -105,7 +105,8 @@ def show(
     kind = f"{card.kind}, {card.type}" if card.type and card.kind == "metric" else card.kind
     _out(f"{card.name} ({kind}) {where}")
     _out(f"  {card.description}")
-    facts = [("owner", card.owner), ("status", card.status), ("version", card.version),
+    facts = [("owners" if len(card.owners) > 1 else "owner", card.owner),
+             ("status", card.status), ("version", card.version),
              ("tags", ", ".join(card.tags)), ("entity", card.entity), ("source", card.source),
              ("columns", ", ".join(card.columns))]
     for key, value in facts:

@@ -23,8 +23,13 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
     """Scaffold a project: metrics/ with one example, feature_repo/feature_store.yaml."""
     from tally.feature_repo.scaffold import init_project
 
-    for path in init_project(directory):
+    scaffold = init_project(directory)
+    for path in scaffold.written:
         err(f"wrote {path}")
+    for path in scaffold.extended:
+        err(f"added Tally's lines to {path} (your lines are kept)")
+    for path in scaffold.kept:
+        err(f"kept your {path} as it is")
     err(f"next: cd {directory} && tally validate")
 
 

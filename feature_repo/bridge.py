@@ -10,7 +10,7 @@ from typing import Any
 
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, table_specs
+from tally.catalog.spec.tables import TableSpec, table_owners, table_specs
 from tally.catalog.store.paths import FEATURE_REPO_DIR
 
 REPO_DIR = FEATURE_REPO_DIR.as_posix()  # kept: registry and tests import it from here
@@ -67,10 +67,7 @@ def _dtype_from_file(project: Project, spec: TableSpec, column: str) -> Any:
 
 
 def _owner_of(project: Project, spec: TableSpec) -> str:
-    owners = sorted({getattr(project.get(f).spec, "owner", "") for f in spec.features})
-    if spec.source and (spec.kind == "column" or len(owners) != 1):
-        return project.sources[spec.source].owner
-    return owners[0] if owners else ""
+    return ", ".join(table_owners(project, spec))
 
 
 def _score_fields(project: Project, spec: TableSpec) -> list[Any]:

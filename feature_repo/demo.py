@@ -7,12 +7,13 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date
 from pathlib import Path
 
 from tally.catalog.errors import TallyError
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
+from tally.catalog.spec.sample_data import SAMPLE_PATH
 from tally.feature_repo.scaffold import init_project
 
 MARKER = ".tally-demo"
@@ -63,15 +64,18 @@ def _score_notes(project: Project, report: DemoReport) -> str:
 
 
 def run_demo(root: Path, accounts: int = 3000,
-             on_step: Callable[[str], None] | None = None) -> DemoReport:
+             on_step: Callable[[str], None] | None = None,
+             end: date | None = None) -> DemoReport:
+    """The whole flow on data ending at midnight UTC of `end` (default today), checked as of
+    that moment, so every command works in the project the day it is made."""
     from tally.catalog.pipeline import Gate, compute, gate
-    from tally.feature_repo.demo_data import END, generate
+    from tally.feature_repo.demo_data import data_span, generate
     from tally.feature_repo.registry import apply
     from tally.feature_repo.serving import materialize, training_frame, write_frame
 
     if not EXAMPLE.is_dir():
-        raise TallyError(f"the example definitions are not at {EXAMPLE}; run the demo from a "
-                         "source checkout installed with `pip install -e .`")
+        raise TallyError(f"the example definitions are not at {EXAMPLE}; reinstall tally "
+                         "(its package data is incomplete)")
     root = Path(root).resolve()
     report = DemoReport(root)
 
@@ -87,16 +91,17 @@ def run_demo(root: Path, accounts: int = 3000,
         (root / MARKER).write_text("made by `tally demo`; rerunning the demo replaces it\n")
         init_project(root, name="tally_demo")
         (root / "metrics" / "example.yaml").unlink()
+        (root / SAMPLE_PATH).unlink()
         for path in sorted(EXAMPLE.glob("*.yaml")):
             shutil.copy(path, root / "metrics" / path.name)
-        data = generate(root / "data", accounts=accounts)
+        data = generate(root / "data", accounts=accounts, end=end)
         return f"{accounts:,} accounts, {sum(data.rows.values()):,} source rows in data/"
 
     step("generate", scaffold)
     project = load_project(root)
     step("validate", lambda: f"{len(project.definitions)} definitions valid")
-    as_of = END
-    run_gate = Gate(as_of=as_of)  # the generated data ends at END: judge freshness there
+    as_of = data_span(end)[1]
+    run_gate = Gate(as_of=as_of)  # the generated data ends at as_of: judge freshness there
 
     def check() -> str:
         result = gate(project, None, run_gate)
@@ -111,9 +116,8 @@ def run_demo(root: Path, accounts: int = 3000,
     step("compute", run_compute)
     step("apply", lambda: f"{sum(1 for c in apply(project, run_gate) if c.action == 'add')} "
                           "Feast objects added to the registry")
-    since = as_of - timedelta(days=400)
-    step("materialize", lambda: f"{len(materialize(project, since, as_of, run_gate))}"
-                                " feature views in the online store")
+    step("materialize", lambda: f"{len(materialize(project, run_gate=run_gate))} feature "
+                                "views in the online store")
 
     def frame() -> str:
         import pandas as pd

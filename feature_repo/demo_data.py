@@ -2,13 +2,15 @@
 
 Accounts have a latent adoption level that drives logins, sends and orders, and renewal
 outcomes follow adoption, so the churn model's features carry signal. Timestamps are
-microsecond UTC (Spark refuses nanoseconds).
+microsecond UTC (Spark refuses nanoseconds). The data covers the year before `end` (by
+default today, UTC), so the demo's contracts pass the day it is made; given a seed and an
+end date the files are the same on every run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tally.catalog.store.fsutil import replacing
 
-START = datetime(2025, 1, 1, tzinfo=UTC)
-END = datetime(2026, 1, 1, tzinfo=UTC)
+DAYS = 365
+MONTHS = 12
 US_PER_DAY = 86_400_000_000
 TS = pa.timestamp("us", tz="UTC")
 
@@ -27,8 +29,29 @@ class DemoData:
     folder: Path
     files: dict[str, Path]
     rows: dict[str, int]
-    start: datetime = START
-    end: datetime = END
+    start: datetime
+    end: datetime
+
+
+def today_utc() -> date:
+    return datetime.now(UTC).date()
+
+
+def data_span(end: date | None = None) -> tuple[datetime, datetime]:
+    """The demo data's [start, end): the DAYS days before midnight UTC of `end` (today)."""
+    stop = datetime.combine(end or today_utc(), datetime.min.time(), tzinfo=UTC)
+    return stop - timedelta(days=DAYS), stop
+
+
+def _month_starts_us(start: datetime) -> np.ndarray:
+    """The first MONTHS first-of-month midnights at or after `start`, in microseconds."""
+    year, month = start.year, start.month + (start.day > 1 or start.time() != start.min.time())
+    starts = []
+    for _ in range(MONTHS):
+        year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+        starts.append(int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1e6))
+        month += 1
+    return np.array(starts, dtype=np.int64)
 
 
 def _ts(values_us: np.ndarray) -> pa.Array:
@@ -41,12 +64,14 @@ def _write(table: pa.Table, path: Path, sort_keys: list[str]) -> None:
         pq.write_table(table, tmp, row_group_size=256_000)
 
 
-def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
-    """Write the six source files of the example project under `folder` (its data/)."""
+def generate(folder: Path, accounts: int = 3000, seed: int = 7, *,
+             end: date | None = None) -> DemoData:
+    """Write the six source files of the example project under `folder` (its data/), with
+    rows in the DAYS days before `end` (default: today, UTC)."""
+    start, stop = data_span(end)
     rng = np.random.default_rng(seed)
-    start_us = int(START.timestamp() * 1e6)
-    span_us = int((END - START).total_seconds() * 1e6)
-    days = span_us // US_PER_DAY
+    start_us = int(start.timestamp() * 1e6)
+    days = DAYS
     ids = np.arange(1, accounts + 1, dtype=np.int64)
     adoption = rng.beta(2.0, 2.0, accounts)  # latent 0..1
     seats = np.maximum(3, rng.lognormal(3.0, 0.8, accounts)).astype(np.int64)
@@ -81,14 +106,13 @@ def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
     }), ["account_id", "event_ts"])
 
     # CRM licenses: billing reports the seat count at the start of every month
-    months = 12
+    months = MONTHS
     acc = np.repeat(ids, months)
     month = np.tile(np.arange(months), accounts)
     drift = np.exp(np.cumsum(rng.normal(0.01, 0.05, acc.size).reshape(accounts, months),
                              axis=1)).ravel()
     seat_values = np.maximum(1, (np.repeat(seats, months) * drift).astype(np.int64))
-    month_starts = np.array([int(datetime(2025, m + 1, 1, tzinfo=UTC).timestamp()
-                                 * 1e6) for m in range(months)], dtype=np.int64)
+    month_starts = _month_starts_us(start)
     reported_us = month_starts[month] + rng.integers(0, 6 * 3_600_000_000, acc.size)
     emit("crm_licenses", pa.table({
         "account_id": acc, "reported_ts": _ts(reported_us), "seats": seat_values,
@@ -137,4 +161,4 @@ def generate(folder: Path, accounts: int = 3000, seed: int = 7) -> DemoData:
         "account_id": ids, "decided_ts": _ts(decided_us), "renewed": renewed,
         "contract_value": np.round(seats * rng.uniform(300, 900, accounts), 2),
     }), ["account_id", "decided_ts"])
-    return DemoData(folder, files, rows)
+    return DemoData(folder, files, rows, start, stop)

@@ -101,10 +101,14 @@ def _changes(store: Any, contents: Any) -> list[Change]:
     for diff in registry_diff.feast_object_diffs:
         if diff.name == "__dummy":
             continue
+        real = [p for p in diff.feast_object_property_diffs
+                if _definition(p.val_existing) != _definition(p.val_declared)]
         details = [f"{p.property_name}: {str(p.val_existing)[:60]!r} -> "
-                   f"{str(p.val_declared)[:60]!r}" for p in diff.feast_object_property_diffs]
-        changes.append(Change(names.get(diff.transition_type, "change"),
-                              diff.feast_object_type.value, diff.name, details))
+                   f"{str(p.val_declared)[:60]!r}" for p in real]
+        action = names.get(diff.transition_type, "change")
+        if action == "change" and not real:
+            action = "keep"
+        changes.append(Change(action, diff.feast_object_type.value, diff.name, details))
     order = {"remove": 0, "change": 1, "add": 2, "keep": 3}
     return sorted(changes, key=lambda c: (order[c.action], c.kind, c.name))
 
@@ -133,6 +137,18 @@ def refuse_breaking(project: Project) -> None:
         "read:\n" + "\n".join(lines) + "\nPin the models to the old version (name@N), or "
         "agree the change with their owners and apply with `accept_breaking` (the diff "
         "shows every change).", mentions=("accept_breaking",))
+
+
+def _definition(value: Any) -> Any:
+    """A property as the definitions decide it: a nested Feast proto (a view's batch source)
+    without the `meta` Feast stamps on every apply and materialize (created and updated
+    times), so unchanged definitions plan as no change."""
+    if not hasattr(value, "ListFields") or "meta" not in value.DESCRIPTOR.fields_by_name:
+        return value
+    copy = type(value)()
+    copy.CopyFrom(value)
+    copy.ClearField("meta")
+    return copy
 
 
 def apply(project: Project, run_gate: Gate | None = None, *,

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tally.catalog.spec.authoring import Scaffold
 from tally.catalog.spec.authoring import init_project as init_catalog_project
 from tally.catalog.store.paths import DEFINITIONS_PY
 
 DEFINITIONS_TEMPLATE = Path(__file__).resolve().parent / "definitions.py"
 
 
-def init_project(target: Path, *, name: str | None = None) -> list[Path]:
-    """Scaffold a project (metrics/, feature_repo/) that validates and applies; refuse to
-    overwrite an existing one."""
+def init_project(target: Path, *, name: str | None = None) -> Scaffold:
+    """Scaffold a project (metrics/, feature_repo/, a sample data file) that validates,
+    checks, computes and applies; never overwrite a user's file."""
     definitions = DEFINITIONS_TEMPLATE.read_text("utf-8")
     return init_catalog_project(target, name=name, extra_files={DEFINITIONS_PY: definitions})

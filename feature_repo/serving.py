@@ -52,8 +52,16 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
 
 
 def _serving_tables(project: Project) -> dict[str, TableSpec]:
-    """The table (FeatureView) serving each metric or score."""
-    return tables_by_feature(table_specs(project))
+    """The table (FeatureView) serving each metric or score, and each column a score's
+    view serves besides the score (its band, contributions)."""
+    from tally.catalog.scores.plans import served_columns
+
+    out = tables_by_feature(table_specs(project))
+    for spec in table_specs(project):
+        if spec.kind == "score":
+            for column, _ in served_columns(project.scores[spec.features[0]]):
+                out.setdefault(column, spec)
+    return out
 
 
 def _views(project: Project, refs: list[str]) -> list[TableSpec]:
@@ -162,10 +170,15 @@ def write_frame(frame: pd.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Before any snapshot a table can hold: materializing from here loads every key's newest row.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def materialize(project: Project, start: datetime | None = None,
                 end: datetime | None = None, run_gate: Gate | None = None) -> list[str]:
-    """Load the latest values into the online store, after the contract gate of every
-    source (tally.catalog.pipeline.gate); returns the feature views loaded."""
+    """Load each key's newest values at or before `end` (default now), of rows at or after
+    `start` (default: all of them, however old), into the online store, after the contract
+    gate of every source (tally.catalog.pipeline.gate); returns the feature views loaded."""
     from tally.catalog.store.fsutil import project_lock
 
     gate(project, None, run_gate)
@@ -177,8 +190,5 @@ def materialize(project: Project, start: datetime | None = None,
                                 "`tally compute` and `tally apply` first")
     end = end or datetime.now(UTC)
     with project_lock(project.root), contextlib.redirect_stdout(sys.stderr):
-        if start is None:
-            store.materialize_incremental(end_date=end, feature_views=views)
-        else:
-            store.materialize(start_date=start, end_date=end, feature_views=views)
+        store.materialize(start_date=start or EARLIEST, end_date=end, feature_views=views)
     return views

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ def small_project(tmp_path: Path) -> Path:
 
     root = tmp_path / "p"
     shutil.copytree(REPO / "metrics", root / "metrics")
-    generate(root / "data", accounts=40, seed=5)
+    generate(root / "data", accounts=40, seed=5, end=date(2026, 1, 1))
     return root
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,7 +28,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tally.feature_repo.demo_data import generate
 
     folder = tmp_path_factory.mktemp("demo") / "data"
-    generate(folder, accounts=200)
+    generate(folder, accounts=200, end=date(2026, 1, 1))
     return folder
 
 

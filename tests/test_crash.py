@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,7 +31,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "metrics", root / "metrics")
     (root / "feature_repo").mkdir()
     shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
-    generate(root / "data", accounts=30, seed=9)
+    generate(root / "data", accounts=30, seed=9, end=date(2026, 1, 1))
     return root
 
 

@@ -42,8 +42,8 @@ def test_semantics_helpers() -> None:
     project = load_project(REPO)
     assert project.entity_of("crm_active_user_ratio") == "account"
     assert project.grain_of("crm_active_user_ratio").days == 1
-    # derived ttl is the largest of its inputs' ttls: seat count's 90d over 30d + 1d
-    assert project.ttl_of("crm_active_user_ratio").days == 90
+    # derived ttl is the smallest of its inputs' ttls: 30d + 1d under seat count's 90d
+    assert project.ttl_of("crm_active_user_ratio").days == 31
     assert project.ttl_of("crm_logins_30d").days == 31
     crm = next(g for g in project.groups() if g.source == "crm_logins")
     assert set(crm.metrics) == {"crm_logins_30d", "crm_monthly_active_users",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ def small_project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "metrics", root / "metrics")
     (root / "feature_repo").mkdir()
     shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
-    generate(root / "data", accounts=40, seed=5)
+    generate(root / "data", accounts=40, seed=5, end=date(2026, 1, 1))
     return root
 
 

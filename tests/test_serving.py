@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "feature_repo").mkdir()
     shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
     shutil.copy(REPO / "feature_repo" / "definitions.py", root / "feature_repo")
-    generate(root / "data", accounts=ACCOUNTS, seed=3)
+    generate(root / "data", accounts=ACCOUNTS, seed=3, end=date(2026, 1, 1))
     for args in (["compute", "--as-of", "2026-01-01"], ["apply", "--as-of", "2026-01-01"]):
         result = run_tally(["--project", str(root), *args])
         assert result.code == 0, result.stderr

@@ -74,7 +74,7 @@ def _base(ident: str, graph: Lineage) -> dict[str, Any]:
         "upstream": _refs(graph.upstream(ident)),
         "downstream": _refs(graph.downstream(ident)),
         "models": [split_id(m)[1] for m in models],
-        "model_count": len(models),
+        "model_count": graph.model_count(ident),
     }
 
 
@@ -86,6 +86,7 @@ def definition_card(project: Project, graph: Lineage, definition: Definition,
     ident = node_id(kind, name)
     card: dict[str, Any] = {
         "kind": kind, "name": name, "description": spec.description, "owner": spec.owner,
+        "owners": [spec.owner],
         "tags": list(spec.tags), "status": getattr(spec, "status", None),
         "version": getattr(spec, "version", None), "type": getattr(spec, "type", None),
         "entity": project.entity_of(name) if kind != "entity" else name,
@@ -126,6 +127,7 @@ def definition_card(project: Project, graph: Lineage, definition: Definition,
 def table_card(project: Project, graph: Lineage, spec: TableSpec,
                tables: dict[str, Any]) -> dict[str, Any]:
     from tally.catalog.spec.durations import format_duration
+    from tally.catalog.spec.tables import table_owners
 
     ident = node_id(FEATURE_VIEW, spec.name)
     what = {"group": f"aggregate metrics of source {spec.source}",
@@ -138,8 +140,8 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
         "kind": FEATURE_VIEW, "name": spec.name,
         "description": f"Feast FeatureView of {what} about {spec.entity}{grain}: "
                        f"{', '.join(spec.features)}.",
-        "owner": graph.owners[ident], "tags": sorted({t for f in spec.features
-                                                      for t in project.definitions[f].spec.tags}),
+        "owner": graph.owners[ident], "owners": table_owners(project, spec),
+        "tags": sorted({t for f in spec.features for t in project.definitions[f].spec.tags}),
         "status": None, "version": None, "type": spec.kind, "entity": spec.entity,
         "source": spec.source, "columns": list(spec.features), "file": None, "line": None,
         "definition": {"features": list(spec.features), "table_kind": spec.kind,

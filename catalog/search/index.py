@@ -40,7 +40,7 @@ from tally.catalog.store.paths import (
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9  # 8: versions; 9: cards carry `owners`
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STATE_FILES = (TABLE_STATS_FILE.as_posix(), CONTRACT_RESULTS_FILE.as_posix())

@@ -74,6 +74,11 @@ class Lineage:
         """Models that use `ident` directly or through derived metrics and scores."""
         return [i for i in self.transitive_down(ident) if i.startswith("model:")]
 
+    def model_count(self, ident: str) -> int:
+        """How many models use `ident`, directly or not: the one count search, show and
+        reuse give."""
+        return len(self.models_using(ident))
+
 
 def walk(start: str, neighbours) -> set[str]:  # type: ignore[no-untyped-def]
     """Every node reachable from `start` (excluded) through `neighbours`."""
@@ -96,12 +101,10 @@ def sort_ids(ids) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def table_owner(project: Project, spec: TableSpec) -> str:
-    """Who answers for a table: its score's owner, else the owners of its features
-    (sorted, comma-joined when they differ)."""
-    if spec.kind == "score":
-        return project.scores[spec.features[0]].owner
-    owners = sorted({project.definitions[f].spec.owner for f in spec.features})
-    return ", ".join(owners)
+    """Who answers for a table (tables.table_owners), comma-joined when several."""
+    from tally.catalog.spec.tables import table_owners
+
+    return ", ".join(table_owners(project, spec))
 
 
 def build_lineage(project: Project) -> Lineage:

@@ -26,10 +26,7 @@ class FeatureUse:
     owner: str
     models: list[str]  # models listing it as a feature
     indirect_models: list[str]  # models reaching it only through derived metrics or scores
-
-    @property
-    def model_count(self) -> int:
-        return len(self.models)
+    model_count: int  # models using it directly or not (Lineage.model_count, as search)
 
 
 @dataclass
@@ -54,7 +51,7 @@ class ReuseReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "features": [{**asdict(f), "model_count": f.model_count} for f in self.features],
+            "features": [asdict(f) for f in self.features],
             "unused": self.unused,
             "duplicates": [asdict(d) for d in self.duplicates],
         }
@@ -139,7 +136,7 @@ def reuse_report(project: Project) -> ReuseReport:
         every = [split_id(m)[1] for m in graph.models_using(ident)]
         report.features.append(FeatureUse(
             name, kind, project.definitions[name].spec.owner, direct,
-            sorted(set(every) - set(direct))))
+            sorted(set(every) - set(direct)), graph.model_count(ident)))
     report.features.sort(key=lambda f: (-f.model_count, -len(f.indirect_models), f.name))
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name in sorted(set(project.metrics) - copies):  # versions differ, or are one

@@ -19,6 +19,7 @@ from tally.catalog.spec.yamlio import (
     read_yaml_file,
 )
 from tally.catalog.store.fsutil import (
+    atomic_write_bytes,
     atomic_write_text,
     clean_temp_files,
     commit_files,
@@ -27,7 +28,6 @@ from tally.catalog.store.fsutil import (
     project_lock,
 )
 from tally.catalog.store.paths import (
-    DATA_DIR,
     FEASTIGNORE,
     FEATURE_STORE_YAML,
     METRICS_DIR,
@@ -49,12 +49,26 @@ def yaml_text(data: Any) -> str:
     return stream.getvalue()
 
 
+@dataclass(frozen=True)
+class Scaffold:
+    """What `init` did: files written, files of the user's kept as they were, and files
+    of the user's that gained Tally's lines (an existing .gitignore)."""
+
+    written: list[Path]
+    kept: list[Path]
+    extended: list[Path]
+
+
 def init_project(target: Path, *, name: str | None = None,
-                 extra_files: Mapping[Path, str] | None = None) -> list[Path]:
-    """Scaffold a project that validates; refuse to overwrite an existing one.
+                 extra_files: Mapping[Path, str] | None = None) -> Scaffold:
+    """Scaffold a project that validates, checks, computes and applies as made (with a
+    sample data file); refuse a folder that already holds a project, never overwrite a
+    user's file.
 
     `extra_files` (project-relative path -> text) are written with it: the Feast side adds
     its definitions.py this way (`tally.feature_repo.scaffold`), so catalog/ holds no copy."""
+    from tally.catalog.spec.sample_data import SAMPLE_PATH, sample_logins
+
     target = Path(target)
     if (target / METRICS_DIR).exists() or (target / FEATURE_STORE_YAML).exists():
         raise TallyError(f"{target} already holds a Tally project (metrics/ or "
@@ -62,20 +76,45 @@ def init_project(target: Path, *, name: str | None = None,
     project_name = name or re.sub(r"[^a-z0-9_]", "_", target.resolve().name.lower()) or "tally"
     if not re.match(r"^[a-z]", project_name):
         project_name = f"tally_{project_name}"
-    files = {
-        Path(METRICS_DIR) / "example.yaml": (TEMPLATES / "example.yaml").read_text(),
-        FEATURE_STORE_YAML:
-            (TEMPLATES / "feature_store.yaml").read_text().replace("{project}", project_name),
-        FEASTIGNORE: (TEMPLATES / "feastignore").read_text(),
-        Path(".gitignore"): (TEMPLATES / "gitignore").read_text(),
-        **(extra_files or {}),
+    files: dict[Path, bytes] = {
+        Path(METRICS_DIR) / "example.yaml": (TEMPLATES / "example.yaml").read_bytes(),
+        FEATURE_STORE_YAML: (TEMPLATES / "feature_store.yaml")
+        .read_text().replace("{project}", project_name).encode(),
+        FEASTIGNORE: (TEMPLATES / "feastignore").read_bytes(),
+        SAMPLE_PATH: sample_logins(),
+        **{path: text.encode() for path, text in (extra_files or {}).items()},
     }
-    written = []
-    for relative, text in files.items():
-        atomic_write_text(target / relative, text)
-        written.append(target / relative)
-    (target / DATA_DIR).mkdir(exist_ok=True)
-    return written
+    done = Scaffold([], [], [])
+    target.mkdir(parents=True, exist_ok=True)
+    with project_lock(target):
+        for relative, data in files.items():
+            path = target / relative
+            if path.exists():
+                done.kept.append(path)
+                continue
+            atomic_write_bytes(path, data)
+            done.written.append(path)
+        _extend_gitignore(target / ".gitignore", done)
+    return done
+
+
+def _extend_gitignore(path: Path, done: Scaffold) -> None:
+    """Tally's ignore lines added to a .gitignore, the user's own lines all kept."""
+    ours = (TEMPLATES / "gitignore").read_text().splitlines()
+    if not path.exists():
+        atomic_write_text(path, "\n".join(ours) + "\n")
+        done.written.append(path)
+        return
+    text = path.read_text("utf-8", errors="surrogateescape")
+    have = {line.strip() for line in text.splitlines()}
+    missing = [line for line in ours if line.strip() and line.strip() not in have]
+    if not missing:
+        done.kept.append(path)
+        return
+    joined = text + ("" if not text or text.endswith("\n") else "\n")
+    atomic_write_bytes(path, (joined + "# Tally\n" + "\n".join(missing) + "\n").encode(
+        "utf-8", errors="surrogateescape"))
+    done.extended.append(path)
 
 
 @dataclass(frozen=True)

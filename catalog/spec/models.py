@@ -129,7 +129,7 @@ class Metric(Spec):
         refused: dict[str, tuple[str, ...]] = {
             "aggregate": (),
             "column": ("aggregation", "window", "filter", "grain"),
-            "derived": ("source", "aggregation", "window", "filter", "grain", "ttl"),
+            "derived": ("source", "aggregation", "window", "filter", "grain"),
         }
         missing = [key for key in required[self.type] if getattr(self, key) is None]
         if missing:
@@ -197,6 +197,7 @@ class Score(Spec):
     missing: Literal["skip", "zero"] = "skip"
     components: Annotated[list[ScoreComponent], Field(min_length=1)]
     bands: dict[Name, tuple[float, float]] = {}
+    ttl: Duration | None = None
     tags: list[Tag] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1

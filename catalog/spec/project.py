@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.errors import Issue
+from tally.catalog.spec.durations import parse_duration
 from tally.catalog.spec.models import Entity, Metric, Model, Score, Source
 from tally.catalog.spec.yamlio import KeyPath, LoadedYaml, key_path_text
 
@@ -213,12 +214,19 @@ def _ttl_of(project: Project, name: str, seen: set[str]) -> timedelta | None:
     seen.add(name)
     score = project.scores.get(name)
     if score is not None:
-        ttls = [_ttl_of(project, c.metric, set(seen)) for c in score.components]
-        return None if any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+        if score.ttl:
+            return parse_duration(score.ttl)
+        return _smallest([_ttl_of(project, c.metric, set(seen)) for c in score.components])
     metric = project.metrics.get(name)
     if metric is None:
         return None
-    if metric.type != "derived":
+    if metric.type != "derived" or metric.ttl:
         return metric.own_ttl()
-    ttls = [_ttl_of(project, i, set(seen)) for i in project.derived_inputs(metric)]  # per path
-    return None if not ttls or any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+    return _smallest([_ttl_of(project, i, set(seen)) for i in project.derived_inputs(metric)])
+
+
+def _smallest(ttls: list[timedelta | None]) -> timedelta | None:
+    """The smallest ttl, None (no expiry) counting as the largest: a derived value is never
+    served when an input it was computed from would have expired (DESIGN.md)."""
+    finite = [t for t in ttls if t is not None]
+    return min(finite) if finite else None

@@ -73,6 +73,12 @@ def tables_by_feature(specs: Iterable[TableSpec]) -> dict[str, TableSpec]:
     return out
 
 
+def table_owners(project: Project, spec: TableSpec) -> list[str]:
+    """Who answers for a table: the owners of the definitions it serves, sorted. The one
+    answer `show`, search and Feast's FeatureView owner (comma-joined) give."""
+    return sorted({project.definitions[f].spec.owner for f in spec.features})
+
+
 def table_of(project: Project, feature: str) -> TableSpec | None:
     """The table (FeatureView) that serves a metric or score."""
     return tables_by_feature(table_specs(project)).get(feature)
