@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
 from tally.catalog.errors import DataError
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec
@@ -50,9 +49,9 @@ def _timestamps(column: pd.Series, name: str) -> pd.Series:
                             f"2025-12-15 08:30:00 or 2025-12-15T08:30:00Z); {int(bad.sum())} "
                             "such row(s)")
     if parsed.isna().any():
+        row = int(parsed.isna().to_numpy().nonzero()[0][0])
         raise DataError(f"entity frame column {name} has {int(parsed.isna().sum())} empty "
-                        f"values (first at row {int(parsed.isna().to_numpy().nonzero()[0][0]) + 1});"
-                        " every row needs a time")
+                        f"values (first at row {row + 1}); every row needs a time")
     return parsed
 
 
