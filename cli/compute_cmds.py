@@ -46,8 +46,10 @@ def _run_gate(as_of: str | None, allow: bool) -> Gate:
 
 def _warn_allowed(report: ContractReport) -> None:
     for source in report.failing_sources:
+        broken = ", ".join(f"{f.rule}{f' on {f.column}' if f.column else ''} "
+                           f"({f.offending_rows} rows)" for f in source.failures)
         err(f"warning: going ahead with source {source.source} despite its contract "
-            "violations (recorded; `tally show` reports them)")
+            f"violations: {broken} (recorded; `tally show {source.source}` reports them)")
 
 
 @contextmanager

@@ -298,6 +298,7 @@ class Computer:
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
         from tally.catalog.compute.plans import col, epoch_us
         from tally.catalog.sql.relations import source_relation
+        from tally.catalog.sql.timestamps import require_time_columns
 
         ts, dialect = col(source.timestamp_field), engine.dialect
         query = exp.select(exp.Min(this=epoch_us(ts, dialect)),
@@ -310,6 +311,7 @@ class Computer:
                 raise DataError(f"reading source {source.name} ({path}): "
                                 f"{first_line(exc)}") from None
         else:
+            require_time_columns(engine.con, source, source_relation(source, path, dialect), path)
             low, high = _run(engine.con, query,
                              f"reading source {source.name} ({path})").fetchall()[0]
         if low is None:
