@@ -13,10 +13,11 @@ from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
+from tally.feature_repo.entity_rows import TIMESTAMP, check_entity_frame
 from tally.feature_repo.offline_store_sql import (
     ROW as SPARK_ROW,  # the row number the offline store keeps
 )
-from tally.feature_repo.entity_rows import TIMESTAMP, check_entity_frame
+from tally.feature_repo.plain_output import PlainWhenPiped
 from tally.feature_repo.readiness import registered_features, require_applied, require_computed
 from tally.feature_repo.registry import open_store
 
@@ -136,7 +137,8 @@ def materialize(project: Project, start: datetime | None = None,
         raise LookupFailedError("no feature view of the definitions is in the Feast registry; "
                                 "compute and apply the definitions first")
     end = end or datetime.now(UTC)
-    with project_lock(project.root), contextlib.redirect_stdout(sys.stderr):
+    with project_lock(project.root), contextlib.redirect_stdout(
+            PlainWhenPiped(sys.stderr)):  # type: ignore[type-var]
         if start is None:
             store.materialize_incremental(end_date=end, feature_views=views)
         else:

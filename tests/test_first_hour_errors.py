@@ -199,3 +199,9 @@ def test_nanosecond_timestamps_meet_a_timestamp_contract(tmp_path: Path) -> None
             root / "data" / "logins.parquet", coerce_timestamps=None)
         result = _tally(root, "check", "--json")
         assert result.code == 0, result.stdout + result.stderr
+
+
+def test_feast_colour_codes_stay_out_of_piped_stderr(project: Path) -> None:
+    result = _tally(project, "materialize", "--as-of", "2025-12-11", "--start", "2025-11-01")
+    assert result.code == 0, result.stderr
+    assert "Materializing" in result.stderr and "\x1b[" not in result.stderr

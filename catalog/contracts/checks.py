@@ -28,9 +28,9 @@ from tally.catalog.spec.models import Source
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import read_state
+from tally.catalog.sql.timestamps import is_time_type, unparsable_times
 from tally.catalog.store.fsutil import atomic_write_text, project_lock
 from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, is_glob
-from tally.catalog.sql.timestamps import is_time_type, unparsable_times
 
 if TYPE_CHECKING:
     from tally.catalog.contracts.expectations import MetricReport

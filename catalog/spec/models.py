@@ -6,7 +6,7 @@ import math
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from tally.catalog.spec.durations import parse_duration
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -18,7 +18,14 @@ def _check_duration(value: str) -> str:
     return value
 
 
-Duration = Annotated[str, AfterValidator(_check_duration)]
+def _duration_has_unit(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value} has no unit; write a duration with one, e.g. "
+                         f"{value}d (units: s, m, h, d, w)")
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_duration_has_unit), AfterValidator(_check_duration)]
 Email = Annotated[str, Field(min_length=1, max_length=320)]
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
 Tag = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]

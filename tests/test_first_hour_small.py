@@ -1,0 +1,87 @@
+"""Issue 14, the smaller things a new user notices in the CLI's messages and output."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, invoke, run_tally
+
+ONE_FILE = """\
+entities:
+  - name: account
+    join_key: account_id
+    description: An account.
+    owner: a@example.com
+sources:
+  - name: logins
+    description: Logins.
+    owner: a@example.com
+    path: data/logins.csv
+    entity: account
+    timestamp_field: ts
+metrics:
+  - name: logins_7d
+    description: Logins in 7 days.
+    owner: a@example.com
+    source: logins
+    aggregation: count
+    expression: "*"
+    window: 7d
+"""
+
+
+def _project(root: Path, text: str = ONE_FILE) -> Path:
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "m.yaml").write_text(text)
+    (root / "feature_repo").mkdir()
+    shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
+    (root / "data").mkdir()
+    (root / "data" / "logins.csv").write_text(
+        "account_id,ts\n1,2025-12-01 10:00:00\n2,2025-12-02 00:00:00\n1,2025-12-03 08:00:00\n")
+    return root
+
+
+def test_metric_new_requires_owner_and_description(
+        example_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--project", str(example_project), "metric", "new", "--name", "crm_x_30d",
+            "--source", "crm_logins", "--aggregation", "count", "--expression", "user_id",
+            "--window", "30d"]
+    shown = invoke(["metric", "new", "--help"], capsys)
+    assert shown.stdout.count("[required]") == 7
+    missing = invoke([*args, "--owner", "o@example.com"], capsys)
+    assert missing.code == 2 and "--description" in missing.stderr
+    missing = invoke([*args, "--description", "Something."], capsys)
+    assert missing.code == 2 and "--owner" in missing.stderr
+    assert not (example_project / "metrics" / "crm_x_30d.yaml").exists()
+
+
+def test_window_without_a_unit_says_a_unit_is_needed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _project(tmp_path / "p", ONE_FILE.replace("window: 7d", "window: 30"))
+    result = invoke(["--project", str(root), "validate"], capsys)
+    assert result.code == 1
+    assert "metrics/m.yaml:20: metrics[0].window: 30 has no unit" in result.stderr
+    assert "30d" in result.stderr and "valid string" not in result.stderr
+
+
+def test_validate_counts_one_file_in_the_singular(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = invoke(["--project", str(_project(tmp_path / "p")), "validate"], capsys)
+    assert result.code == 0
+    assert result.stderr.strip().endswith("in 1 file")
+
+
+def test_show_formats_null_fractions_and_contract_failures(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    assert run_tally(["--project", str(root), "compute", "--as-of", "2025-12-04"]).code == 0
+    view = run_tally(["--project", str(root), "show", "logins_1d"])
+    assert view.code == 0, view.stderr
+    assert "null fraction logins_7d 0.0%" in view.stdout and "{'" not in view.stdout
+    (root / "data" / "logins.csv").write_text("account_id,ts\n1,2025-12-01\n2,soon\n")
+    assert run_tally(["--project", str(root), "check"]).code == 1
+    source = run_tally(["--project", str(root), "show", "logins"])
+    assert "  - column_type on ts: 1 rows; column ts is VARCHAR" in source.stdout
+    assert "{'" not in source.stdout
