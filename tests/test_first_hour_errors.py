@@ -54,7 +54,8 @@ def _make(root: Path, metrics: str = PROJECT) -> Path:
     (root / "feature_repo").mkdir()
     shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
     (root / "data").mkdir()
-    stamps = pd.date_range("2025-11-01", "2025-12-10", freq="6h", tz="UTC")
+    stamps = pd.date_range("2025-11-01", "2025-12-10", freq="6h", tz="UTC").astype(
+        "datetime64[us, UTC]")  # microseconds, as Tally and most writers store them
     pd.DataFrame({"account_id": [1 + i % 3 for i in range(len(stamps))], "ts": stamps,
                   "seconds": [float(i % 7) for i in range(len(stamps))]}
                  ).to_parquet(root / "data" / "logins.parquet")
@@ -199,6 +200,10 @@ def test_nanosecond_timestamps_meet_a_timestamp_contract(tmp_path: Path) -> None
             root / "data" / "logins.parquet", coerce_timestamps=None)
         result = _tally(root, "check", "--json")
         assert result.code == 0, result.stdout + result.stderr
+        computed = _tally(root, "compute", "--as-of", "2025-12-11", "--full")
+        assert computed.code == 0, computed.stderr
+        assert pd.read_parquet(root / "data" / "tables" / "logins_1d.parquet")[
+            "logins_7d"].sum() > 0
 
 
 def test_feast_colour_codes_stay_out_of_piped_stderr(project: Path) -> None:
