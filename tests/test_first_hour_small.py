@@ -85,3 +85,24 @@ def test_show_formats_null_fractions_and_contract_failures(tmp_path: Path) -> No
     source = run_tally(["--project", str(root), "show", "logins"])
     assert "  - column_type on ts: 1 rows; column ts is VARCHAR" in source.stdout
     assert "{'" not in source.stdout
+
+
+def test_unknown_reference_offers_did_you_mean(
+        example_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crm = example_project / "metrics" / "crm.yaml"
+    crm.write_text(crm.read_text().replace("source: crm_logins\n", "source: crm_loginz\n", 1))
+    result = invoke(["--project", str(example_project), "validate"], capsys)
+    assert result.code == 1
+    assert "unknown source 'crm_loginz' (did you mean 'crm_logins'" in result.stderr
+
+
+def test_a_misspelt_source_key_is_reported_once(
+        example_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crm = example_project / "metrics" / "crm.yaml"
+    crm.write_text(crm.read_text().replace("timestamp_field: event_ts",
+                                           "timestamp_feild: event_ts", 1))
+    result = invoke(["--project", str(example_project), "validate"], capsys)
+    assert result.code == 1
+    assert "1 problem in the definitions" in result.stderr
+    assert "timestamp_feild: unknown key (did you mean 'timestamp_field'?)" in result.stderr
+    assert "unknown source" not in result.stderr
