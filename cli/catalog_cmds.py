@@ -120,7 +120,8 @@ def show(
     _out(f"{card.name} ({kind}) {where}")
     _out(f"  {card.description}")
     facts = [("owner", card.owner), ("status", card.status), ("version", card.version),
-             ("tags", ", ".join(card.tags)), ("entity", card.entity), ("source", card.source),
+             ("tags", ", ".join(card.tags)), ("aliases", ", ".join(card.aliases)),
+             ("entity", card.entity), ("source", card.source),
              ("columns", ", ".join(card.columns))]
     for key, value in facts:
         if value not in (None, ""):

@@ -106,3 +106,38 @@ def test_a_misspelt_source_key_is_reported_once(
     assert "1 problem in the definitions" in result.stderr
     assert "timestamp_feild: unknown key (did you mean 'timestamp_field'?)" in result.stderr
     assert "unknown source" not in result.stderr
+
+
+def test_search_matches_plural_and_singular(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    result = invoke(["--project", str(REPO), "search", "active users", "--json"], capsys)
+    names = [hit["name"] for hit in json.loads(result.stdout)]
+    assert "crm_logins_per_active_user" in names[:5]
+
+
+def test_an_alias_is_indexed_ranked_as_a_name_and_shown(
+        example_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    models = example_project / "metrics" / "models.yaml"
+    models.write_text(models.read_text().replace(
+        "  - name: churn_risk\n", "  - name: churn_risk\n    aliases: [Churn model, CR-1]\n"))
+    for query, name in (("mau", "crm_monthly_active_users"), ("MAU", "crm_monthly_active_users"),
+                        ("churn model", "churn_risk"), ("cr-1", "churn_risk")):
+        result = invoke(["--project", str(example_project), "search", query, "--json"], capsys)
+        assert result.code == 0, result.stderr
+        assert json.loads(result.stdout)[0]["name"] == name, query
+    shown = invoke(["--project", str(example_project), "show", "churn_risk"], capsys)
+    assert "  aliases: Churn model, CR-1" in shown.stdout
+    card = invoke(["--project", str(example_project), "show", "churn_risk", "--json"], capsys)
+    assert json.loads(card.stdout)["aliases"] == ["Churn model", "CR-1"]
+
+
+def test_an_alias_is_validated(example_project: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    models = example_project / "metrics" / "models.yaml"
+    models.write_text(models.read_text().replace(
+        "  - name: churn_risk\n", "  - name: churn_risk\n    aliases: ['<script>']\n"))
+    result = invoke(["--project", str(example_project), "validate"], capsys)
+    assert result.code == 1 and "metrics/models.yaml:3: models[0].aliases[0]" in result.stderr

@@ -86,8 +86,8 @@ def definition_card(project: Project, graph: Lineage, definition: Definition,
     ident = node_id(kind, name)
     card: dict[str, Any] = {
         "kind": kind, "name": name, "description": spec.description, "owner": spec.owner,
-        "tags": list(spec.tags), "status": getattr(spec, "status", None),
-        "version": getattr(spec, "version", None), "type": getattr(spec, "type", None),
+        "tags": list(spec.tags), "aliases": list(spec.aliases),
+        "status": getattr(spec, "status", None), "version": getattr(spec, "version", None), "type": getattr(spec, "type", None),
         "entity": project.entity_of(name) if kind != "entity" else name,
         "source": getattr(spec, "source", None) if kind == "metric" else None,
         "columns": _columns(project, definition), "file": definition.file,

@@ -116,6 +116,7 @@ class Card:
     table: dict[str, Any] | None = None
     contract: dict[str, Any] | None = None
     id: str = ""
+    aliases: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Card:

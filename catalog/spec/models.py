@@ -29,6 +29,9 @@ Duration = Annotated[str, BeforeValidator(_duration_has_unit), AfterValidator(_c
 Email = Annotated[str, Field(min_length=1, max_length=320)]
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
 Tag = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+# abbreviations and synonyms as people write them: capitals and spaces allowed (MAU, ARR,
+# monthly active users); search matches them without regard to case or punctuation
+Alias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.&/+-]{0,62}$")]
 Status = Literal["draft", "certified", "deprecated"]
 ColumnType = Literal[
     "int32", "int64", "float32", "float64", "string", "bool", "timestamp", "date"
@@ -56,6 +59,7 @@ class Entity(Spec):
     owner: Email
     value_type: Literal["int64", "string"] = "int64"
     tags: list[Tag] = []
+    aliases: list[Alias] = []
 
 
 class ColumnRule(Spec):
@@ -91,6 +95,7 @@ class Source(Spec):
     format: Literal["parquet", "csv"] | None = None
     contract: Contract | None = None
     tags: list[Tag] = []
+    aliases: list[Alias] = []
 
     @property
     def file_format(self) -> str:
@@ -118,6 +123,7 @@ class Metric(Spec):
     grain: Duration | None = None
     ttl: Duration | None = None
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
     expect: Expect | None = None
@@ -167,6 +173,7 @@ class Model(Spec):
     owner: Email
     features: Annotated[list[Name], Field(min_length=1)]
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 
@@ -201,6 +208,7 @@ class Score(Spec):
     components: Annotated[list[ScoreComponent], Field(min_length=1)]
     bands: dict[Name, tuple[float, float]] = {}
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 
