@@ -16,6 +16,7 @@ from tally.cli.common import (
     JsonOption,
     current_project,
     err,
+    keep_names_whole,
     print_json,
     stdout_console,
     wait_notice,
@@ -112,7 +113,7 @@ def compute(
     for r in rows:
         table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
                       "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
-    stdout_console().print(table)
+    stdout_console().print(keep_names_whole(table, 0))
 
 
 def _print_changes(changes: list, as_json: bool, verb: str) -> None:
@@ -128,7 +129,7 @@ def _print_changes(changes: list, as_json: bool, verb: str) -> None:
     if not table.row_count:
         err("no changes: the Feast registry matches the definitions")
         return
-    stdout_console().print(table)
+    stdout_console().print(keep_names_whole(table, 2))
 
 
 def plan(as_json: Annotated[bool, JsonOption] = False) -> None:

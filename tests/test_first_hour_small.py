@@ -141,3 +141,21 @@ def test_an_alias_is_validated(example_project: Path,
         "  - name: churn_risk\n", "  - name: churn_risk\n    aliases: ['<script>']\n"))
     result = invoke(["--project", str(example_project), "validate"], capsys)
     assert result.code == 1 and "metrics/models.yaml:3: models[0].aliases[0]" in result.stderr
+
+
+def test_narrow_tables_never_cut_names(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    long_source = "product_usage_events_from_the_data_warehouse"
+    root = _project(tmp_path / "p", ONE_FILE.replace("logins", long_source).replace(
+        f"data/{long_source}.csv", "data/logins.csv"))
+    env = {**os.environ, "COLUMNS": "60"}
+    shown = subprocess.run([sys.executable, "-m", "tally.cli.main", "--project", str(root),
+                            "compute", "--as-of", "2025-12-04"], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{long_source}_1d" in shown.stdout and "…" not in shown.stdout
+    assert all(len(line) <= 60 or f"{long_source}_1d" in line
+               for line in shown.stdout.splitlines())
