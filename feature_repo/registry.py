@@ -126,7 +126,7 @@ def apply(project: Project, run_gate: Gate | None = None) -> list[Change]:
             changes = _changes(store, contents)
             to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
                 store.project, store.registry, contents)
-            with contextlib.redirect_stdout(PlainWhenPiped(sys.stderr)):  # type: ignore[type-var]
+            with contextlib.redirect_stdout(PlainWhenPiped(sys.stderr)):
                 store.apply(to_apply, objects_to_delete=to_delete, partial=False)
             if staged is not None and final is not None:
                 rename_over(staged, final, crash_name="apply-")

@@ -138,7 +138,7 @@ def materialize(project: Project, start: datetime | None = None,
                                 "compute and apply the definitions first")
     end = end or datetime.now(UTC)
     with project_lock(project.root), contextlib.redirect_stdout(
-            PlainWhenPiped(sys.stderr)):  # type: ignore[type-var]
+            PlainWhenPiped(sys.stderr)):
         if start is None:
             store.materialize_incremental(end_date=end, feature_views=views)
         else:

@@ -22,7 +22,7 @@ def is_time_type(duck_type: str) -> bool:
     return duck_type.split("(")[0].strip().upper() in TIME_TYPES
 
 
-def unparsable_times(column: str) -> exp.Expression:
+def unparsable_times(column: str) -> exp.Condition:
     """Rows whose `column` is set but cannot be read as a timestamp."""
     ref = exp.column(column, quoted=True)
     return exp.and_(exp.Not(this=exp.Is(this=ref.copy(), expression=exp.Null())),
