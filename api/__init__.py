@@ -30,11 +30,12 @@ def load(path: str | Path = ".") -> Catalog:
 
 
 def training_frame(entity_df: Any, model: str | None = None, features: list[str] | None = None,
-                   project: str | Path = ".") -> Any:
+                   project: str | Path = ".", timestamp_column: str = "event_timestamp") -> Any:
     """A point-in-time-correct training frame as a pandas DataFrame (see docs/serving.md)."""
     from tally.feature_repo import training_frame as _training_frame
 
-    return _training_frame(entity_df, model=model, features=features, project=project)
+    return _training_frame(entity_df, model=model, features=features, project=project,
+                           timestamp_column=timestamp_column)
 
 
 def compute(project: str | Path = ".", metrics: list[str] | None = None, *,

@@ -85,6 +85,21 @@ def search(
         err(f"{len(results.hits)} of {results.total} matches; --limit shows more")
 
 
+def _fractions(value: Any) -> str:
+    """Null fractions per column as `name 0.0%, other 12.5%` (or one number as a percent)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fractions(v)}" for k, v in value.items()) or "-"
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _failure(failure: Any) -> str:
+    if not isinstance(failure, dict):
+        return str(failure)
+    where = f" on {failure['column']}" if failure.get("column") else ""
+    return (f"{failure.get('rule')}{where}: {failure.get('offending_rows')} rows; "
+            f"{failure.get('message', '')}")
+
+
 def _refs(refs: list[dict[str, str]]) -> str:
     return ", ".join(f"{r['name']} ({r['kind']})" for r in refs) or "-"
 
@@ -107,7 +122,8 @@ def show(
     _out(f"  {card.description}")
     facts = [("owners" if len(card.owners) > 1 else "owner", card.owner),
              ("status", card.status), ("version", card.version),
-             ("tags", ", ".join(card.tags)), ("entity", card.entity), ("source", card.source),
+             ("tags", ", ".join(card.tags)), ("aliases", ", ".join(card.aliases)),
+             ("entity", card.entity), ("source", card.source),
              ("columns", ", ".join(card.columns))]
     for key, value in facts:
         if value not in (None, ""):
@@ -121,12 +137,13 @@ def show(
         _out(f"contract of source {c['source']}: {c['state']}{checked}; producer "
              f"{c['producer']}")
         for failure in (last.get("failures") or [])[:5]:
-            _out(f"  - {failure}")
+            _out(f"  - {_failure(failure)}")
     if card.table:
         t = card.table
         if t.get("computed"):
             _out(f"table {t['table']}: {t.get('rows')} rows, newest snapshot "
-                 f"{t.get('newest_snapshot')}, null fraction {t.get('null_fraction')}")
+                 f"{t.get('newest_snapshot')}, null fraction "
+                 f"{_fractions(t.get('null_fraction'))}")
         else:
             _out(f"table {t['table']}: not computed yet (run tally compute)")
     _show_versions(card.versions)

@@ -77,3 +77,19 @@ def error_text(exc: TallyError) -> str:
 
 
 JsonOption = typer.Option("--json", help="Print JSON only, on stdout.")
+
+
+def keep_names_whole(table: Any, *name_columns: int) -> Any:
+    """Tables never cut a name: the name columns keep their widest cell on one line, and the
+    other columns wrap (fold) instead of ending in `…`, at any terminal width (80 columns
+    when piped)."""
+    from rich.cells import cell_len
+
+    for index, column in enumerate(table.columns):
+        cells = [str(column.header), *(str(c) for c in column._cells)]
+        if index in name_columns:
+            column.no_wrap = True
+            column.min_width = max(cell_len(c) for c in cells)
+        else:  # wrapped between words where room allows, else folded
+            column.overflow, column.no_wrap = "fold", False
+    return table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -14,6 +16,7 @@ from tally.cli.common import (
     JsonOption,
     current_project,
     err,
+    keep_names_whole,
     print_json,
     stdout_console,
     wait_notice,
@@ -44,8 +47,24 @@ def _run_gate(as_of: str | None, allow: bool) -> Gate:
 
 def _warn_allowed(report: ContractReport) -> None:
     for source in report.failing_sources:
+        broken = ", ".join(f"{f.rule}{f' on {f.column}' if f.column else ''} "
+                           f"({f.offending_rows} rows)" for f in source.failures)
         err(f"warning: going ahead with source {source.source} despite its contract "
-            "violations (recorded; `tally show` reports them)")
+            f"violations: {broken} (recorded; `tally show {source.source}` reports them)")
+
+
+@contextmanager
+def _next_step() -> Iterator[None]:
+    """Add the command that fixes a not-computed or not-applied feature to its error."""
+    from tally.feature_repo.readiness import NotAppliedError, NotComputedError
+
+    try:
+        yield
+    except NotComputedError as exc:
+        flags = " ".join(f"--metric {name}" for name in exc.features)
+        raise NotComputedError(f"{exc}\nrun: tally compute {flags}", exc.features) from None
+    except NotAppliedError as exc:
+        raise NotAppliedError(f"{exc}\nrun: tally apply", exc.features) from None
 
 
 def compute(
@@ -99,7 +118,7 @@ def compute(
     for r in rows:
         table.add_row(str(r["table"]), str(r["kind"]), str(r["mode"]), f"{r['rows']:,}",
                       "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
-    stdout_console().print(table)
+    stdout_console().print(keep_names_whole(table, 0))
 
 
 def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
@@ -115,7 +134,7 @@ def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
     if not table.row_count:
         err("no changes: the Feast registry matches the definitions")
         return
-    stdout_console().print(table)
+    stdout_console().print(keep_names_whole(table, 2))
 
 
 def plan(as_json: Annotated[bool, JsonOption] = False) -> None:
@@ -158,8 +177,9 @@ def materialize(
     """Load the newest feature values into the online store (SQLite)."""
     from tally.feature_repo.serving import materialize as run
 
-    views = run(current_project(), parse_moment(start, "start"), parse_moment(end, "end"),
-                _run_gate(as_of, allow_violations))
+    with _next_step():
+        views = run(current_project(), parse_moment(start, "start"), parse_moment(end, "end"),
+                    _run_gate(as_of, allow_violations))
     err(f"materialized {len(views)} feature views into the online store")
 
 
@@ -168,6 +188,9 @@ def training_frame(
     out: Annotated[Path, typer.Option("--out", help="Where to write (.parquet/.csv).")],
     model: Annotated[str | None, typer.Option("--model", help="A model's features.")] = None,
     features: Annotated[str | None, typer.Option("--features", help="A,B,C")] = None,
+    timestamp_column: Annotated[str, typer.Option(
+        "--timestamp-column", help="The entity rows' time column (ISO 8601).")
+    ] = "event_timestamp",
 ) -> None:
     """Point-in-time-correct training data for entity rows, in their order."""
     from tally.feature_repo.serving import check_frame_path, read_entity_file, write_frame
@@ -177,8 +200,9 @@ def training_frame(
     if (model is None) == (names is None):
         raise UsageError("give exactly one of --model NAME or --features A,B")
     check_frame_path(out)  # before the frame is built, not after
-    frame = build(read_entity_file(entities), model=model, features=names,
-                  project=current_project())
+    with _next_step():
+        frame = build(read_entity_file(entities), model=model, features=names,
+                      project=current_project(), timestamp_column=timestamp_column)
     write_frame(frame, out)
     err(f"wrote {len(frame):,} rows x {len(frame.columns)} columns to {out}")
 

@@ -11,6 +11,7 @@ from tally.cli.common import (
     JsonOption,
     current_project,
     err,
+    keep_names_whole,
     print_json,
     project_root,
     stdout_console,
@@ -73,7 +74,7 @@ def _print_report(report: Any) -> None:
             mark = "[green]pass[/]" if result.ok else "[bold red]FAIL[/]"
             table.add_row(result.rule, result.column or "", mark,
                           "" if result.ok else str(result.offending_rows))
-        console.print(table)
+        console.print(keep_names_whole(table, 0, 1))
         for result in results:
             if result.ok:
                 continue

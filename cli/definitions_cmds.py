@@ -55,7 +55,8 @@ def validate(as_json: Annotated[bool, JsonOption] = False) -> None:
         return
     show_warnings(project)
     summary = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
-    err(f"ok: {summary} in {len(project.file_hashes)} files")
+    files = len(project.file_hashes)
+    err(f"ok: {summary} in {files} file{'s' if files != 1 else ''}")
 
 
 def register(

@@ -19,10 +19,10 @@ def new(
     ],
     expression: Annotated[str, typer.Option("--expression", help="SQL over source columns.")],
     window: Annotated[str, typer.Option("--window", help="Trailing window, e.g. 30d.")],
+    owner: Annotated[str, typer.Option("--owner", help="Who answers for it.")],
+    description: Annotated[str, typer.Option("--description", help="What it means.")],
     grain: Annotated[str | None, typer.Option("--grain", help="Snapshot cadence.")] = None,
     filter_: Annotated[str | None, typer.Option("--filter", help="SQL boolean filter.")] = None,
-    owner: Annotated[str, typer.Option("--owner", help="Who answers for it.")] = "",
-    description: Annotated[str, typer.Option("--description", help="What it means.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several.")] = None,
 ) -> None:
     """Write a new aggregate metric to metrics/NAME.yaml, after validating it."""

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tally.cli.common import JsonOption, current_project, err, print_json, stdout_console
+from tally.cli.common import (
+    JsonOption,
+    current_project,
+    err,
+    keep_names_whole,
+    print_json,
+    stdout_console,
+)
 
 At = Annotated[str | None, typer.Option(
     "--at", help="Newest snapshot at or before this date/time (default: the newest).")]
@@ -55,7 +62,7 @@ def explain(
     table.add_row("total", "", "", "", _num(sum(c.contribution for c in result.components)),
                   "", _num(result.change, 2, True), end_section=True)
     console = stdout_console()
-    console.print(table)
+    console.print(keep_names_whole(table, 0))
     if result.challenge:
         console.print(f"pulls it down most: {result.challenge}; missing components: "
                       f"{result.missing}; --json adds shares and the other changes")
@@ -90,7 +97,7 @@ def segments(
                       f"{g.mean_shortfall:.1f}",
                       ", ".join(f"{b} {n}" for b, n in g.bands.items()),
                       ", ".join(map(str, g.examples)))
-    console.print(table)
+    console.print(keep_names_whole(table, 0))
 
 
 def register_commands(app: typer.Typer) -> None:

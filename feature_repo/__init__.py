@@ -7,8 +7,9 @@ from typing import Any
 
 
 def training_frame(entity_df: Any, model: str | None = None, features: list[str] | None = None,
-                   project: str = ".") -> Any:
+                   project: str = ".", timestamp_column: str = "event_timestamp") -> Any:
     """A point-in-time-correct training frame as a pandas DataFrame (see docs/serving.md)."""
     from tally.feature_repo.serving import training_frame as _training_frame
 
-    return _training_frame(entity_df, model=model, features=features, project=project)
+    return _training_frame(entity_df, model=model, features=features, project=project,
+                           timestamp_column=timestamp_column)

@@ -22,6 +22,7 @@ from tally.catalog.store.fsutil import (
 )
 from tally.catalog.store.paths import DEFAULT_REGISTRY
 from tally.feature_repo.bridge import REPO_DIR, feast_objects
+from tally.feature_repo.plain_output import PlainWhenPiped
 
 
 class RegistryError(TallyError):
@@ -174,7 +175,7 @@ def apply(project: Project, run_gate: Gate | None = None, *,
             changes = _changes(store, contents)
             to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
                 store.project, store.registry, contents)
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(PlainWhenPiped(sys.stderr)):
                 store.apply(to_apply, objects_to_delete=to_delete, partial=False)
             if staged is not None and final is not None:
                 rename_over(staged, final, crash_name="apply-")

@@ -6,7 +6,6 @@ import contextlib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from tally.catalog.errors import DataError, LookupFailedError, UsageError
@@ -14,12 +13,13 @@ from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
+from tally.feature_repo.entity_rows import TIMESTAMP, check_entity_frame
 from tally.feature_repo.offline_store_sql import (
     ROW as SPARK_ROW,  # the row number the offline store keeps
 )
+from tally.feature_repo.plain_output import PlainWhenPiped
+from tally.feature_repo.readiness import registered_features, require_applied, require_computed
 from tally.feature_repo.registry import open_store
-
-TIMESTAMP = "event_timestamp"
 
 
 def feature_refs(project: Project, model: str | None, features: list[str] | None
@@ -70,40 +70,22 @@ def _views(project: Project, refs: list[str]) -> list[TableSpec]:
     return [by_name[v] for v in sorted({r.split(":", 1)[0] for r in refs}) if v in by_name]
 
 
-def _check_entity_frame(project: Project, frame: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
-    keys = {project.entities[table.entity].join_key for table in _views(project, refs)}
-    missing = [c for c in [*sorted(keys), TIMESTAMP] if c not in frame.columns]
-    if missing:
-        raise DataError(f"the entity frame lacks column(s) {', '.join(missing)}; it needs the "
-                        f"join key(s) and an {TIMESTAMP} column (has: {', '.join(frame.columns)})")
-    frame = frame.copy()
-    try:
-        stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(f"entity frame column {TIMESTAMP} is not a timestamp: {exc}") from None
-    if stamps.isna().any():
-        raise DataError(f"entity frame column {TIMESTAMP} has {int(stamps.isna().sum())} empty "
-                        "values; every row needs a time")
-    frame[TIMESTAMP] = stamps  # timestamps without a time zone are read as UTC, as Feast does
-    for key in keys:
-        if frame[key].isna().any():
-            raise DataError(f"entity frame column {key} has empty values")
-    return frame
-
-
 def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = None,
                    features: list[str] | None = None, project: str | Path | Project = ".",
-                   ) -> pd.DataFrame:
+                   timestamp_column: str = TIMESTAMP) -> pd.DataFrame:
     """Point-in-time-correct features for each entity row, in the entity frame's order,
-    with every input column (labels included) kept."""
+    with every input column (labels included) kept. `timestamp_column` names the column
+    holding each row's time (ISO 8601 in any form; naive times are UTC)."""
     proj = project if isinstance(project, Project) else load_project(project)
     refs = feature_refs(proj, model, features)
     frame = read_entity_file(Path(entity_df)) if isinstance(entity_df, Path) else entity_df
     if isinstance(frame, pd.DataFrame):
-        frame = _check_entity_frame(proj, frame, refs)
-    _require_computed(proj, refs)
+        frame = check_entity_frame(proj, frame, _views(proj, refs), timestamp_column)
+    by_name = {spec.name: spec for spec in table_specs(proj)}
+    require_computed(proj, [(by_name[ref.split(":", 1)[0]], ref.split(":", 1)[1])
+                            for ref in refs])
     store = open_store(proj)
-    _require_registered(store, refs)
+    require_applied(store, refs)
     spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
     if spark and isinstance(frame, pd.DataFrame):  # Feast's Spark store neither keeps row
         frame = frame.assign(**{SPARK_ROW: range(len(frame))})  # order nor duplicates apart
@@ -116,24 +98,8 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
     if isinstance(frame, pd.DataFrame):
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]
+        result = result.rename(columns={TIMESTAMP: timestamp_column})
     return result.reset_index(drop=True)
-
-
-def _require_computed(project: Project, refs: list[str]) -> None:
-    for table in _views(project, refs):
-        if not table.path(project).exists():
-            name = next(r.split(":", 1)[1] for r in sorted(refs)
-                        if r.split(":", 1)[0] == table.name)
-            raise DataError(f"{name} is served from {table.path(project)}, which does not exist "
-                            "yet; run `tally compute` first")
-
-
-def _require_registered(store: Any, refs: list[str]) -> None:
-    registered = {v.name for v in store.list_feature_views()}
-    missing = sorted({r.split(":", 1)[0] for r in refs} - registered)
-    if missing:
-        raise LookupFailedError(f"feature view(s) {', '.join(missing)} are not in the Feast "
-                                "registry; run `tally compute` and `tally apply` first")
 
 
 def read_entity_file(path: Path) -> pd.DataFrame:
@@ -183,12 +149,14 @@ def materialize(project: Project, start: datetime | None = None,
 
     gate(project, None, run_gate)
     store = open_store(project)
-    computed = {t.name for t in table_specs(project) if t.path(project).exists()}
-    views = [v.name for v in store.list_feature_views() if v.name in computed]
+    served = registered_features(store, table_specs(project))
+    require_computed(project, served)  # every view before any is loaded
+    views = sorted({table.name for table, _ in served})
     if not views:
-        raise LookupFailedError("no computed feature view is in the Feast registry; run "
-                                "`tally compute` and `tally apply` first")
+        raise LookupFailedError("no feature view of the definitions is in the Feast registry; "
+                                "compute and apply the definitions first")
     end = end or datetime.now(UTC)
-    with project_lock(project.root), contextlib.redirect_stdout(sys.stderr):
+    with project_lock(project.root), contextlib.redirect_stdout(
+            PlainWhenPiped(sys.stderr)):
         store.materialize(start_date=start or EARLIEST, end_date=end, feature_views=views)
     return views

@@ -50,7 +50,7 @@ CASES: dict[str, tuple[bytes | str, int, str | None, str]] = {
     "item_not_mapping": ("metrics:\n  - just a string\n", 2, "metrics[0]", "must be a mapping"),
     "unknown_top_key": ("metric:\n  - name: x\n", 1, "metric", "unknown top-level key"),
     "unknown_key": (metric_with(windw="30d"), 9, "metrics[0].windw", "unknown key"),
-    "wrong_type_window": (metric_with(window="30"), 8, "metrics[0].window", "string"),
+    "wrong_type_window": (metric_with(window="30"), 8, "metrics[0].window", "has no unit"),
     "bad_duration": (metric_with(window="30x"), 8, "metrics[0].window", "not a duration"),
     "bad_name": (metric_with(name="NewMetric"), 2, "metrics[0].name", "lower snake case"),
     "missing_description": (GOOD_METRIC.replace("    description: A new metric.\n", ""), 2,

@@ -188,7 +188,8 @@ def test_metric_new_bad_name_is_usage_error(example_project: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     result = invoke(["--project", str(example_project), "metric", "new", "--name", "Bad Name",
                      "--source", "crm_logins", "--aggregation", "sum", "--expression", "x",
-                     "--window", "7d"], capsys)
+                     "--window", "7d", "--owner", "o@example.com", "--description", "X."],
+                    capsys)
     assert result.code == 2 and "lower snake case" in result.stderr
 
 

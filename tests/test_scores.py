@@ -450,3 +450,36 @@ def test_score_in_training_frame_point_in_time(tmp_path: Path) -> None:
     view = open_store(project).get_feature_view("score_s_skip")
     fields = {f.name: str(f.dtype) for f in view.schema}
     assert "s_skip_band" in fields and "s_skip__a_avg_contribution" in fields
+
+
+def test_explain_plot_draws_skipped_components_and_band_names_clear_of_bars(computed) -> None:
+    """Issue 14: a skipped component looked like a real zero ("+0.0") and band names hid
+    behind the total bar."""
+    import matplotlib.pyplot as plt
+    from tally.catalog.scores.explain import explain, explanation_figure
+
+    root, _ = computed
+    project = load_project(root)
+    table = pd.read_parquet(root / "data" / "tables" / "score_s_skip.parquet")
+    gaps = table[table["s_skip__a_avg_norm"].isna() & table["s_skip"].notna()]
+    row = gaps.iloc[0]
+    explanation = explain(project, "s_skip", int(row["shop_id"]),
+                          row["event_timestamp"].isoformat())
+    assert any(c.normalised is None for c in explanation.components)
+    fig = explanation_figure(explanation)
+    try:
+        ax = fig.axes[0]
+        texts = [t.get_text() for t in ax.texts]
+        skipped = sum(c.normalised is None for c in explanation.components)
+        assert texts.count("skipped") == skipped
+        assert texts.count("+0.0") == sum(c.normalised is not None and c.contribution == 0
+                                          for c in explanation.components)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        bars = [p.get_window_extent(renderer) for p in ax.patches]
+        for text in ax.texts:
+            if text.get_text() in explanation.bands:
+                box = text.get_window_extent(renderer)
+                assert not any(box.overlaps(bar) for bar in bars), text.get_text()
+    finally:
+        plt.close(fig)

@@ -205,6 +205,12 @@ class Computer(DependentTables):
         """The source's day digest (catalog/compute/fingerprints.py): one scan."""
         metrics = [self.project.metrics[m] for m in plan.group.metrics]
         query = digest_query(source, key, metrics, path, engine.dialect)
+        if engine.dialect != "spark":
+            from tally.catalog.sql.relations import source_relation
+            from tally.catalog.sql.timestamps import require_time_columns
+
+            require_time_columns(engine.con, source, source_relation(source, path, "duckdb"),
+                                 path)
         try:
             if engine.dialect == "spark":
                 table = engine.to_arrow(query)

@@ -28,6 +28,7 @@ from tally.catalog.spec.models import Source
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import read_state
+from tally.catalog.sql.timestamps import is_time_type, unparsable_times
 from tally.catalog.store.fsutil import atomic_write_text, project_lock
 from tally.catalog.store.paths import CONTRACT_RESULTS_FILE, is_glob
 
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 
 # Tally type -> (DuckDB type to cast to, DuckDB types accepted as that type)
 _INTS = ("TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT")
-_TIMESTAMPS = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS",
-               "TIMESTAMP_S")
+# a timestamp at any precision, with or without a time zone, is a timestamp
+_TIMESTAMPS = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "TIMESTAMP_NS",
+               "TIMESTAMP_US", "TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMPTZ_NS", "TIMESTAMPTZ_US",
+               "TIMESTAMPTZ_MS", "TIMESTAMPTZ_S")
 TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "int32": ("INTEGER", _INTS),
     "int64": ("BIGINT", (*_INTS, "BIGINT", "UINTEGER")),
@@ -247,6 +250,24 @@ def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]
                             f"- count(*) FILTER (WHERE NOT ({whole}))"))
     if contract and contract.freshness:
         rules.extend(_freshness_rule(source, found, as_of))
+    rules.extend(_time_column_rules(source, found))
+    return rules
+
+
+def _time_column_rules(source: Source, found: dict[str, str]) -> list[_Rule]:
+    """The source's time columns must be timestamps, contract or not: every metric reads
+    them. A contract's own column_type rule covers a column it declares a timestamp."""
+    declared = source.contract.columns if source.contract else {}
+    rules = []
+    for name in (source.timestamp_field, source.created_timestamp_field):
+        if (name is None or name not in found or is_time_type(found[name])
+                or (name in declared and declared[name].type == "timestamp")):
+            continue
+        bad = unparsable_times(name).sql("duckdb")
+        rules.append(_Rule(RuleResult("column_type", name, False, message=(
+            f"column {name} is {found[name]}, not a timestamp; every metric of source "
+            f"{source.name} reads it as time (write ISO 8601 times)")),
+            f"count(*) FILTER (WHERE {bad})", bad, all_rows=True))
     return rules
 
 
@@ -336,7 +357,9 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
 # column then proves it, and any disorder falls back to the hash count.
 
 _ORDERED_TYPES = {**{t: "CAST({} AS BIGINT)" for t in (*_INTS, "BIGINT", "UINTEGER")},
-                  **{t: "epoch_us({})" for t in _TIMESTAMPS}}
+                  **{t: "epoch_us({})" for t in _TIMESTAMPS if not t.startswith("TIMESTAMPTZ_")},
+                  **{t: "epoch_us(CAST({} AS TIMESTAMPTZ))" for t in _TIMESTAMPS
+                     if t.startswith("TIMESTAMPTZ_")}}
 _MAX_TIES = 10_000  # more tied values than this: the hash count is as cheap
 _IN_ONE_ARRAY = 16_000_000  # up to this many rows (128 MB) the column is fetched at once
 

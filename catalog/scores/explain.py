@@ -187,28 +187,27 @@ def explain(project: Project, score_name: str, entity_key: str | int,
     return out
 
 
-def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
-    """The contributions as a waterfall chart (PNG), band edges as dashed lines."""
+def explanation_figure(explanation: Explanation) -> Any:
+    """The contributions as a waterfall chart (a matplotlib Figure): a skipped component
+    (no value, `missing: skip`) is drawn as an empty dotted slot labelled "skipped", not as
+    a zero; band names sit right of the plot, clear of every bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tally.catalog.store.fsutil import temp_path_beside
 
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"{out}: give a .png file name", option="plot")
     labels = [c.metric for c in explanation.components] + [explanation.score]
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
     running = 0.0
     for i, c in enumerate(explanation.components):
-        ax.bar(i, c.contribution, bottom=running, color="#4c9f70" if c.normalised is not None
-               else "#bbbbbb", edgecolor="#333333")
+        if c.normalised is None:
+            _draw_missing(ax, i, running, explanation.missing)
+            continue
+        ax.bar(i, c.contribution, bottom=running, color="#4c9f70", edgecolor="#333333")
         ax.bar(i, max(c.share - c.contribution, 0.0), bottom=running + c.contribution,
                color="none", edgecolor="#c0504d", hatch="//", linewidth=0.8)
         ax.text(i, running + max(c.share, c.contribution) + 1, f"+{c.contribution:.1f}",
-                ha="center",
-                va="bottom", fontsize=8)
+                ha="center", va="bottom", fontsize=8)
         running += c.contribution
     total = len(explanation.components)
     ax.bar(total, explanation.value, color="#2f5597", edgecolor="#333333")
@@ -217,7 +216,9 @@ def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
     for band, (lo, _) in explanation.bands.items():
         if lo > 0:
             ax.axhline(lo, color="#888888", linestyle="--", linewidth=0.8)
-        ax.text(total + 0.45, lo + 1, band, fontsize=7, color="#555555", ha="right")
+        # in axes coordinates along x: right of the plot area, whatever the bars' heights
+        ax.text(1.01, lo + 1, band, fontsize=7, color="#555555", ha="left", va="bottom",
+                transform=ax.get_yaxis_transform(), clip_on=False)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 105)
     ax.set_ylabel("points (0..100)")
@@ -225,6 +226,26 @@ def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
                  f"{explanation.snapshot[:10]}: {explanation.value:.1f} "
                  f"({explanation.band or 'no band'}); hatched = shortfall", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _draw_missing(ax: Any, i: int, running: float, policy: str) -> None:
+    """A component without a value: skipped (re-weighted away) or counted as zero."""
+    ax.bar(i, 6, bottom=running, color="none", edgecolor="#999999", linestyle=":",
+           linewidth=1.0)
+    ax.text(i, running + 7, "skipped" if policy == "skip" else "missing = 0", ha="center",
+            va="bottom", fontsize=8, color="#777777", style="italic")
+
+
+def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
+    """The waterfall chart of explanation_figure, written atomically as a PNG."""
+    import matplotlib.pyplot as plt
+    from tally.catalog.store.fsutil import temp_path_beside
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"{out}: give a .png file name", option="plot")
+    fig = explanation_figure(explanation)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_beside(out, ".png")
     try:

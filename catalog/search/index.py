@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,7 +41,7 @@ from tally.catalog.store.paths import (
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
 
-SCHEMA_VERSION = 9  # 8: versions; 9: cards carry `owners`
+SCHEMA_VERSION = 10  # 8: versions; 9: cards carry `owners`; 10: aliases
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STATE_FILES = (TABLE_STATS_FILE.as_posix(), CONTRACT_RESULTS_FILE.as_posix())
@@ -80,6 +81,8 @@ def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy
     doc = tantivy.Document()
     doc.add_text("id", card["id"])
     doc.add_text("name", card["name"])
+    for alias in card.get("aliases") or []:  # an exact alias ranks like the exact name
+        doc.add_text("name", alias_key(alias))
     doc.add_text("kind", card["kind"])
     doc.add_text("status", card.get("status") or "none")
     owners = [o.strip().lower() for o in (card.get("owner") or "").split(",") if o.strip()]
@@ -97,12 +100,18 @@ def card_document(card: dict[str, Any], encoded: bytes | None = None) -> tantivy
     doc.add_text("name_tokens", " ".join(t for t in tokens if not t.isdigit()))
     doc.add_text("name_numbers", " ".join(t for t in tokens if t.isdigit()))
     words = " ".join([card.get("description") or "", " ".join(card.get("tags") or []),
+                      " ".join(card.get("aliases") or []),
                       " ".join(card.get("columns") or []) if card["kind"] == "feature_view"
                       else ""])
     doc.add_text("text", words)
     doc.add_bytes("hit", json.dumps(hit_summary(card), ensure_ascii=False).encode())
     doc.add_bytes("card", encoded if encoded is not None else encode_card(card))
     return doc
+
+
+def alias_key(alias: str) -> str:
+    """An alias as the query that names it exactly: its lower-case words joined by `_`."""
+    return "_".join(re.findall(r"[a-z0-9]+", alias.lower()))
 
 
 def encode_card(card: dict[str, Any]) -> bytes:

@@ -120,6 +120,7 @@ class Card:
     version_count: int = 1
     versions: list[dict[str, Any]] = field(default_factory=list)  # a metric's, oldest first
     owners: list[str] = field(default_factory=list)  # `owner`, split: a view may have several
+    aliases: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Card:

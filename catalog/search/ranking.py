@@ -59,7 +59,22 @@ def _variants(searcher: tantivy.Searcher, field_name: str, word: str) -> list[tu
         count = searcher.doc_freq(field_name, word)
         return [(word, count)] if count else []
     found = searcher.terms_with_prefix(field_name, word, limit=9)
-    return sorted(found, key=lambda t: (t[0] != word, len(t[0]), t[0]))[:8]
+    stem = singular(word)
+    if stem != word and (count := searcher.doc_freq(field_name, stem)):
+        found.append((stem, count))  # `users` finds `user`; `user` finds `users` by prefix
+    return sorted(found, key=lambda t: (t[0] not in (word, stem), len(t[0]), t[0]))[:8]
+
+
+def singular(word: str) -> str:
+    """A light English stemmer for plurals: users -> user, activities -> activity,
+    boxes -> box; other words as they are."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ses", "xes", "ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
 
 
 def _bm25_bound(doc_freq: int, docs: int) -> float:
@@ -97,7 +112,8 @@ class Word:
         name_field = "name_numbers" if number else "name_tokens"
         names, texts = _variants(searcher, name_field, word), _variants(searcher, "text", word)
         out = cls(word)
-        out.name_bounds = [NAME_WORD if t == word else NAME_PREFIX for t, _ in names]
+        stem = singular(word)
+        out.name_bounds = [NAME_WORD if t in (word, stem) else NAME_PREFIX for t, _ in names]
         out.name_parts = [_const(Query.term_query(schema, name_field, t), bound)
                           for (t, _), bound in zip(names, out.name_bounds, strict=True)]
         out.text_terms = [Query.term_query(schema, "text", t) for t, _ in texts]  # bm25

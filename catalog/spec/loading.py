@@ -26,6 +26,21 @@ from tally.catalog.store.fsutil import find_definition_files, pending_commit
 from tally.catalog.store.paths import METRICS_DIR
 
 
+def invalid_names(loaded: LoadedYaml, parsed: list[Definition]) -> dict[str, str]:
+    """name -> kind of the file's definitions that have a name but failed their model."""
+    valid = {(d.kind, d.name) for d in parsed}
+    data = loaded.data if isinstance(loaded.data, dict) else {}
+    out: dict[str, str] = {}
+    for key, items in data.items():
+        if key not in KIND_MODELS or not isinstance(items, list):
+            continue
+        for item in items:
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and (KIND_SINGULAR[key], name) not in valid:
+                out[name] = KIND_SINGULAR[key]
+    return out
+
+
 def parse_definitions(loaded: LoadedYaml) -> tuple[list[Definition], list[Issue]]:
     """Phase one: one file's definitions, each checked against its model."""
     data = loaded.data
@@ -118,12 +133,14 @@ def load_project(
         hashes[shown] = hashlib.sha256(text.encode()).hexdigest()
     definitions: list[Definition] = []
     loaded_files = {name: loaded for name, loaded in texts.items() if loaded is not None}
+    invalid: dict[str, str] = {}
     for loaded in loaded_files.values():
         found, problems = parse_definitions(loaded)
         definitions.extend(found)
         issues.extend(problems)
+        invalid.update(invalid_names(loaded, found))
     project = Project(root=root, file_hashes=hashes)
-    issues.extend(cross_check(project, definitions, loaded_files, today=today))
+    issues.extend(cross_check(project, definitions, loaded_files, invalid, today=today))
     if issues:
         raise DefinitionError(issues)
     return project

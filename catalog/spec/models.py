@@ -6,7 +6,7 @@ import math
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from tally.catalog.spec.durations import parse_duration
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -21,10 +21,20 @@ def _check_duration(value: str) -> str:
     return value
 
 
-Duration = Annotated[str, AfterValidator(_check_duration)]
+def _duration_has_unit(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value} has no unit; write a duration with one, e.g. "
+                         f"{value}d (units: s, m, h, d, w)")
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_duration_has_unit), AfterValidator(_check_duration)]
 Email = Annotated[str, Field(min_length=1, max_length=320)]
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
 Tag = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+# abbreviations and synonyms as people write them: capitals and spaces allowed (MAU, ARR,
+# monthly active users); search matches them without regard to case or punctuation
+Alias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.&/+-]{0,62}$")]
 Status = Literal["draft", "certified", "deprecated"]
 ColumnType = Literal[
     "int32", "int64", "float32", "float64", "string", "bool", "timestamp", "date"
@@ -52,6 +62,7 @@ class Entity(Spec):
     owner: Email
     value_type: Literal["int64", "string"] = "int64"
     tags: list[Tag] = []
+    aliases: list[Alias] = []
 
 
 class ColumnRule(Spec):
@@ -87,6 +98,7 @@ class Source(Spec):
     format: Literal["parquet", "csv"] | None = None
     contract: Contract | None = None
     tags: list[Tag] = []
+    aliases: list[Alias] = []
 
     @property
     def file_format(self) -> str:
@@ -114,6 +126,7 @@ class Metric(Spec):
     grain: Duration | None = None
     ttl: Duration | None = None
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
     deprecated_on: date | None = None
@@ -164,6 +177,7 @@ class Model(Spec):
     owner: Email
     features: Annotated[list[Reference], Field(min_length=1)]
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 
@@ -199,6 +213,7 @@ class Score(Spec):
     bands: dict[Name, tuple[float, float]] = {}
     ttl: Duration | None = None
     tags: list[Tag] = []
+    aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
 

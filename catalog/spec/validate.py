@@ -13,6 +13,7 @@ from tally.catalog.spec.config import read_config
 from tally.catalog.spec.models import Metric, Model, Score, Source
 from tally.catalog.spec.project import Definition, Project
 from tally.catalog.spec.sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
+from tally.catalog.spec.suggest import did_you_mean
 from tally.catalog.spec.versions import check_deprecations, expand_versions
 from tally.catalog.spec.yamlio import LoadedYaml
 from tally.catalog.store.paths import CONFIG_FILE, glob_base
@@ -21,9 +22,11 @@ MAX_GLOB_MATCHES_CHECKED = 1000
 
 
 class _Checker:
-    def __init__(self, project: Project, files: dict[str, LoadedYaml]):
+    def __init__(self, project: Project, files: dict[str, LoadedYaml],
+                 invalid: dict[str, str] | None = None):
         self.project = project
         self.files = files
+        self.invalid = invalid or {}  # name -> kind of definitions already reported invalid
         self.issues: list[Issue] = []
         config = read_config(project.root)
         self.issues.extend(config.issues)
@@ -47,7 +50,11 @@ class _Checker:
         other = self.project.definitions.get(name)
         wanted = " or ".join(kinds)
         if other is None:
-            self.add(d, field, f"unknown {wanted} {name!r}; define it or fix the name")
+            if self.invalid.get(name) in kinds:
+                return False  # its own problem is reported once, where it is defined
+            close = [n for n, o in self.project.definitions.items() if o.kind in kinds]
+            self.add(d, field, f"unknown {wanted} {name!r}{did_you_mean(name, close)}; "
+                     "define it or fix the name")
             return False
         if other.kind not in kinds:
             self.add(d, field, f"{name!r} is a {other.kind} ({self.where(name)}), not a {wanted}")
@@ -56,8 +63,11 @@ class _Checker:
 
 
 def cross_check(project: Project, definitions: list[Definition],
-                files: dict[str, LoadedYaml], today: date | None = None) -> list[Issue]:
-    checker = _Checker(project, files)
+                files: dict[str, LoadedYaml], invalid: dict[str, str] | None = None,
+                today: date | None = None) -> list[Issue]:
+    """`invalid` names definitions whose own keys failed (reported already): a reference
+    to one is not reported again as unknown."""
+    checker = _Checker(project, files, invalid)
     later_versions = _add_definitions(checker, definitions)
     expand_versions(project, later_versions, checker.add)
     for d in list(project.definitions.values()):

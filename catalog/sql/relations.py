@@ -16,4 +16,31 @@ def source_relation(source: Source, path: str, dialect: str) -> exp.Expression:
     args: list[exp.Expression] = [exp.Literal.string(path)]
     if source.file_format == "csv":
         args.append(exp.EQ(this=exp.column("header"), expression=exp.true()))
-    return exp.Table(this=exp.Anonymous(this=reader, expressions=args))
+    table = exp.Table(this=exp.Anonymous(this=reader, expressions=args))
+    zoned_ns = nanosecond_zoned_columns(source, path) if source.file_format == "parquet" else []
+    if not zoned_ns:
+        return table
+    # DuckDB has no epoch_us(TIMESTAMPTZ_NS) (pandas writes those): read them as TIMESTAMPTZ
+    star = exp.Star(replace=[exp.alias_(exp.Cast(this=exp.column(c, quoted=True),
+                                                 to=exp.DataType.build("TIMESTAMPTZ")),
+                                        c, quoted=True) for c in zoned_ns])
+    return exp.select(star).from_(table).subquery()
+
+
+def nanosecond_zoned_columns(source: Source, path: str) -> list[str]:
+    """The source's time columns stored as zoned nanosecond timestamps (parquet metadata of
+    its first file; a file that cannot be read is left to the query to report)."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    try:
+        schema = pq.read_schema(files[0])
+    except (IndexError, OSError, ValueError):
+        return []
+    names = [n for n in (source.timestamp_field, source.created_timestamp_field) if n]
+    return [n for n in names if n in schema.names
+            and pa.types.is_timestamp(schema.field(n).type)
+            and schema.field(n).type.unit == "ns" and schema.field(n).type.tz is not None]
