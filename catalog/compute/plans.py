@@ -21,6 +21,7 @@ from tally.catalog.spec.models import Metric, Source
 from tally.catalog.spec.project import MetricGroup, Project
 from tally.catalog.spec.sqlcheck import check_expression
 from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.trees import alias, col, fn, ident, num, op, table_relation
 
 US = 1_000_000
 ROUND_DIGITS = 9
@@ -30,26 +31,6 @@ _EPOCH_US = {"duckdb": "epoch_us", "spark": "unix_micros"}
 _FROM_US = {"duckdb": "make_timestamp", "spark": "timestamp_micros"}
 
 
-def ident(name: str) -> exp.Identifier:
-    return exp.Identifier(this=name, quoted=True)
-
-
-def col(name: str, table: str | None = None) -> exp.Column:
-    return exp.Column(this=ident(name), table=ident(table) if table else None)
-
-
-def num(value: int | float) -> exp.Expr:
-    return exp.Literal.number(value)
-
-
-def fn(name: str, *args: exp.Expr) -> exp.Expr:
-    return exp.Anonymous(this=name, expressions=list(args))
-
-
-def alias(node: exp.Expr, name: str) -> exp.Alias:
-    return exp.Alias(this=node, alias=ident(name))
-
-
 def quoted_tree(text: str, rename: dict[str, str] | None = None) -> exp.Expr:
     """An allow-listed user expression with every column quoted (and optionally renamed)."""
     tree = check_expression(text, allow_star=True).tree.copy()
@@ -57,12 +38,6 @@ def quoted_tree(text: str, rename: dict[str, str] | None = None) -> exp.Expr:
     return exp.Paren(this=tree.transform(
         lambda node: col(names.get(node.name, node.name)) if isinstance(node, exp.Column)
         else node))
-
-
-def op(kind: type[exp.Binary], left: exp.Expr, right: exp.Expr | int) -> exp.Paren:
-    """A parenthesised binary operation, so the rendered SQL keeps the tree's precedence."""
-    return exp.Paren(this=kind(this=left, expression=num(right) if isinstance(right, int)
-                               else right))
 
 
 def epoch_us(node: exp.Expr, dialect: str) -> exp.Expr:
@@ -414,15 +389,6 @@ def group_query(project: Project, plan: GroupPlan, *, path: str, low: int, high:
             *_island_ctes(plan, high, dialect), *coverage, ("series", series),
             ("running", exp.select(*running.columns).from_("series")), ("vals", values)]
     return _with_ctes(final, ctes).order_by(col(entity.join_key), col("event_timestamp"))
-
-
-def table_relation(path: str, dialect: str) -> exp.Expr:
-    """The FROM item reading a computed (parquet) table."""
-    if dialect == "spark":
-        return exp.Table(this=exp.Identifier(this=path, quoted=True),
-                         db=exp.to_identifier("parquet"))
-    return exp.Table(this=exp.Anonymous(this="read_parquet",
-                                        expressions=[exp.Literal.string(path)]))
 
 
 def _rename_table(tree: exp.Expr, old: str, new: str) -> exp.Expr:

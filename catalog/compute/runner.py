@@ -296,7 +296,8 @@ class Computer:
             raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
 
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
-        from tally.catalog.compute.plans import col, epoch_us
+        from tally.catalog.compute.plans import epoch_us
+        from tally.catalog.sql.trees import col
         from tally.catalog.sql.relations import source_relation
 
         ts, dialect = col(source.timestamp_field), engine.dialect
