@@ -20,7 +20,9 @@ from tally.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
     from tally.catalog.pipeline import ContractReport, Gate
+    from tally.feature_repo.registry import Change
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
 AllowViolations = Annotated[bool, typer.Option(
@@ -72,7 +74,7 @@ def compute(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeElapsedColumn(), transient=not as_json, disable=as_json,
                   console=Console(stderr=True)) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
@@ -91,13 +93,14 @@ def compute(
     from rich.table import Table
 
     table = Table("table", "kind", "mode", "rows", "snapshots", "seconds", title="computed")
-    for r in rows:
-        table.add_row(r["table"], r["kind"], r["mode"], f"{r['rows']:,}",
-                      "-" if r["snapshots"] is None else f"{r['snapshots']:,}", f"{r['seconds']}")
+    for r in results:
+        table.add_row(r.name, r.kind, r.mode, f"{r.rows:,}",
+                      "-" if r.new_snapshots is None else f"{r.new_snapshots:,}",
+                      f"{round(r.seconds, 2)}")
     stdout_console().print(table)
 
 
-def _print_changes(changes: list, as_json: bool, verb: str) -> None:
+def _print_changes(changes: list[Change], as_json: bool, verb: str) -> None:
     if as_json:
         print_json([asdict(c) for c in changes])
         return

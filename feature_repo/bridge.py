@@ -67,7 +67,8 @@ def _dtype_from_file(project: Project, spec: TableSpec, column: str) -> Any:
 
 
 def _owner_of(project: Project, spec: TableSpec) -> str:
-    owners = sorted({getattr(project.get(f).spec, "owner", "") for f in spec.features})
+    definitions = [project.get(f) for f in spec.features]
+    owners = sorted({getattr(d.spec, "owner", "") for d in definitions if d is not None})
     if spec.source and (spec.kind == "column" or len(owners) != 1):
         return project.sources[spec.source].owner
     return owners[0] if owners else ""

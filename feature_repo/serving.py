@@ -90,19 +90,21 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
     _require_computed(proj, refs)
     store = open_store(proj)
     _require_registered(store, refs)
-    spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
-    if spark:  # Feast's Spark store neither keeps row order nor duplicate entity rows apart
+    spark = store.config.offline_store.type == "spark"
+    # Feast's Spark store neither keeps row order nor duplicate entity rows apart
+    if spark and isinstance(frame, pd.DataFrame):
         frame = frame.assign(**{SPARK_ROW: range(len(frame))})
     job = store.get_historical_features(entity_df=frame, features=refs)
-    result = job.to_df()
-    if spark:
+    result: pd.DataFrame = job.to_df()
+    if spark and isinstance(frame, pd.DataFrame):
         result = result.drop_duplicates(SPARK_ROW).sort_values(SPARK_ROW).drop(
             columns=SPARK_ROW)
         frame = frame.drop(columns=SPARK_ROW)
     if isinstance(frame, pd.DataFrame):
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]
-    return result.reset_index(drop=True)
+    ordered: pd.DataFrame = result.reset_index(drop=True)
+    return ordered
 
 
 def _require_computed(project: Project, refs: list[str]) -> None:

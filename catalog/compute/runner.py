@@ -297,8 +297,8 @@ class Computer:
 
     def _time_bounds(self, engine: Any, source: Any, path: str) -> tuple[int, int] | None:
         from tally.catalog.compute.plans import epoch_us
-        from tally.catalog.sql.trees import col
         from tally.catalog.sql.relations import source_relation
+        from tally.catalog.sql.trees import col
 
         ts, dialect = col(source.timestamp_field), engine.dialect
         query = exp.select(exp.Min(this=epoch_us(ts, dialect)),

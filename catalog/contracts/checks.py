@@ -291,16 +291,15 @@ def _ordered_pass(con: Any, source: Source, path: str, found: dict[str, str],
     return _OrderedPass(rule, column, unique_sql, newest_by_order, by_order)
 
 
-def _aggregate_pass(con: Any, scan: str, rules: list[_Rule], newest_sql: str | None,
-                    report: SourceReport) -> Any:
+def _aggregate_pass(con: Any, scan: str, rules: list[_Rule], newest_sql: str | None
+                    ) -> tuple[int, Any]:
     """One scan counting every rule's offending rows (exact recounts where a count is
-    found); returns the newest timestamp when `newest_sql` asks for it."""
+    found); returns the row count and the newest timestamp when `newest_sql` asks for it."""
     counted = [r for r in rules if r.count_sql]
     selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
     if newest_sql is not None:
         selects.append(newest_sql)
     row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
-    report.rows = int(row[0])
     for rule, count in zip(counted, row[1:1 + len(counted)], strict=True):
         rule.result.offending_rows = int(count or 0)
         if count and rule.recount_sql:
@@ -308,16 +307,15 @@ def _aggregate_pass(con: Any, scan: str, rules: list[_Rule], newest_sql: str | N
             rule.result.offending_rows = int(recount or 0)
         if rule.result.rule != "column_type":
             rule.result.ok = rule.result.offending_rows == 0
-    return row[-1]
+    return int(row[0]), row[-1]
 
 
 def _settle_ordered(con: Any, scan: str, ordered: _OrderedPass, found: dict[str, str],
-                    report: SourceReport, newest: Any) -> Any:
+                    rows: int, newest: Any) -> Any:
     """Count the unique rule in key order (the hash count when the data is not in order
     after all); returns the newest timestamp, from that column when it is the time field."""
     rule, column = ordered.rule, ordered.column
-    count, present, last = _ordered_duplicates(con, scan, rule, column, found[column],
-                                               report.rows)
+    count, present, last = _ordered_duplicates(con, scan, rule, column, found[column], rows)
     if count is None:  # not in order after all: the hash count, as in the single pass
         count = con.sql(f"SELECT {ordered.unique_sql} FROM {scan}").fetchall()[0][0]
         if count and rule.recount_sql:
@@ -336,20 +334,20 @@ def _settle_ordered(con: Any, scan: str, ordered: _OrderedPass, found: dict[str,
     else:
         newest = None
     for r in ordered.by_order:
-        r.result.offending_rows = report.rows - int(present)
+        r.result.offending_rows = rows - int(present)
         r.result.ok = r.result.offending_rows == 0
     return newest
 
 
 def _explain_failures(con: Any, scan: str, source: Source, rules: list[_Rule],
-                      report: SourceReport) -> None:
+                      rows: int) -> None:
     """Give each failed rule its offending-row count, message and example rows."""
     for rule in rules:
         result = rule.result
         if result.ok:
             continue
         if rule.all_rows and result.offending_rows == 0:
-            result.offending_rows = report.rows
+            result.offending_rows = rows
         if not result.message:
             result.message = _failure_message(source, result)
         if not result.examples and rule.where_sql is not None:
@@ -370,16 +368,17 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
     fresh = next((r for r in rules if r.result.rule == "freshness"), None)
     newest_by_order = ordered is not None and ordered.newest_by_order
     wants_newest = fresh is not None and source.timestamp_field in found
-    newest = _aggregate_pass(
+    rows, newest = _aggregate_pass(
         con, scan, rules, f"max({ident(source.timestamp_field)})"
-        if wants_newest and not newest_by_order else None, report)
+        if wants_newest and not newest_by_order else None)
+    report.rows = rows
     if ordered is not None:
-        newest = _settle_ordered(con, scan, ordered, found, report, newest)
+        newest = _settle_ordered(con, scan, ordered, found, rows, newest)
     if source.file_format == "csv":
         rules.insert(0, _parse_rule(con))
     if fresh is not None and wants_newest:
-        _judge_freshness(fresh, newest, source, as_of, report.rows)
-    _explain_failures(con, scan, source, rules, report)
+        _judge_freshness(fresh, newest, source, as_of, rows)
+    _explain_failures(con, scan, source, rules, rows)
     report.results.extend(r.result for r in rules)
 
 
