@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tally.catalog.search.lineage import Lineage, build_lineage
 from tally.catalog.search.query import Card, Impact, SearchResults, impact, search, show
@@ -50,7 +51,7 @@ class Catalog:
         """Ranked catalog search; `.to_frame()` on the result gives pandas."""
         options = {"owner": owner, "tag": tag, "kind": kind, "status": status,
                    "contract": contract}
-        given = {key: value for key, value in options.items() if value}
+        given: dict[str, Any] = {key: value for key, value in options.items() if value}
         return search(self.root, query, project=self.project, limit=limit, **given)
 
     def show(self, name: str) -> Card:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tally.catalog.errors import UsageError
@@ -23,7 +23,9 @@ from tally.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
     from tally.catalog.pipeline import ContractReport, Gate
+    from tally.feature_repo.registry import Change
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Contract time (default: now).")]
 AllowViolations = Annotated[bool, typer.Option(
@@ -80,7 +82,7 @@ def compute(
 ) -> None:
     """Compute metric tables: one DuckDB scan per (source, entity, grain) group."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from tally.catalog.pipeline import ComputeOptions
     from tally.catalog.pipeline import compute as gated_compute
 
@@ -121,7 +123,7 @@ def compute(
     stdout_console().print(keep_names_whole(table, 0))
 
 
-def _print_changes(changes: list[Any], as_json: bool, verb: str) -> None:
+def _print_changes(changes: list[Change], as_json: bool, verb: str) -> None:
     if as_json:
         print_json([asdict(c) for c in changes])
         return

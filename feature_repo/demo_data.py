@@ -43,8 +43,9 @@ def data_span(end: date | None = None) -> tuple[datetime, datetime]:
     return stop - timedelta(days=DAYS), stop
 
 
-def _month_starts_us(start: datetime) -> np.ndarray:
-    """The first MONTHS first-of-month midnights at or after `start`, in microseconds."""
+def _month_starts_us(start_us: int) -> np.ndarray:
+    """The first MONTHS first-of-month midnights at or after `start_us`, in microseconds."""
+    start = datetime.fromtimestamp(start_us / 1e6, tz=UTC)
     year, month = start.year, start.month + (start.day > 1 or start.time() != start.min.time())
     starts = []
     for _ in range(MONTHS):
@@ -64,101 +65,137 @@ def _write(table: pa.Table, path: Path, sort_keys: list[str]) -> None:
         pq.write_table(table, tmp, row_group_size=256_000)
 
 
+@dataclass(frozen=True)
+class _Accounts:
+    """The generated accounts: their latent adoption, seats and renewal story."""
+    ids: np.ndarray
+    adoption: np.ndarray  # latent 0..1
+    seats: np.ndarray
+    decided_day: np.ndarray
+    renewed: np.ndarray
+    quiet_from: np.ndarray  # the day an account goes quiet (the end for renewers)
+    start_us: int
+    days: int
+
+    @property
+    def active_days(self) -> np.ndarray:
+        return np.asarray(np.maximum(self.quiet_from, 1))
+
+    def event_times(self, rng: np.random.Generator, per_account: np.ndarray) -> np.ndarray:
+        """Uniform event times within each account's active days."""
+        limit = np.repeat(self.active_days, per_account)
+        times: np.ndarray = self.start_us + (rng.random(limit.size) * limit
+                                             * US_PER_DAY).astype(np.int64)
+        return times
+
+
+def _accounts(rng: np.random.Generator, accounts: int, start: datetime) -> _Accounts:
+    start_us = int(start.timestamp() * 1e6)
+    days = DAYS
+    ids = np.arange(1, accounts + 1, dtype=np.int64)
+    adoption = rng.beta(2.0, 2.0, accounts)
+    seats = np.maximum(3, rng.lognormal(3.0, 0.8, accounts)).astype(np.int64)
+    # accounts that will not renew go quiet some time before their decision
+    decided_day = rng.integers(90, days - 5, accounts)
+    renewed = rng.random(accounts) < (0.35 + 0.6 * adoption)
+    quiet_from = np.where(renewed, days, decided_day - rng.integers(20, 80, accounts))
+    return _Accounts(ids, adoption, seats, decided_day, renewed, quiet_from, start_us, days)
+
+
+def _crm_logins(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    """Daily Poisson per account, the rate growing with adoption and seats."""
+    rate = 0.15 + 2.0 * a.adoption * np.sqrt(a.seats / a.seats.mean())
+    per_account = rng.poisson(rate * a.active_days)
+    acc = np.repeat(a.ids, per_account)
+    event_us = a.event_times(rng, per_account)
+    users = np.repeat(np.maximum(1, (a.seats * (0.2 + 0.8 * a.adoption)).astype(np.int64)),
+                      per_account)
+    user_id = acc * 10_000 + rng.integers(0, 1 << 30, acc.size) % users
+    seconds = np.round(rng.exponential(240.0, acc.size), 3)
+    seconds[rng.random(acc.size) < 0.05] = 2.0  # bounces, filtered out of active users
+    loaded_us = event_us + rng.integers(60, 3600, acc.size) * 1_000_000
+    return pa.table({"account_id": acc, "user_id": user_id, "event_ts": _ts(event_us),
+                     "loaded_at": _ts(loaded_us), "seconds": seconds})
+
+
+def _crm_licenses(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    """Billing reports the seat count at the start of every month."""
+    months = MONTHS
+    acc = np.repeat(a.ids, months)
+    month = np.tile(np.arange(months), a.ids.size)
+    drift = np.exp(np.cumsum(rng.normal(0.01, 0.05, acc.size).reshape(a.ids.size, months),
+                             axis=1)).ravel()
+    seat_values = np.maximum(1, (np.repeat(a.seats, months) * drift).astype(np.int64))
+    month_starts = _month_starts_us(a.start_us)
+    reported_us = month_starts[month] + rng.integers(0, 6 * 3_600_000_000, acc.size)
+    return pa.table({"account_id": acc, "reported_ts": _ts(reported_us),
+                     "seats": seat_values})
+
+
+def _marketing_sends(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    """About weekly campaign batches."""
+    batches = rng.poisson((0.3 + 1.5 * a.adoption) * a.active_days / 7)
+    acc = np.repeat(a.ids, batches)
+    sent_us = a.event_times(rng, batches)
+    volume = np.repeat(a.seats * 40, batches)
+    emails = np.maximum(0, rng.normal(volume / 4, volume / 10)).astype(np.int64)
+    channel = rng.choice(np.array(["email", "sms", "push"]), acc.size, p=[0.8, 0.12, 0.08])
+    return pa.table({"account_id": acc, "campaign_id": rng.integers(1, 5000, acc.size),
+                     "sent_ts": _ts(sent_us), "emails": emails, "channel": channel})
+
+
+def _marketing_contracts(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    """Contracted monthly volume, one or two agreements."""
+    agreements = 1 + (rng.random(a.ids.size) < 0.3)
+    acc = np.repeat(a.ids, agreements)
+    first = np.concatenate([[True], acc[1:] != acc[:-1]])
+    eff_day = np.where(first, 0, rng.integers(30, a.days, acc.size))
+    return pa.table({
+        "account_id": acc, "effective_ts": _ts(a.start_us + eff_day * US_PER_DAY),
+        "monthly_volume": np.repeat(a.seats * 40 * 4, agreements) * np.where(first, 1, 2)})
+
+
+def _commerce_orders(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    orders = rng.poisson((0.02 + 0.25 * a.adoption) * a.active_days)
+    acc = np.repeat(a.ids, orders)
+    order_us = a.event_times(rng, orders)
+    status = np.where(rng.random(acc.size) < 0.06, "refunded", "paid")
+    return pa.table({
+        "account_id": acc, "order_id": np.arange(1, acc.size + 1, dtype=np.int64),
+        "order_ts": _ts(order_us), "amount": np.round(rng.lognormal(4.0, 1.0, acc.size), 2),
+        "status": status})
+
+
+def _renewals(rng: np.random.Generator, a: _Accounts) -> pa.Table:
+    """One decision per account, the label of churn_risk."""
+    decided_us = (a.start_us + a.decided_day * US_PER_DAY
+                  + rng.integers(0, US_PER_DAY, a.ids.size))
+    return pa.table({
+        "account_id": a.ids, "decided_ts": _ts(decided_us), "renewed": a.renewed,
+        "contract_value": np.round(a.seats * rng.uniform(300, 900, a.ids.size), 2)})
+
+
+# each source in the order its random draws are made, with the keys its file is sorted by
+_SOURCES = [("crm_logins", _crm_logins, ["account_id", "event_ts"]),
+            ("crm_licenses", _crm_licenses, ["account_id", "reported_ts"]),
+            ("marketing_sends", _marketing_sends, ["account_id", "sent_ts"]),
+            ("marketing_contracts", _marketing_contracts, ["account_id", "effective_ts"]),
+            ("commerce_orders", _commerce_orders, ["account_id", "order_ts"]),
+            ("renewals", _renewals, ["account_id", "decided_ts"])]
+
+
 def generate(folder: Path, accounts: int = 3000, seed: int = 7, *,
              end: date | None = None) -> DemoData:
     """Write the six source files of the example project under `folder` (its data/), with
     rows in the DAYS days before `end` (default: today, UTC)."""
     start, stop = data_span(end)
     rng = np.random.default_rng(seed)
-    start_us = int(start.timestamp() * 1e6)
-    days = DAYS
-    ids = np.arange(1, accounts + 1, dtype=np.int64)
-    adoption = rng.beta(2.0, 2.0, accounts)  # latent 0..1
-    seats = np.maximum(3, rng.lognormal(3.0, 0.8, accounts)).astype(np.int64)
-    # accounts that will not renew go quiet some time before their decision
-    decided_day = rng.integers(90, days - 5, accounts)
-    renewed = rng.random(accounts) < (0.35 + 0.6 * adoption)
-    quiet_from = np.where(renewed, days, decided_day - rng.integers(20, 80, accounts))
+    account_set = _accounts(rng, accounts, start)
     files: dict[str, Path] = {}
     rows: dict[str, int] = {}
-
-    def emit(name: str, table: pa.Table, keys: list[str]) -> None:
-        path = folder / f"{name}.parquet"
-        _write(table, path, keys)
-        files[name] = path
+    for name, make, keys in _SOURCES:
+        table = make(rng, account_set)
+        files[name] = folder / f"{name}.parquet"
+        _write(table, files[name], keys)
         rows[name] = table.num_rows
-
-    # CRM logins: daily Poisson per account, rate grows with adoption and seats
-    rate = 0.15 + 2.0 * adoption * np.sqrt(seats / seats.mean())
-    per_account = rng.poisson(rate * np.maximum(quiet_from, 1))
-    acc = np.repeat(ids, per_account)
-    limit = np.repeat(np.maximum(quiet_from, 1), per_account)
-    event_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
-    users = np.repeat(np.maximum(1, (seats * (0.2 + 0.8 * adoption)).astype(np.int64)),
-                      per_account)
-    user_id = acc * 10_000 + rng.integers(0, 1 << 30, acc.size) % users
-    seconds = np.round(rng.exponential(240.0, acc.size), 3)
-    seconds[rng.random(acc.size) < 0.05] = 2.0  # bounces, filtered out of active users
-    loaded_us = event_us + rng.integers(60, 3600, acc.size) * 1_000_000
-    emit("crm_logins", pa.table({
-        "account_id": acc, "user_id": user_id, "event_ts": _ts(event_us),
-        "loaded_at": _ts(loaded_us), "seconds": seconds,
-    }), ["account_id", "event_ts"])
-
-    # CRM licenses: billing reports the seat count at the start of every month
-    months = MONTHS
-    acc = np.repeat(ids, months)
-    month = np.tile(np.arange(months), accounts)
-    drift = np.exp(np.cumsum(rng.normal(0.01, 0.05, acc.size).reshape(accounts, months),
-                             axis=1)).ravel()
-    seat_values = np.maximum(1, (np.repeat(seats, months) * drift).astype(np.int64))
-    month_starts = _month_starts_us(start)
-    reported_us = month_starts[month] + rng.integers(0, 6 * 3_600_000_000, acc.size)
-    emit("crm_licenses", pa.table({
-        "account_id": acc, "reported_ts": _ts(reported_us), "seats": seat_values,
-    }), ["account_id", "reported_ts"])
-
-    # Marketing sends: about weekly campaign batches
-    batches = rng.poisson((0.3 + 1.5 * adoption) * np.maximum(quiet_from, 1) / 7)
-    acc = np.repeat(ids, batches)
-    limit = np.repeat(np.maximum(quiet_from, 1), batches)
-    sent_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
-    volume = np.repeat(seats * 40, batches)
-    emails = np.maximum(0, rng.normal(volume / 4, volume / 10)).astype(np.int64)
-    channel = rng.choice(np.array(["email", "sms", "push"]), acc.size, p=[0.8, 0.12, 0.08])
-    emit("marketing_sends", pa.table({
-        "account_id": acc, "campaign_id": rng.integers(1, 5000, acc.size),
-        "sent_ts": _ts(sent_us), "emails": emails, "channel": channel,
-    }), ["account_id", "sent_ts"])
-
-    # Marketing contracts: contracted monthly volume, one or two agreements
-    agreements = 1 + (rng.random(accounts) < 0.3)
-    acc = np.repeat(ids, agreements)
-    first = np.concatenate([[True], acc[1:] != acc[:-1]])
-    eff_day = np.where(first, 0, rng.integers(30, days, acc.size))
-    emit("marketing_contracts", pa.table({
-        "account_id": acc,
-        "effective_ts": _ts(start_us + eff_day * US_PER_DAY),
-        "monthly_volume": np.repeat(seats * 40 * 4, agreements)
-        * np.where(first, 1, 2),
-    }), ["account_id", "effective_ts"])
-
-    # Commerce orders
-    orders = rng.poisson((0.02 + 0.25 * adoption) * np.maximum(quiet_from, 1))
-    acc = np.repeat(ids, orders)
-    limit = np.repeat(np.maximum(quiet_from, 1), orders)
-    order_us = start_us + (rng.random(acc.size) * limit * US_PER_DAY).astype(np.int64)
-    status = np.where(rng.random(acc.size) < 0.06, "refunded", "paid")
-    emit("commerce_orders", pa.table({
-        "account_id": acc, "order_id": np.arange(1, acc.size + 1, dtype=np.int64),
-        "order_ts": _ts(order_us), "amount": np.round(rng.lognormal(4.0, 1.0, acc.size), 2),
-        "status": status,
-    }), ["account_id", "order_ts"])
-
-    # Renewals: one decision per account, the label of churn_risk
-    decided_us = start_us + decided_day * US_PER_DAY + rng.integers(0, US_PER_DAY, accounts)
-    emit("renewals", pa.table({
-        "account_id": ids, "decided_ts": _ts(decided_us), "renewed": renewed,
-        "contract_value": np.round(seats * rng.uniform(300, 900, accounts), 2),
-    }), ["account_id", "decided_ts"])
     return DemoData(folder, files, rows, start, stop)

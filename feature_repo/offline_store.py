@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -98,13 +98,14 @@ def entity_frame(entity_df: pd.DataFrame | str | None) -> pd.DataFrame | None:
     """A DataFrame for an entity frame given as a DataFrame or as DuckDB SQL."""
     if entity_df is None or isinstance(entity_df, pd.DataFrame):
         return entity_df
-    return _arrow(connect().sql(entity_df)).to_pandas()
+    frame: pd.DataFrame = _arrow(connect().sql(entity_df)).to_pandas()
+    return frame
 
 
 def _timestamp_column(schema: pa.Schema) -> str:
     if TIMESTAMP in schema.names:
         return TIMESTAMP
-    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    stamps = [str(f.name) for f in schema if pa.types.is_timestamp(f.type)]
     if len(stamps) == 1:
         return stamps[0]
     from feast.errors import EntityTimestampInferenceException
@@ -139,7 +140,7 @@ def entity_table(con: Any, entity_df: pd.DataFrame | str) -> tuple[pa.Table, str
 
 
 # -- planning ------------------------------------------------------------------------------
-def _is_parquet_file_source(source: Any) -> bool:
+def _is_parquet_file_source(source: Any) -> TypeGuard[FileSource]:
     if not isinstance(source, FileSource):
         return False
     from feast.data_format import ParquetFormat
@@ -153,6 +154,7 @@ def _view_plans(config: RepoConfig, feature_views: list[FeatureView], feature_re
     plans = []
     for view in feature_views:
         source = view.batch_source
+        assert _is_parquet_file_source(source)  # the caller routes other sources elsewhere
         prefix = view.projection.name_to_use()
         wanted = [r.split(":", 1)[1] for r in feature_refs if r.startswith(f"{prefix}:")]
         reverse = {new: old for old, new in (source.field_mapping or {}).items()}
@@ -190,7 +192,7 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Ta
     names = [f"__f{i}" for i in range(len(plan.features))]
     grain = aligned_grain(con, plan)
     parts: list[pa.Table] = []
-    rest = relation
+    rest: str | None = relation
     if grain and grain >= MIN_ALIGNED_US and (not plan.ttl or plan.ttl.total_seconds() > 0):
         eq = _arrow(con.sql(equality_sql(plan, relation, ts_col, grain, lo, hi)))
         rows = eq.column(ROW).to_numpy()
@@ -253,7 +255,8 @@ class TallyRetrievalJob(RetrievalJob):
         return self._compute()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout=timeout).to_pandas()
+        frame: pd.DataFrame = self._to_arrow_internal(timeout=timeout).to_pandas()
+        return frame
 
     @property
     def full_feature_names(self) -> bool:
@@ -309,7 +312,7 @@ class TallyDuckDBOfflineStore(OfflineStore):
             registry is not None) else []
         supported = entity_df is not None and not odfvs and all(
             _is_parquet_file_source(v.batch_source) for v in feature_views)
-        if not supported:
+        if entity_df is None or not supported:
             return _stock_historical(config, feature_views, feature_refs, entity_df, registry,
                                      project, full_feature_names, **kwargs)
         plans = _view_plans(config, feature_views, feature_refs, full_feature_names,
@@ -387,7 +390,7 @@ def _stamp(value: datetime | None) -> str | None:
     return literal(value.astimezone(UTC).isoformat()) + "::TIMESTAMPTZ"
 
 
-def _pull(config: RepoConfig, source: DataSource, keys: list[str], features: list[str],
+def _pull(config: RepoConfig, source: FileSource, keys: list[str], features: list[str],
           timestamp: str, created: str | None, start: datetime | None, end: datetime | None,
           latest: bool) -> RetrievalJob:
     sql = latest_sql(resolve_path(config, source.path), keys, features, timestamp,
@@ -401,14 +404,15 @@ def _stock_historical(config: RepoConfig, feature_views: list[FeatureView],
                       **kwargs: Any) -> RetrievalJob:
     """Feast's stock DuckDB join, with SQL entity frames and entity order added."""
     frame = entity_frame(entity_df)
-    ordered = frame is not None
-    if frame is not None:
-        frame = frame.copy()
-        frame[ROW] = range(len(frame))
+    if frame is None:
+        raise ValueError("an entity frame is required: Feast's DuckDB offline store has no "
+                         "retrieval without one")
+    frame = frame.copy()
+    frame[ROW] = range(len(frame))
     inner = DuckDBOfflineStore.get_historical_features(
         config, feature_views, feature_refs, frame, registry, project, full_feature_names,
         **kwargs)
-    return OrderedRetrievalJob(inner, ordered)
+    return OrderedRetrievalJob(inner, True)
 
 
 __all__ = ["TallyDuckDBOfflineStore", "TallyDuckDBOfflineStoreConfig", "entity_frame"]

@@ -16,6 +16,7 @@ from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.project import Project
 from tally.catalog.store.fsutil import (
     clean_temp_files,
+    crash_point,
     project_lock,
     rename_over,
     temp_path_beside,
@@ -79,7 +80,7 @@ def repo_contents(store: Any, objects: dict[str, Any]) -> Any:
     return RepoContents(
         projects=[FeastProject(name=store.project,
                                description=store.config.project_description or "")],
-        data_sources=[v.batch_source for v in views],
+        data_sources=[v.batch_source for v in views if v.batch_source is not None],
         entities=[o for o in values if isinstance(o, Entity)] + [DUMMY_ENTITY],
         feature_views=views,
         feature_services=[o for o in values if isinstance(o, FeatureService)],
@@ -173,6 +174,7 @@ def apply(project: Project, run_gate: Gate | None = None, *,
         try:
             contents = repo_contents(store, feast_objects(project))
             changes = _changes(store, contents)
+            crash_point("apply-planned")  # Feast loaded, the staged copy made, nothing applied
             to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
                 store.project, store.registry, contents)
             with contextlib.redirect_stdout(PlainWhenPiped(sys.stderr)):

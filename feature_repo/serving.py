@@ -86,9 +86,10 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
                             for ref in refs])
     store = open_store(proj)
     require_applied(store, refs)
-    spark = isinstance(frame, pd.DataFrame) and store.config.offline_store.type == "spark"
-    if spark and isinstance(frame, pd.DataFrame):  # Feast's Spark store neither keeps row
-        frame = frame.assign(**{SPARK_ROW: range(len(frame))})  # order nor duplicates apart
+    spark = store.config.offline_store.type == "spark"
+    # Feast's Spark store neither keeps row order nor duplicate entity rows apart
+    if spark and isinstance(frame, pd.DataFrame):
+        frame = frame.assign(**{SPARK_ROW: range(len(frame))})
     job = store.get_historical_features(entity_df=frame, features=refs)
     result: pd.DataFrame = job.to_df()
     if spark and isinstance(frame, pd.DataFrame):
@@ -99,7 +100,8 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]
         result = result.rename(columns={TIMESTAMP: timestamp_column})
-    return result.reset_index(drop=True)
+    ordered: pd.DataFrame = result.reset_index(drop=True)
+    return ordered
 
 
 def read_entity_file(path: Path) -> pd.DataFrame:

@@ -205,5 +205,15 @@ def test_validate_reports_bad_file_in_project(case: str, example_project: Path,
                for i in payload["issues"])
 
 
-def test_corpus_is_large_enough() -> None:
+def test_corpus_base_registers_and_its_cases_are_distinct(
+        example_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The cases are the good file with something broken: the good file itself registers
+    (so each case is refused for what it breaks), and no case is another's copy."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD_METRIC)
+    result = invoke(["--project", str(example_project), "register", str(good)], capsys)
+    assert result.code == 0, result.stderr
+    assert (example_project / "metrics" / "good.yaml").read_text() == GOOD_METRIC
+    contents = [c if isinstance(c, bytes) else c.encode() for c, _, _, _ in CASES.values()]
+    assert len(set(contents)) == len(contents)
     assert len(CASES) >= 30

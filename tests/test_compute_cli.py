@@ -84,11 +84,22 @@ def test_compute_refuses_a_failing_contract_then_allows(small_project: Path,
 
 def test_compute_names_a_missing_source_file(small_project: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The contract gate refuses an unreadable source first; past the gate
+    (--allow-violations), compute itself names the missing file and whom to ask."""
     (small_project / "data" / "marketing_sends.parquet").unlink()
-    result = invoke(["--project", str(small_project), "compute", "--as-of", "2026-01-01"],
-                    capsys)
+    args = ["--project", str(small_project), "compute", "--as-of", "2026-01-01"]
+    gated = invoke(args, capsys)
+    assert gated.code == 1
+    assert "marketing_sends.parquet: no such file" in gated.stderr
+    assert "Traceback" not in gated.stderr
+    result = invoke([*args, "--allow-violations"], capsys)
     assert result.code == 1
-    assert "marketing_sends.parquet" in result.stderr and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr  # compute's own error, not the gate's
+    assert errors[0].startswith("error: source marketing_sends: data file ")
+    assert "marketing_sends.parquet does not exist" in errors[0]
+    assert "marketing-platform@example.com" in errors[0]  # the producer to ask
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args", [["compute", "--as-of", "yesterday"],

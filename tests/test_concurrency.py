@@ -125,18 +125,6 @@ def test_a_bad_lock_timeout_is_a_usage_error(example_project: Path, tmp_path: Pa
 
 # -- crash safety -------------------------------------------------------------------------
 
-def _kill_at_random(args: list[str], delay: float) -> None:
-    proc = _spawn(args)
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
-
-
 def _logical(root: Path) -> dict[str, tuple[str, str]]:
     """What a reader sees: each definition's file and content."""
     return {name: (d.file, repr(d.spec)) for name, d in load_project(root).definitions.items()}
@@ -149,8 +137,9 @@ CRASH_POINTS = ["before-rename", "after-journal", "mid-commit"]
 def test_register_killed_at_random_moments(example_project: Path, tmp_path: Path,
                                            replace: bool,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """Kill `register` at chosen and random points: the project stays loadable and shows
-    the old state or the new one; a rerun gives the state an uninterrupted run gives."""
+    """Kill `register` at chosen points and at a randomly chosen one of its atomic writes
+    (each kill checked to have landed): the project stays loadable and shows the old state
+    or the new one; a rerun gives the state an uninterrupted run gives."""
     import shutil
 
     if replace:  # moves crm_logins_30d out of crm.yaml: two files change in one commit
@@ -170,17 +159,16 @@ def test_register_killed_at_random_moments(example_project: Path, tmp_path: Path
     pristine = _logical(example_project)
 
     rng = random.Random(7 + replace)
-    kills: list[tuple[str, float]] = [(point, 0.0) for point in CRASH_POINTS]
-    kills += [("", rng.uniform(0.3, 1.2)) for _ in range(2)]
-    for point, delay in kills:
-        if point:
-            proc = subprocess.run([sys.executable, "-m", "tally.cli.main", *args], cwd=REPO,
-                                  capture_output=True, text=True, timeout=120,
-                                  env={**os.environ, "TALLY_CRASH_AT": point})
-            if replace or point == "before-rename":  # one file: no journal, no middle
-                assert proc.returncode == -signal.SIGKILL, (point, proc.stderr)
-        else:
-            _kill_at_random(args, delay)
+    # the lock held and nothing written yet; then one of the run's atomic writes (the
+    # journal and the two files of a replace across files; the one file of a new one)
+    writes = 3 if replace else 1
+    points = [*CRASH_POINTS, "locked", f"before-rename#{rng.randint(1, writes)}"]
+    for point in points:
+        proc = subprocess.run([sys.executable, "-m", "tally.cli.main", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "TALLY_CRASH_AT": point})
+        if replace or point not in ("after-journal", "mid-commit"):  # one file: no journal
+            assert proc.returncode == -signal.SIGKILL, (point, proc.stderr)
         seen = _logical(example_project)  # loadable, whatever the moment
         assert seen in (pristine, expected), point
         # the same command again finishes the job

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -40,22 +39,19 @@ def _copy(base: Path, where: Path) -> Path:
     return where
 
 
-def _tally(root: Path, *args: str, crash: str | None = None,
-           kill_after: float | None = None) -> int:
+def _tally(root: Path, *args: str, crash: str | None = None) -> int:
+    """Run tally; with `crash` (a TALLY_CRASH_AT point), check the kill landed there."""
     env = dict(os.environ)
     if crash:
         env["TALLY_CRASH_AT"] = crash
-    proc = subprocess.Popen([sys.executable, "-m", "tally.cli.main", "--project", str(root), *args],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        try:
-            proc.wait(timeout=kill_after)  # the kill lands wherever the run has got to
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=600)
-    if crash is None and kill_after is None:
+    proc = subprocess.run([sys.executable, "-m", "tally.cli.main", "--project", str(root), *args],
+                          cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    stderr = proc.stderr
+    if crash is None:
         assert proc.returncode == 0, stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL, (crash, stderr)
     assert "Traceback" not in stderr
     return proc.returncode
 
@@ -71,31 +67,30 @@ def _leftovers(root: Path) -> list[Path]:
 
 def test_compute_killed_at_any_moment(base: Path, tmp_path: Path) -> None:
     reference = _copy(base, tmp_path / "reference")
-    started = time.perf_counter()
     _tally(reference, "compute", *AS_OF)
-    took = time.perf_counter() - started
     expected = _tables(reference)
     assert len(expected) >= 4
-    # kills at a random point of the second half of a run (by the reference run's time),
-    # where the tables are being computed and written, not while Python starts
+    # kills at the first table's worst moments, then part way through the run: after a
+    # randomly chosen table k (of the middle ones) is in place, k tables done, the rest not
     rng = random.Random(20261129)
-    moments: list[tuple[str | None, float | None]] = [
-        ("compute-before-rename", None), ("compute-after-rename", None),
-        (None, took * rng.uniform(0.5, 0.8)),
-    ]
-    for index, (point, delay) in enumerate(moments):
+    middle = rng.randint(2, len(expected) - 1)
+    moments = [("compute-before-rename", 0), ("compute-after-rename", 1),
+               (f"compute-before-rename#{middle}", middle - 1),
+               (f"compute-after-rename#{middle}", middle)]
+    for index, (point, done) in enumerate(moments):
         project = _copy(base, tmp_path / f"crashed{index}")
-        code = _tally(project, "compute", *AS_OF, crash=point, kill_after=delay)
-        if point is not None:
-            assert code == -signal.SIGKILL
+        _tally(project, "compute", *AS_OF, crash=point)
         load_project(project)  # still loadable
-        for table in _tables(project).values():
+        written = _tables(project)
+        in_place = [name for name in written if not name.startswith(TEMP_PREFIX)]
+        assert len(in_place) == done, point  # the kill landed where it was aimed
+        for table in written.values():
             assert table.num_rows > 0  # whatever is there is a whole table
         _tally(project, "compute", *AS_OF)
         got = _tables(project)
-        assert got.keys() == expected.keys(), (point, delay)
+        assert got.keys() == expected.keys(), point
         for name, table in expected.items():
-            assert got[name].equals(table), (name, point, delay)
+            assert got[name].equals(table), (name, point)
         assert _leftovers(project / "data") == []
 
 
@@ -136,20 +131,16 @@ def test_apply_killed_at_any_moment(base: Path, tmp_path: Path) -> None:
     computed = _copy(base, tmp_path / "computed")
     _tally(computed, "compute", *AS_OF)
     reference = _copy(computed, tmp_path / "reference")
-    started = time.perf_counter()
     _tally(reference, "apply", *AS_OF)
-    took = time.perf_counter() - started
     expected = _registry_specs(reference)
     assert any(k.startswith("service:") for k in expected)
-    rng = random.Random(7)  # a random point of the run's second half: past Feast's import
-    moments = [("apply-before-rename", None), (None, took * rng.uniform(0.5, 0.8))]
-    for index, (point, delay) in enumerate(moments):
+    # after Feast has loaded and the staged copy is made, before anything is applied; then
+    # with everything applied to the staged copy, before it replaces the registry
+    for index, point in enumerate(["apply-planned", "apply-before-rename"]):
         project = _copy(computed, tmp_path / f"crashed{index}")
-        code = _tally(project, "apply", *AS_OF, crash=point, kill_after=delay)
-        if point is not None:
-            assert code == -signal.SIGKILL
-            assert _registry_specs(project) == {}  # the previous (empty) registry, whole
+        _tally(project, "apply", *AS_OF, crash=point)
+        assert _registry_specs(project) == {}  # the previous (empty) registry, whole
         load_project(project)
         _tally(project, "apply", *AS_OF)
-        assert _registry_specs(project) == expected, (point, delay)
+        assert _registry_specs(project) == expected, point
         assert _leftovers(project / "feature_repo") == []

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from tally.catalog.spec.loading import load_project
 
@@ -26,6 +26,7 @@ FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
 
 
 PRISTINE = tree_digest(REPO / "metrics")
+BUNDLED_FILE_OF = {n: d.file for n, d in load_project(REPO).definitions.items()}
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +161,21 @@ def _clean(result: Result) -> None:
     assert "internal error" not in result.stderr, result.stderr
 
 
+def _renamed_copy(name: str) -> tuple[str, bytes]:
+    """A valid file: bundled `name` with its first definition described anew."""
+    data = _load((REPO / "metrics" / name).read_text("utf-8"))
+    first = next(iter(data.values()))[0]
+    first["description"] = "Described anew."
+    return name, _dump(data).encode("utf-8")
+
+
 @FUZZ
 @given(case=mutated_files(), replace=st.booleans(), same_name=st.booleans())
+# valid files that take every name of a bundled file over (from itself or from another
+# file), so the success path, with and without --replace, always runs
+@example(case=_renamed_copy("marketing.yaml"), replace=True, same_name=False)
+@example(case=_renamed_copy("marketing.yaml"), replace=True, same_name=True)
+@example(case=_renamed_copy("models.yaml"), replace=False, same_name=False)
 def test_register_of_a_mutated_file(case: tuple[str, bytes], replace: bool, same_name: bool,
                                     shared_root: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,11 +193,19 @@ def test_register_of_a_mutated_file(case: tuple[str, bytes], replace: bool, same
         return
     written = (root / "metrics" / file.name).read_bytes()
     assert written == content.decode("utf-8").removeprefix("\ufeff").encode("utf-8")
-    load_project(root)  # what was written validates with the rest
+    project = load_project(root)  # what was written validates with the rest
+    taken = {n for n, d in project.definitions.items() if d.file == f"metrics/{file.name}"}
+    # every definition the file does not define is still where it was, unchanged in place
+    assert {n: f for n, f in BUNDLED_FILE_OF.items() if n not in taken} == {
+        n: d.file for n, d in project.definitions.items() if n not in taken}
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert file.name in changed or before.get(file.name) == after.get(file.name)
+    holders = {BUNDLED_FILE_OF[n].removeprefix("metrics/") for n in taken & set(BUNDLED_FILE_OF)}
     if not replace:
         assert changed <= {file.name}
+        assert holders <= {file.name}  # a clash without --replace is refused, not merged
+    # only the new file and the files that gave up a name to it changed, and each of those did
+    assert changed <= {file.name} | holders
+    assert holders - {file.name} <= changed
     assert not list((root / "metrics").rglob(".tally-tmp-*"))
 
 

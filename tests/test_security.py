@@ -118,8 +118,28 @@ HOSTILE_EXPRESSIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def test_corpus_is_large_enough() -> None:
+def test_corpus_cases_are_distinct_and_many() -> None:
+    texts = [text for text, _ in HOSTILE_EXPRESSIONS.values()]
+    assert len(set(texts)) == len(texts)  # no case counted twice under two names
     assert len(HOSTILE_EXPRESSIONS) >= 40
+
+
+# harmless look-alikes of hostile cases: what is refused is the construct, never the
+# characters that spell it inside a string literal, nor nesting within the limit
+NEAR_MISSES = {
+    "semicolon": "'a; b'", "line_comment": "'-- not a comment'",
+    "block_comment": "'/* x */'", "read_csv": "'read_csv(''/etc/passwd'')'",
+    "getenv": "length('getenv')", "smart_quotes": "'\u2018quoted\u2019'",
+    "nbsp": "'a\u00a0b'", "dollar_param": "'$1'", "deep": "(" * 40 + "seconds" + ")" * 40,
+    "deep_unary": "not " * 40 + "seconds", "subquery_in": "seconds in (1, 2)",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEAR_MISSES))
+def test_near_misses_of_hostile_cases_are_kept(case: str) -> None:
+    assert case in HOSTILE_EXPRESSIONS  # the case it is a near miss of
+    checked = check_expression(NEAR_MISSES[case])
+    assert check_expression(checked.duckdb_sql).tree == checked.tree
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_EXPRESSIONS))

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-from tally.catalog.compute.plans import col, epoch_us, fn, num, op
+from tally.catalog.compute.plans import epoch_us
 from tally.catalog.spec.models import Metric, Source
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.sqlcheck import check_expression
 from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.trees import col, fn, num, op
 
 DAY_US = 86_400 * 1_000_000
 Digest = dict[str, list[int]]  # str(day) -> [rows, first_us, last_us, hash]

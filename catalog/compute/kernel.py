@@ -170,14 +170,16 @@ class Windows:
         out -= running[head]
         out += totals[crossed]
         self._results[key] = out
-        return out.copy()
+        copied: np.ndarray = out.copy()
+        return copied
 
     def extreme(self, dense: np.ndarray, w: int, op: np.ufunc) -> np.ndarray:
         """op.reduce(dense[s - w : s]) for every output slot s (op: fmin or maximum)."""
         k = int(w).bit_length() - 1
         level = self._level(dense, k, op)
         span = 1 << k
-        return op(level[self.slots - w], level[self.slots - span])
+        extremes: np.ndarray = op(level[self.slots - w], level[self.slots - span])
+        return extremes
 
     def _level(self, dense: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
         """level[i] = op over dense[i : i + 2**k] (shorter at the end)."""
@@ -206,7 +208,8 @@ def _product_error(a: np.ndarray, b: float) -> np.ndarray:
     a_hi, a_lo = halves(a)
     b_hi, b_lo = halves(b)
     product = a * b
-    return ((a_hi * b_hi - product) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    error: np.ndarray = ((a_hi * b_hi - product) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return error
 
 
 def round_like_duckdb(values: np.ndarray) -> np.ndarray:
@@ -371,7 +374,8 @@ def _distinct_counts(occ: Occurrences, cells_b: np.ndarray, lay: Layout, w: int)
     ends = np.r_[starts[1:], n] - 1
     delta = np.bincount(slot[starts] + 1, minlength=lay.size + 1)[: lay.size + 1]
     delta = delta - np.bincount(slot[ends] + w + 1, minlength=lay.size + 1)[: lay.size + 1]
-    return np.cumsum(delta)[lay.row_slot]
+    counts: np.ndarray = np.cumsum(delta)[lay.row_slot]
+    return counts
 
 
 def memory_budget() -> int:

@@ -24,7 +24,7 @@ from tally.catalog.contracts.results import fetch_rows as _rows
 from tally.catalog.contracts.results import iso as _iso
 from tally.catalog.errors import LookupFailedError, TallyError
 from tally.catalog.spec.durations import parse_duration
-from tally.catalog.spec.models import Source
+from tally.catalog.spec.models import ColumnRule, Source
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import read_state
@@ -172,82 +172,94 @@ def check_source(project: Project, source: Source, as_of: datetime) -> SourceRep
     return report
 
 
+def _column_rules(name: str, spec: ColumnRule, found: dict[str, str]) -> list[_Rule]:
+    """The rules of one declared column: presence, type, not_null, min/max, values."""
+    cast_to, accepted = TYPES[spec.type]
+    col = ident(name)
+    if name not in found:
+        return [_Rule(RuleResult("missing_column", name, False, message=(
+            f"column {name} ({spec.type}) is missing from the data")), None, None,
+            all_rows=True)]
+    rules: list[_Rule] = []
+    # a column already of the cast type is compared as it is (no cast per row)
+    typed = col if found[name] == cast_to else f"TRY_CAST({col} AS {cast_to})"
+    if found[name] not in accepted:
+        bad = f"{col} IS NOT NULL AND {typed} IS NULL"
+        rules.append(_Rule(RuleResult("column_type", name, False, message=(
+            f"column {name} is {found[name]}, the contract says {spec.type}")),
+            f"count(*) FILTER (WHERE {bad})", bad, all_rows=True))
+    else:
+        rules.append(_Rule(RuleResult("column_type", name, True), None, None))
+    if not spec.nullable:
+        cond = f"{col} IS NULL"
+        rules.append(_Rule(RuleResult("not_null", name, True),
+                           f"count(*) FILTER (WHERE {cond})", cond))
+    for bound, op in (("min", "<"), ("max", ">")):
+        limit = getattr(spec, bound)
+        if limit is None:
+            continue
+        if spec.type not in NUMERIC:
+            rules.append(_Rule(RuleResult(bound, name, False, message=(
+                f"{bound} applies to numeric columns; {name} is declared {spec.type}")),
+                None, None))
+            continue
+        cond = f"{typed} {op} {literal(limit)}"
+        rules.append(_Rule(RuleResult(bound, name, True),
+                           f"count(*) FILTER (WHERE {cond})", cond))
+    if spec.values is not None:
+        as_type = [_value_as(v, spec.type) for v in spec.values]
+        allowed = ", ".join(literal(v) for v in as_type) or "NULL"
+        cond = f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"
+        rules.append(_Rule(RuleResult("values", name, True),
+                           f"count(*) FILTER (WHERE {cond})", cond))
+    return rules
+
+
+def _extra_column_rules(declared: dict[str, ColumnRule], found: dict[str, str]) -> list[_Rule]:
+    extra = [name for name in found if name not in declared]
+    if not extra:
+        return [_Rule(RuleResult("extra_column", None, True), None, None)]
+    return [_Rule(RuleResult("extra_column", name, False, message=(
+        f"column {name} ({found[name]}) is not in the contract; add it, or set "
+        "allow_extra_columns: true")), None, None, all_rows=True) for name in extra]
+
+
+def _unique_rule(unique: list[str], found: dict[str, str]) -> _Rule:
+    key = ", ".join(ident(c) for c in unique)
+    label = ", ".join(unique)
+    missing = [c for c in unique if c not in found]
+    if missing:
+        return _Rule(RuleResult("unique", label, False, message=(
+            f"unique key column {', '.join(missing)} is missing")), None, None)
+    # rows with a null in the key are left to not_null, as SQL's UNIQUE does
+    whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in unique)
+    others = [ident(c) for c in found if c not in unique]
+    # counted on a 64-bit hash of the key (cheaper than the key itself); a hash
+    # collision can only over-count, and a failure is recounted exactly below.
+    # CASE (NULL for rows left out, which DISTINCT skips) rather than FILTER: DuckDB
+    # then groups on the hash alone, not on (hash, filter flag) - ~10% less work
+    return _Rule(
+        RuleResult("unique", label, True),
+        f"count(*) FILTER (WHERE {whole}) - count(DISTINCT CASE WHEN {whole} "
+        f"THEN hash({key}) END)",
+        f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
+        order_sql=", ".join([key, *others]),
+        key=list(unique), where_key_sql=whole,
+        recount_sql=f"count(*) - count(DISTINCT row({key})) FILTER (WHERE {whole}) "
+                    f"- count(*) FILTER (WHERE NOT ({whole}))")
+
+
 def _plan(source: Source, found: dict[str, str], as_of: datetime) -> list[_Rule]:
     """Every rule of the contract, given the columns (name -> DuckDB type) the data has."""
     contract = source.contract
     rules: list[_Rule] = []
     declared = contract.columns if contract else {}
     for name, spec in declared.items():
-        cast_to, accepted = TYPES[spec.type]
-        col = ident(name)
-        if name not in found:
-            rules.append(_Rule(RuleResult("missing_column", name, False, message=(
-                f"column {name} ({spec.type}) is missing from the data")), None, None,
-                all_rows=True))
-            continue
-        # a column already of the cast type is compared as it is (no cast per row)
-        typed = col if found[name] == cast_to else f"TRY_CAST({col} AS {cast_to})"
-        if found[name] not in accepted:
-            bad = f"{col} IS NOT NULL AND {typed} IS NULL"
-            rules.append(_Rule(RuleResult("column_type", name, False, message=(
-                f"column {name} is {found[name]}, the contract says {spec.type}")),
-                f"count(*) FILTER (WHERE {bad})", bad, all_rows=True))
-        else:
-            rules.append(_Rule(RuleResult("column_type", name, True), None, None))
-        if not spec.nullable:
-            cond = f"{col} IS NULL"
-            rules.append(_Rule(RuleResult("not_null", name, True),
-                               f"count(*) FILTER (WHERE {cond})", cond))
-        for bound, op in (("min", "<"), ("max", ">")):
-            limit = getattr(spec, bound)
-            if limit is None:
-                continue
-            if spec.type not in NUMERIC:
-                rules.append(_Rule(RuleResult(bound, name, False, message=(
-                    f"{bound} applies to numeric columns; {name} is declared {spec.type}")),
-                    None, None))
-                continue
-            cond = f"{typed} {op} {literal(limit)}"
-            rules.append(_Rule(RuleResult(bound, name, True),
-                               f"count(*) FILTER (WHERE {cond})", cond))
-        if spec.values is not None:
-            as_type = [_value_as(v, spec.type) for v in spec.values]
-            allowed = ", ".join(literal(v) for v in as_type) or "NULL"
-            cond = f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"
-            rules.append(_Rule(RuleResult("values", name, True),
-                               f"count(*) FILTER (WHERE {cond})", cond))
+        rules += _column_rules(name, spec, found)
     if contract and not contract.allow_extra_columns and declared:
-        extra = [name for name in found if name not in declared]
-        for name in extra:
-            rules.append(_Rule(RuleResult("extra_column", name, False, message=(
-                f"column {name} ({found[name]}) is not in the contract; add it, or set "
-                "allow_extra_columns: true")), None, None, all_rows=True))
-        if not extra:
-            rules.append(_Rule(RuleResult("extra_column", None, True), None, None))
+        rules += _extra_column_rules(declared, found)
     if contract and contract.unique:
-        key = ", ".join(ident(c) for c in contract.unique)
-        label = ", ".join(contract.unique)
-        missing = [c for c in contract.unique if c not in found]
-        if missing:
-            rules.append(_Rule(RuleResult("unique", label, False, message=(
-                f"unique key column {', '.join(missing)} is missing")), None, None))
-        else:
-            # rows with a null in the key are left to not_null, as SQL's UNIQUE does
-            whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in contract.unique)
-            others = [ident(c) for c in found if c not in contract.unique]
-            # counted on a 64-bit hash of the key (cheaper than the key itself); a hash
-            # collision can only over-count, and a failure is recounted exactly below.
-            # CASE (NULL for rows left out, which DISTINCT skips) rather than FILTER: DuckDB
-            # then groups on the hash alone, not on (hash, filter flag) - ~10% less work
-            rules.append(_Rule(
-                RuleResult("unique", label, True),
-                f"count(*) FILTER (WHERE {whole}) - count(DISTINCT CASE WHEN {whole} "
-                f"THEN hash({key}) END)",
-                f"{whole} QUALIFY count(*) OVER (PARTITION BY {key}) > 1",
-                order_sql=", ".join([key, *others]),
-                key=list(contract.unique), where_key_sql=whole,
-                recount_sql=f"count(*) - count(DISTINCT row({key})) FILTER (WHERE {whole}) "
-                            f"- count(*) FILTER (WHERE NOT ({whole}))"))
+        rules.append(_unique_rule(list(contract.unique), found))
     if contract and contract.freshness:
         rules.extend(_freshness_rule(source, found, as_of))
     rules.extend(_time_column_rules(source, found))
@@ -271,30 +283,44 @@ def _time_column_rules(source: Source, found: dict[str, str]) -> list[_Rule]:
     return rules
 
 
-def _check_with(con: Any, source: Source, path: str, as_of: datetime,
-                report: SourceReport) -> None:
-    scan = scan_sql(path, source.file_format)
-    found = {row[0]: _base_type(row[1])
-             for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-    rules = _plan(source, found, as_of)
+@dataclass
+class _OrderedPass:
+    """The unique rule counted by streaming a key column in order (see _ordered_key), the
+    hash count it replaces, and the not_null rules of that column it answers too."""
+    rule: _Rule
+    column: str
+    unique_sql: str | None
+    newest_by_order: bool
+    by_order: list[_Rule]
+
+
+def _ordered_pass(con: Any, source: Source, path: str, found: dict[str, str],
+                  rules: list[_Rule]) -> _OrderedPass | None:
     ordered = _ordered_key(con, source, path, found, rules)
-    if ordered is not None:
-        ordered[0].count_sql, unique_sql = None, ordered[0].count_sql
-    fresh = next((r for r in rules if r.result.rule == "freshness"), None)
+    if ordered is None:
+        return None
+    rule, column = ordered
+    unique_sql, rule.count_sql = rule.count_sql, None
     # the ordered column, read anyway, gives its own null count and (last) newest value:
     # the aggregate pass then skips it - exact for microsecond timestamps (epoch_us)
-    newest_by_order = (ordered is not None and ordered[1] == source.timestamp_field
-                       and found[ordered[1]] in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"))
+    newest_by_order = (column == source.timestamp_field
+                       and found[column] in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"))
     by_order = [r for r in rules if newest_by_order and r.result.rule == "not_null"
                 and r.result.column == source.timestamp_field]
     for r in by_order:
         r.count_sql = None
+    return _OrderedPass(rule, column, unique_sql, newest_by_order, by_order)
+
+
+def _aggregate_pass(con: Any, scan: str, rules: list[_Rule], newest_sql: str | None
+                    ) -> tuple[int, Any]:
+    """One scan counting every rule's offending rows (exact recounts where a count is
+    found); returns the row count and the newest timestamp when `newest_sql` asks for it."""
     counted = [r for r in rules if r.count_sql]
     selects = ["count(*)"] + [r.count_sql for r in counted if r.count_sql]
-    if fresh is not None and source.timestamp_field in found and not newest_by_order:
-        selects.append(f"max({ident(source.timestamp_field)})")
+    if newest_sql is not None:
+        selects.append(newest_sql)
     row = con.sql(f"SELECT {', '.join(selects)} FROM {scan}").fetchall()[0]
-    report.rows = int(row[0])
     for rule, count in zip(counted, row[1:1 + len(counted)], strict=True):
         rule.result.offending_rows = int(count or 0)
         if count and rule.recount_sql:
@@ -302,40 +328,47 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
             rule.result.offending_rows = int(recount or 0)
         if rule.result.rule != "column_type":
             rule.result.ok = rule.result.offending_rows == 0
-    newest = row[-1]
-    if ordered is not None:
-        rule, column = ordered
-        count, present, last = _ordered_duplicates(con, scan, rule, column, found[column],
-                                                   report.rows)
-        if count is None:  # not in order after all: the hash count, as in the single pass
-            count = con.sql(f"SELECT {unique_sql} FROM {scan}").fetchall()[0][0]
-            if count and rule.recount_sql:
-                count = con.sql(f"SELECT {rule.recount_sql} FROM {scan}").fetchall()[0][0]
-        rule.result.offending_rows = int(count or 0)
-        rule.result.ok = rule.result.offending_rows == 0
-        if newest_by_order:
-            if present is None:  # the fetch stopped early: ask the file
-                present, newest = con.sql(f"SELECT count({ident(column)}), "
-                                          f"max({ident(column)}) FROM {scan}").fetchall()[0]
-            elif last is not None:
-                newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=last)
-                if found[column] == "TIMESTAMP":
-                    newest = newest.replace(tzinfo=None)
-            else:
-                newest = None
-            for r in by_order:
-                r.result.offending_rows = report.rows - int(present)
-                r.result.ok = r.result.offending_rows == 0
-    if source.file_format == "csv":
-        rules.insert(0, _parse_rule(con))
-    if fresh is not None and source.timestamp_field in found:
-        _judge_freshness(fresh, newest, source, as_of, report.rows)
+    return int(row[0]), row[-1]
+
+
+def _settle_ordered(con: Any, scan: str, ordered: _OrderedPass, found: dict[str, str],
+                    rows: int, newest: Any) -> Any:
+    """Count the unique rule in key order (the hash count when the data is not in order
+    after all); returns the newest timestamp, from that column when it is the time field."""
+    rule, column = ordered.rule, ordered.column
+    count, present, last = _ordered_duplicates(con, scan, rule, column, found[column], rows)
+    if count is None:  # not in order after all: the hash count, as in the single pass
+        count = con.sql(f"SELECT {ordered.unique_sql} FROM {scan}").fetchall()[0][0]
+        if count and rule.recount_sql:
+            count = con.sql(f"SELECT {rule.recount_sql} FROM {scan}").fetchall()[0][0]
+    rule.result.offending_rows = int(count or 0)
+    rule.result.ok = rule.result.offending_rows == 0
+    if not ordered.newest_by_order:
+        return newest
+    if present is None:  # the fetch stopped early: ask the file
+        present, newest = con.sql(f"SELECT count({ident(column)}), "
+                                  f"max({ident(column)}) FROM {scan}").fetchall()[0]
+    elif last is not None:
+        newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=last)
+        if found[column] == "TIMESTAMP":
+            newest = newest.replace(tzinfo=None)
+    else:
+        newest = None
+    for r in ordered.by_order:
+        r.result.offending_rows = rows - int(present)
+        r.result.ok = r.result.offending_rows == 0
+    return newest
+
+
+def _explain_failures(con: Any, scan: str, source: Source, rules: list[_Rule],
+                      rows: int) -> None:
+    """Give each failed rule its offending-row count, message and example rows."""
     for rule in rules:
         result = rule.result
         if result.ok:
             continue
         if rule.all_rows and result.offending_rows == 0:
-            result.offending_rows = report.rows
+            result.offending_rows = rows
         if not result.message:
             result.message = _failure_message(source, result)
         if not result.examples and rule.where_sql is not None:
@@ -344,6 +377,29 @@ def _check_with(con: Any, source: Source, path: str, as_of: datetime,
                 con, f"SELECT * FROM {scan} WHERE {rule.where_sql}{order} LIMIT {EXAMPLES}")
         elif not result.examples and rule.all_rows and result.rule != "missing_column":
             result.examples = _rows(con, f"SELECT * FROM {scan} LIMIT {EXAMPLES}")
+
+
+def _check_with(con: Any, source: Source, path: str, as_of: datetime,
+                report: SourceReport) -> None:
+    scan = scan_sql(path, source.file_format)
+    found = {row[0]: _base_type(row[1])
+             for row in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    rules = _plan(source, found, as_of)
+    ordered = _ordered_pass(con, source, path, found, rules)
+    fresh = next((r for r in rules if r.result.rule == "freshness"), None)
+    newest_by_order = ordered is not None and ordered.newest_by_order
+    wants_newest = fresh is not None and source.timestamp_field in found
+    rows, newest = _aggregate_pass(
+        con, scan, rules, f"max({ident(source.timestamp_field)})"
+        if wants_newest and not newest_by_order else None)
+    report.rows = rows
+    if ordered is not None:
+        newest = _settle_ordered(con, scan, ordered, found, rows, newest)
+    if source.file_format == "csv":
+        rules.insert(0, _parse_rule(con))
+    if fresh is not None and wants_newest:
+        _judge_freshness(fresh, newest, source, as_of, rows)
+    _explain_failures(con, scan, source, rules, rows)
     report.results.extend(r.result for r in rules)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from tally.catalog.errors import LookupFailedError, TallyError, UsageError
 from tally.catalog.spec.durations import DURATION_RE
-from tally.catalog.spec.models import ColumnType, Source
+from tally.catalog.spec.models import ColumnRule, ColumnType, Source
 from tally.catalog.spec.project import Project
 from tally.catalog.store.paths import METRICS_DIR
 
@@ -43,44 +43,48 @@ def _custom(prop: str, value: Any) -> dict[str, Any]:
     return {"property": prop, "value": value, "vendor": VENDOR}
 
 
-def to_odcs(source: Source) -> dict[str, Any]:
-    """The source and its contract as an ODCS v3 document (a plain mapping)."""
+def _odcs_property(name: str, rule: ColumnRule, unique: list[str]) -> dict[str, Any]:
+    """One contract column as an ODCS schema property."""
+    logical, width = _LOGICAL[rule.type]
+    prop: dict[str, Any] = {"name": name, "logicalType": logical, "physicalType": rule.type,
+                            "required": not rule.nullable}
+    if rule.description:
+        prop["description"] = rule.description
+    options: dict[str, Any] = {}
+    custom = []
+    if logical in ("integer", "number"):
+        if width and logical == "integer":
+            options["format"] = width
+        if rule.min is not None:
+            options["minimum"] = rule.min
+        if rule.max is not None:
+            options["maximum"] = rule.max
+    else:
+        if rule.min is not None:
+            custom.append(_custom("tallyMin", rule.min))
+        if rule.max is not None:
+            custom.append(_custom("tallyMax", rule.max))
+    if options:
+        prop["logicalTypeOptions"] = options
+    if rule.values is not None:
+        prop["enum"] = [{"value": v} for v in rule.values]
+    if unique == [name]:
+        prop["unique"] = True
+    if custom:
+        prop["customProperties"] = custom
+    return prop
+
+
+def _odcs_object(source: Source) -> dict[str, Any]:
+    """The source as the contract's one schema object: its columns, a compound unique key
+    as a quality rule, and Tally's own fields as custom properties."""
     contract = source.contract
     columns = contract.columns if contract else {}
     unique = list(contract.unique) if contract else []
-    properties = []
-    for name, rule in columns.items():
-        logical, width = _LOGICAL[rule.type]
-        prop: dict[str, Any] = {"name": name, "logicalType": logical, "physicalType": rule.type,
-                                "required": not rule.nullable}
-        if rule.description:
-            prop["description"] = rule.description
-        options: dict[str, Any] = {}
-        custom = []
-        if logical in ("integer", "number"):
-            if width and logical == "integer":
-                options["format"] = width
-            if rule.min is not None:
-                options["minimum"] = rule.min
-            if rule.max is not None:
-                options["maximum"] = rule.max
-        else:
-            if rule.min is not None:
-                custom.append(_custom("tallyMin", rule.min))
-            if rule.max is not None:
-                custom.append(_custom("tallyMax", rule.max))
-        if options:
-            prop["logicalTypeOptions"] = options
-        if rule.values is not None:
-            prop["enum"] = [{"value": v} for v in rule.values]
-        if unique == [name]:
-            prop["unique"] = True
-        if custom:
-            prop["customProperties"] = custom
-        properties.append(prop)
-    obj: dict[str, Any] = {"name": source.name, "physicalName": source.path,
-                           "physicalType": "file", "logicalType": "object",
-                           "description": source.description, "properties": properties}
+    obj: dict[str, Any] = {
+        "name": source.name, "physicalName": source.path, "physicalType": "file",
+        "logicalType": "object", "description": source.description,
+        "properties": [_odcs_property(name, rule, unique) for name, rule in columns.items()]}
     if len(unique) > 1:
         obj["quality"] = [{"type": "library", "metric": "duplicateValues", "mustBe": 0,
                            "arguments": {"properties": unique}, "dimension": "uniqueness",
@@ -92,6 +96,12 @@ def to_odcs(source: Source) -> dict[str, Any]:
     if contract is not None:
         custom.append(_custom("tallyAllowExtraColumns", contract.allow_extra_columns))
     obj["customProperties"] = custom
+    return obj
+
+
+def to_odcs(source: Source) -> dict[str, Any]:
+    """The source and its contract as an ODCS v3 document (a plain mapping)."""
+    contract = source.contract
     doc: dict[str, Any] = {
         "apiVersion": API_VERSION, "kind": "DataContract", "id": source.name,
         "name": source.name, "version": "1.0.0", "status": "active",
@@ -102,7 +112,7 @@ def to_odcs(source: Source) -> dict[str, Any]:
                      "scope": "issues"}],
         "servers": [{"server": "local", "type": "local", "path": source.path,
                      "format": source.file_format}],
-        "schema": [obj],
+        "schema": [_odcs_object(source)],
     }
     if source.tags:
         doc["tags"] = list(source.tags)
@@ -177,21 +187,21 @@ def _freshness(doc: Any) -> str | None:
     return None
 
 
-def from_odcs(document: dict[str, Any], *, name: str | None = None,
-              entity: str | None = None, timestamp_field: str | None = None,
-              path: str | None = None) -> dict[str, Any]:
-    """An ODCS v3 document as a Tally source definition (a YAML-ready mapping).
-
-    Options fill what a foreign contract lacks (Tally's entity, timestamp field, path)."""
+def _parsed(document: dict[str, Any]) -> Any:
+    """The document as the ODCS model, or an OdcsError naming the first problem."""
     from open_data_contract_standard.model import OpenDataContractStandard
     from pydantic import ValidationError
 
     try:
-        doc = OpenDataContractStandard.model_validate(document)
+        return OpenDataContractStandard.model_validate(document)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise OdcsError(f"not an ODCS v3 document: {where}: {first['msg']}") from None
+
+
+def _chosen_object(doc: Any, name: str | None) -> Any:
+    """The schema object that describes the source (the one named `name`, if given)."""
     if not doc.schema_:
         raise OdcsError("the contract has no schema object; Tally needs one (the source's "
                         "columns)")
@@ -201,7 +211,14 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
     obj = next((o for o in doc.schema_ if name is None or o.name == name), None)
     if obj is None:
         raise OdcsError(f"no schema object named {name!r} in the contract")
-    custom = _customs(obj.customProperties)
+    return obj
+
+
+def _source_fields(doc: Any, obj: Any, custom: dict[str, Any], *, name: str | None,
+                   entity: str | None, timestamp_field: str | None, path: str | None
+                   ) -> dict[str, Any]:
+    """The source's own fields (name, description, owner, path, entity, timestamps,
+    format), options first, then the contract's."""
     server = doc.servers[0] if doc.servers else None
     source: dict[str, Any] = {
         "name": _name(name or obj.name or doc.name or doc.id),
@@ -218,39 +235,62 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
     inferred = "csv" if str(source["path"]).lower().endswith(".csv") else "parquet"
     if fmt in ("csv", "parquet") and fmt != inferred:
         source["format"] = fmt
+    return source
+
+
+def _column_rule(prop: Any) -> dict[str, Any]:
+    """One schema property as a Tally column rule."""
+    rule: dict[str, Any] = {"type": _column_type(prop)}
+    if prop.required:
+        rule["nullable"] = False
+    options = prop.logicalTypeOptions or {}
+    pcustom = _customs(prop.customProperties)
+    for key, option, extra in (("min", "minimum", "tallyMin"), ("max", "maximum", "tallyMax")):
+        value = options.get(option, pcustom.get(extra))
+        if value is not None:
+            rule[key] = value
+    if prop.enum:
+        rule["values"] = [e.value for e in prop.enum]
+    if prop.description:
+        rule["description"] = prop.description
+    return rule
+
+
+def _columns_and_key(obj: Any) -> tuple[dict[str, Any], list[str]]:
+    """The column rules and the unique key (a unique property, or a duplicateValues
+    quality rule over several)."""
     columns: dict[str, Any] = {}
     unique: list[str] = []
     for prop in obj.properties or []:
         if not prop.name:
             raise OdcsError("a schema property has no name")
-        rule: dict[str, Any] = {"type": _column_type(prop)}
-        if prop.required:
-            rule["nullable"] = False
-        options = prop.logicalTypeOptions or {}
-        pcustom = _customs(prop.customProperties)
-        for key, option, extra in (("min", "minimum", "tallyMin"), ("max", "maximum", "tallyMax")):
-            value = options.get(option, pcustom.get(extra))
-            if value is not None:
-                rule[key] = value
-        if prop.enum:
-            rule["values"] = [e.value for e in prop.enum]
-        if prop.description:
-            rule["description"] = prop.description
         if prop.unique:
             unique = [prop.name]
-        columns[prop.name] = rule
+        columns[prop.name] = _column_rule(prop)
     for quality in obj.quality or []:
         keys = (quality.arguments or {}).get("properties")
         if (quality.metric or quality.rule) == "duplicateValues" and isinstance(keys, list):
             unique = [str(k) for k in keys]
+    return columns, unique
+
+
+def _timestamp_from_columns(doc: Any, columns: dict[str, Any]) -> str:
+    """A timestamp field the contract implies: an SLA's element, else the one timestamp
+    column ("" when neither says)."""
+    found = ""
     for sla in doc.slaProperties or []:
         element = (sla.element or "").split(".")[-1]
-        if not source["timestamp_field"] and element in columns:
-            source["timestamp_field"] = element
-    if not source["timestamp_field"]:
+        if not found and element in columns:
+            found = element
+    if not found:
         stamps = [c for c, r in columns.items() if r["type"] == "timestamp"]
         if len(stamps) == 1:
-            source["timestamp_field"] = stamps[0]
+            found = stamps[0]
+    return found
+
+
+def _contract(doc: Any, custom: dict[str, Any], columns: dict[str, Any],
+              unique: list[str]) -> dict[str, Any] | None:
     contract: dict[str, Any] = {}
     freshness = _freshness(doc)
     if freshness:
@@ -262,6 +302,26 @@ def from_odcs(document: dict[str, Any], *, name: str | None = None,
     if custom.get("tallyAllowExtraColumns"):
         contract["allow_extra_columns"] = True
     if contract or "tallyAllowExtraColumns" in custom:
+        return contract
+    return None
+
+
+def from_odcs(document: dict[str, Any], *, name: str | None = None,
+              entity: str | None = None, timestamp_field: str | None = None,
+              path: str | None = None) -> dict[str, Any]:
+    """An ODCS v3 document as a Tally source definition (a YAML-ready mapping).
+
+    Options fill what a foreign contract lacks (Tally's entity, timestamp field, path)."""
+    doc = _parsed(document)
+    obj = _chosen_object(doc, name)
+    custom = _customs(obj.customProperties)
+    source = _source_fields(doc, obj, custom, name=name, entity=entity,
+                            timestamp_field=timestamp_field, path=path)
+    columns, unique = _columns_and_key(obj)
+    if not source["timestamp_field"]:
+        source["timestamp_field"] = _timestamp_from_columns(doc, columns)
+    contract = _contract(doc, custom, columns, unique)
+    if contract is not None:
         source["contract"] = contract
     if doc.tags:
         source["tags"] = list(doc.tags)

@@ -35,7 +35,7 @@ def duck_type(field_type: Any) -> str:
         "CharType": "VARCHAR", "BooleanType": "BOOLEAN", "DateType": "DATE",
         "TimestampType": "TIMESTAMP WITH TIME ZONE", "TimestampNTZType": "TIMESTAMP",
         "BinaryType": "BLOB",
-    }.get(name, field_type.simpleString().upper())
+    }.get(name, str(field_type.simpleString()).upper())
 
 
 def to_spark_sql(sql: str) -> str:

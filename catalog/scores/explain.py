@@ -27,7 +27,7 @@ from tally.catalog.scores.plans import (
     value_column,
     weight_shares,
 )
-from tally.catalog.spec.models import Score
+from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import table_specs, tables_by_feature
@@ -126,15 +126,11 @@ class Explanation:
         return asdict(self)
 
 
-def explain(project: Project, score_name: str, entity_key: str | int,
-            at: str | datetime | date | None = None) -> Explanation:
-    """The score of one entity at the newest snapshot <= `at` (default: its newest), with
-    each component's raw value, normalised value, weight, contribution and the change of
-    each since the entity's previous snapshot."""
-    score, path = _score(project, score_name)
+def _latest_rows(project: Project, score: Score, path: Path, key: Any,
+                 moment: datetime | None) -> list[dict[str, Any]]:
+    """The entity's newest score row at or before `moment` and the one before it, or a
+    LookupFailedError saying why there is none."""
     entity = project.entities[score.entity]
-    key = _key(project, score, entity_key)
-    moment = parse_moment(at)
     table = parquet_scan(path)
     where = f'"{entity.join_key}" = ?'
     params: list[Any] = [key]
@@ -144,15 +140,49 @@ def explain(project: Project, score_name: str, entity_key: str | int,
     con = _con()
     rows = _rows(con, f"SELECT * FROM {table} WHERE {where} ORDER BY event_timestamp DESC "
                       "LIMIT 2", params)
-    if not rows:
-        first = _rows(con, f"SELECT min(event_timestamp) AS t FROM {table} WHERE "
-                           f'"{entity.join_key}" = ?', [key])[0]["t"]
-        if first is None:
-            raise LookupFailedError(f"{entity.name} {entity.join_key}={key!r} has no "
-                                    f"{score.name}: no such {entity.name}, or none of the "
-                                    "score's components has a value for it")
-        raise LookupFailedError(f"{entity.name} {key!r} has no {score.name} at or before "
-                                f"{_iso(moment)}; its first snapshot is {_iso(first)}")
+    if rows:
+        return rows
+    first = _rows(con, f"SELECT min(event_timestamp) AS t FROM {table} WHERE "
+                       f'"{entity.join_key}" = ?', [key])[0]["t"]
+    if first is None:
+        raise LookupFailedError(f"{entity.name} {entity.join_key}={key!r} has no "
+                                f"{score.name}: no such {entity.name}, or none of the "
+                                "score's components has a value for it")
+    raise LookupFailedError(f"{entity.name} {key!r} has no {score.name} at or before "
+                            f"{_iso(moment)}; its first snapshot is {_iso(first)}")
+
+
+def _component(score: Score, label: str, c: ScoreComponent, now: dict[str, Any],
+               before: dict[str, Any] | None, share: float,
+               shortfall: float | None) -> ComponentExplanation:
+    """One component's part in the score now, and its change since `before`."""
+    columns = (value_column(score, label), norm_column(score, label),
+               contribution_column(score, label))
+    raw, norm, contribution = (now[col] for col in columns)
+    item = ComponentExplanation(
+        metric=c.metric, weight=c.weight, share=share, raw_value=raw,
+        normalised=norm, contribution=float(contribution or 0.0),
+        shortfall=shortfall, transform=c.transform, direction=c.direction,
+        normalize=score.normalize_of(c),
+    )
+    if before is not None:
+        item.previous_raw_value, item.previous_normalised, item.previous_contribution = (
+            before[col] for col in columns)
+        item.raw_change = _delta(raw, item.previous_raw_value)
+        item.normalised_change = _delta(norm, item.previous_normalised)
+        item.contribution_change = _delta(contribution, item.previous_contribution)
+    return item
+
+
+def explain(project: Project, score_name: str, entity_key: str | int,
+            at: str | datetime | date | None = None) -> Explanation:
+    """The score of one entity at the newest snapshot <= `at` (default: its newest), with
+    each component's raw value, normalised value, weight, contribution and the change of
+    each since the entity's previous snapshot."""
+    score, path = _score(project, score_name)
+    entity = project.entities[score.entity]
+    key = _key(project, score, entity_key)
+    rows = _latest_rows(project, score, path, key, parse_moment(at))
     now, before = rows[0], (rows[1] if len(rows) > 1 else None)
     shares = weight_shares(score, presence(score, now))
     gaps = shortfalls(score, now)
@@ -168,22 +198,8 @@ def explain(project: Project, score_name: str, entity_key: str | int,
         out.previous_band = before[band_column(score)]
         out.change = out.value - out.previous_value
     for label, c in zip(component_labels(score), score.components, strict=True):
-        columns = (value_column(score, label), norm_column(score, label),
-                   contribution_column(score, label))
-        raw, norm, contribution = (now[col] for col in columns)
-        item = ComponentExplanation(
-            metric=c.metric, weight=c.weight, share=shares[label], raw_value=raw,
-            normalised=norm, contribution=float(contribution or 0.0),
-            shortfall=gaps.get(label), transform=c.transform, direction=c.direction,
-            normalize=score.normalize_of(c),
-        )
-        if before is not None:
-            item.previous_raw_value, item.previous_normalised, item.previous_contribution = (
-                before[col] for col in columns)
-            item.raw_change = _delta(raw, item.previous_raw_value)
-            item.normalised_change = _delta(norm, item.previous_normalised)
-            item.contribution_change = _delta(contribution, item.previous_contribution)
-        out.components.append(item)
+        out.components.append(_component(score, label, c, now, before, shares[label],
+                                         gaps.get(label)))
     return out
 
 

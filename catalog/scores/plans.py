@@ -16,22 +16,24 @@ explain` the raw value `<score>__<metric>_value` and normalised value `..._norm`
 Scores and contributions are rounded to 9 decimals, so floating-point noise never moves
 an entity across a band edge (0.3 * 100 is 30, in the `[30, 60)` band).
 
-No Feast, no pandas here; SQL is assembled from validated names (lower snake case) and
-quoted paths.
+No Feast, no pandas here; the SQL is a sqlglot tree of quoted identifiers, numbers and
+string literals, built with the node helpers of `compute.plans` (no user expression enters).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlglot import exp
 from tally.catalog.errors import DataError
 from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, tables_by_feature
-from tally.catalog.sql.duck import parquet_scan, sql_ident
 from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.trees import alias, col, fn, ident, num, op, table_relation
 from tally.catalog.store.paths import is_glob
 
 DECIMALS = 9
@@ -154,60 +156,69 @@ def input_tables(project: Project, score: Score, specs: dict[str, TableSpec]) ->
     return names
 
 
-def _float(value: float) -> str:
+def _float(value: float) -> exp.Cast:
     if not math.isfinite(value):
         raise DataError(f"{value} is not a finite number")
-    return f"CAST({float(value)!r} AS DOUBLE)"
+    return exp.Cast(this=exp.Literal.number(repr(float(value))),
+                    to=exp.DataType.build("DOUBLE"))
 
 
-@dataclass(frozen=True)
-class _Input:
-    alias: str
-    sql: str  # a SELECT giving __k, __t, __v
+def _double(node: exp.Expr) -> exp.Cast:
+    return exp.Cast(this=node, to=exp.DataType.build("DOUBLE"))
 
 
-def _snapshot_input(project: Project, spec: TableSpec, metric: str, key: str,
-                    alias: str) -> _Input:
+def _snapshot_input(project: Project, spec: TableSpec, metric: str, key: str) -> exp.Select:
+    """A snapshot table's rows of `metric` as __k, __t, __v."""
     path = spec.path(project)
     if not path.exists():
         raise DataError(f"table {spec.name} (for {metric}) is not computed yet; run "
                         "without `metrics` first", mentions=("metrics",))
-    return _Input(alias, f"SELECT {sql_ident(key)} AS __k, event_timestamp AS __t, "
-                         f"{sql_ident(metric)} AS __v FROM {parquet_scan(path)}")
+    return exp.select(alias(col(key), "__k"), alias(col("event_timestamp"), "__t"),
+                      alias(col(metric), "__v")).from_(table_relation(str(path), "duckdb"))
 
 
-def _column_segment(project: Project, metric: str, alias: str) -> tuple[str, str]:
+def _column_segment(project: Project, metric: str, name: str) -> tuple[exp.Select, exp.Expr]:
     """A column metric as a segment: the newest source row strictly before the snapshot
-    (ties: newest created timestamp), within the metric's ttl (as derived metrics read it)."""
+    (ties: newest created timestamp), within the metric's ttl (as derived metrics read it).
+    Returns the rows (__k, __ts, __v) and the segment value once joined as `name`."""
     spec = project.metrics[metric]
     source = project.sources[spec.source or ""]
     key = project.entities[source.entity].join_key
     path = project.root / source.path
     if not is_glob(source.path) and not path.exists():
         raise DataError(f"source {source.name}: data file {path} does not exist")
-    relation = source_relation(source, str(path), "duckdb").sql("duckdb")
-    order = (f" ORDER BY {sql_ident(source.created_timestamp_field)} DESC"
-             if source.created_timestamp_field else "")
-    cte = (f"SELECT {sql_ident(key)} AS __k, "
-           f"CAST({sql_ident(source.timestamp_field)} AS TIMESTAMPTZ) AS __ts, "
-           f"{sql_ident(spec.expression.strip())} AS __v FROM {relation} QUALIFY row_number() OVER "
-           f"(PARTITION BY {sql_ident(key)}, {sql_ident(source.timestamp_field)}{order}) = 1")
+    created = source.created_timestamp_field
+    latest = exp.Window(this=exp.RowNumber(),
+                        partition_by=[col(key), col(source.timestamp_field)],
+                        order=exp.Order(expressions=[exp.Ordered(this=col(created), desc=True)])
+                        if created else None)
+    rows = (exp.select(alias(col(key), "__k"),
+                       alias(exp.Cast(this=col(source.timestamp_field),
+                                      to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
+                       alias(col(spec.expression.strip()), "__v"))
+            .from_(source_relation(source, str(path), "duckdb"))
+            .qualify(exp.EQ(this=latest, expression=num(1))))
     ttl = project.ttl_of(metric)
-    valid = f"{alias}.__ts IS NOT NULL"
+    valid: exp.Expr = exp.Not(this=exp.Is(this=col("__ts", name), expression=exp.Null()))
     if ttl is not None:
-        valid += (f" AND {alias}.__ts >= base.__t - INTERVAL "
-                  f"{int(ttl.total_seconds())} SECOND")
-    return cte, f"CASE WHEN {valid} THEN {alias}.__v END"
+        valid = exp.and_(valid, exp.GTE(this=col("__ts", name), expression=exp.Sub(
+            this=col("__t", "base"), expression=exp.Interval(
+                this=exp.Literal.string(str(int(ttl.total_seconds()))),
+                unit=exp.var("SECOND")))))
+    return rows, exp.Case(ifs=[exp.If(this=valid, true=col("__v", name))])
 
 
-def _transformed(component: ScoreComponent, value: str) -> str:
-    expr = f"CAST({value} AS DOUBLE)"
+def _transformed(component: ScoreComponent, value: exp.Expr) -> exp.Expr:
+    x: exp.Expr = _double(value)
     if component.transform == "log1p":
-        expr = f"(CASE WHEN {expr} > -1 THEN ln(1 + {expr}) END)"
+        x = exp.Paren(this=exp.Case(ifs=[exp.If(
+            this=exp.GT(this=x, expression=num(-1)),
+            true=fn("ln", op(exp.Add, num(1), x.copy())))]))
     if component.direction == "lower_is_better":
-        expr = f"(0.0 - {expr})"
+        x = op(exp.Sub, num(0.0), x)
     # non-finite values count as missing; + 0.0 turns -0.0 into 0.0 so zeros tie
-    return f"(CASE WHEN isfinite({expr}) THEN {expr} + 0.0 END)"
+    return exp.Case(ifs=[exp.If(this=fn("isfinite", x),
+                                true=op(exp.Add, x.copy(), num(0.0)))])
 
 
 def _bounds(component: ScoreComponent) -> tuple[float, float]:
@@ -221,107 +232,214 @@ def _bounds(component: ScoreComponent) -> tuple[float, float]:
     return lo, hi
 
 
-def _normalised(score: Score, component: ScoreComponent, x: str, segment: str | None) -> str:
-    part = "__t" + (f", {segment}" if segment else "")
-    if score.normalize_of(component) == "percentile":
-        rank = (f"CAST(rank() OVER (PARTITION BY {part}, ({x} IS NULL) ORDER BY {x}) AS DOUBLE)"
-                f" + (CAST(count(*) OVER (PARTITION BY {part}, {x}) AS DOUBLE) - 1) / 2")
-        return (f"CASE WHEN {x} IS NOT NULL THEN ({rank}) / "
-                f"CAST(count({x}) OVER (PARTITION BY {part}) AS DOUBLE) END")
+def _over(node: exp.Expr, partition: list[exp.Expr],
+          order: exp.Expr | None = None) -> exp.Window:
+    return exp.Window(this=node, partition_by=[p.copy() for p in partition],
+                      order=exp.Order(expressions=[exp.Ordered(this=order.copy())])
+                      if order is not None else None)
+
+
+def _when_present(x: exp.Expr, value: exp.Expr) -> exp.Case:
+    return exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(this=x.copy(),
+                                                         expression=exp.Null())),
+                                true=value)])
+
+
+def _percentile(x: exp.Expr, part: list[exp.Expr]) -> exp.Expr:
+    """rank(method="average") / n among the entities with a value."""
+    is_null = exp.Paren(this=exp.Is(this=x.copy(), expression=exp.Null()))
+    rank = op(exp.Add, _double(_over(exp.func("rank"), [*part, is_null], x)),
+              op(exp.Div, op(exp.Sub, _double(_over(exp.Count(this=exp.Star()),
+                                                    [*part, x])), 1), 2))
+    return op(exp.Div, rank, _double(_over(exp.Count(this=x.copy()), part)))
+
+
+def _minmax(x: exp.Expr, part: list[exp.Expr], component: ScoreComponent) -> exp.Expr:
+    """(x - min) / (max - min), 0.5 when all are equal; or a fixed scale from `bounds`."""
     if component.bounds is not None:
         lo, hi = _bounds(component)
-        clipped = f"least(greatest({x}, {_float(lo)}), {_float(hi)})"
-        return (f"CASE WHEN {x} IS NOT NULL THEN ({clipped} - {_float(lo)}) / "
-                f"({_float(hi)} - {_float(lo)}) END")
-    low = f"min({x}) OVER (PARTITION BY {part})"
-    high = f"max({x}) OVER (PARTITION BY {part})"
-    return (f"CASE WHEN {x} IS NOT NULL THEN coalesce(({x} - {low}) / "
-            f"nullif({high} - {low}, 0), 0.5) END")
+        clipped = exp.func("least", exp.func("greatest", x.copy(), _float(lo)), _float(hi))
+        return op(exp.Div, op(exp.Sub, clipped, _float(lo)), op(exp.Sub, _float(hi), _float(lo)))
+    low, high = _over(exp.Min(this=x.copy()), part), _over(exp.Max(this=x.copy()), part)
+    spread = exp.func("nullif", op(exp.Sub, high, low.copy()), num(0))
+    return exp.func("coalesce", op(exp.Div, op(exp.Sub, x.copy(), low), spread), num(0.5))
 
 
-def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> str:
-    """The SELECT computing the score table from the computed component tables."""
-    key = project.entities[score.entity].join_key
-    ctes: list[tuple[str, str]] = []
-    values: list[str] = []
+def _normalised(score: Score, component: ScoreComponent, x: exp.Expr,
+                segment: exp.Expr | None) -> exp.Case:
+    part: list[exp.Expr] = [col("__t"), *([segment] if segment is not None else [])]
+    if score.normalize_of(component) == "percentile":
+        return _when_present(x, _percentile(x, part))
+    return _when_present(x, _minmax(x, part, component))
+
+
+def _component_inputs(project: Project, score: Score, specs: dict[str, TableSpec],
+                      key: str) -> tuple[list[tuple[str, exp.Query]], list[_Join]]:
+    """Each component's snapshot rows (`__c<i>`), every (entity, snapshot) where one has a
+    value (`__keys`), and the joins of the components onto those keys."""
+    ctes: list[tuple[str, exp.Query]] = []
+    joins: list[_Join] = []
     for i, c in enumerate(score.components):
         spec = _table_with(specs, c.metric)
         if spec is None or spec.kind not in ("group", "derived"):
             raise DataError(f"score {score.name}: component {c.metric} has no snapshot table")
-        ctes.append((f"__c{i}", _snapshot_input(project, spec, c.metric, key, f"__c{i}").sql))
-        values.append(f"__c{i}.__v")
-    keys = " UNION ".join(f"SELECT __k, __t FROM __c{i} WHERE __v IS NOT NULL"
-                          for i in range(len(score.components)))
+        ctes.append((f"__c{i}", _snapshot_input(project, spec, c.metric, key)))
+        joins.append(_Join(f"__c{i}", "left", _same_snapshot(f"__c{i}")))
+    present = [exp.select(col("__k"), col("__t")).from_(f"__c{i}").where(
+        exp.Not(this=exp.Is(this=col("__v"), expression=exp.Null())))
+        for i in range(len(score.components))]
+    keys: exp.Query = present[0]
+    for other in present[1:]:
+        keys = keys.union(other, distinct=True)
     ctes.append(("__keys", keys))
-    joins = [f"LEFT JOIN __c{i} ON __c{i}.__k = base.__k AND __c{i}.__t = base.__t"
-             for i in range(len(score.components))]
+    return ctes, joins
+
+
+def _same_snapshot(name: str) -> exp.Expr:
+    return exp.and_(exp.EQ(this=col("__k", name), expression=col("__k", "base")),
+                    exp.EQ(this=col("__t", name), expression=col("__t", "base")))
+
+
+@dataclass(frozen=True)
+class _Join:
+    """A join onto the keys (`base`) in `__base`."""
+    name: str
+    kind: str  # "left" | "asof left"
+    on: exp.Expr
+
+
+def _segment_inputs(project: Project, score: Score, specs: dict[str, TableSpec], key: str
+                    ) -> tuple[list[tuple[str, exp.Query]], list[_Join], dict[str, str],
+                               list[exp.Alias]]:
+    """Each distinct `segment_by` metric as rows (`__s<j>`), its join onto the keys, the
+    column it becomes in `__base` (`__g<j>`) and that column's expression."""
+    ctes: list[tuple[str, exp.Query]] = []
+    joins: list[_Join] = []
     segments: dict[str, str] = {}  # segment metric -> column in __base
-    segment_exprs: list[str] = []
+    columns: list[exp.Alias] = []
     for c in score.components:
         if not c.segment_by or c.segment_by in segments:
             continue
-        alias = f"__s{len(segments)}"
+        name = f"__s{len(segments)}"
         metric = project.metrics.get(c.segment_by)
         if metric is not None and metric.type == "column":
-            cte, expr = _column_segment(project, c.segment_by, alias)
-            ctes.append((alias, cte))
-            joins.append(f"ASOF LEFT JOIN {alias} ON {alias}.__k = base.__k "
-                         f"AND base.__t > {alias}.__ts")
+            rows, value = _column_segment(project, c.segment_by, name)
+            ctes.append((name, rows))
+            joins.append(_Join(name, "asof left", exp.and_(
+                exp.EQ(this=col("__k", name), expression=col("__k", "base")),
+                exp.GT(this=col("__t", "base"), expression=col("__ts", name)))))
         else:
             spec = _table_with(specs, c.segment_by)
             if spec is None or spec.kind not in ("group", "derived"):
                 raise DataError(f"score {score.name}: segment_by {c.segment_by} is not a "
                                 "metric with a table")
-            ctes.append((alias, _snapshot_input(project, spec, c.segment_by, key, alias).sql))
-            joins.append(f"LEFT JOIN {alias} ON {alias}.__k = base.__k AND "
-                         f"{alias}.__t = base.__t")
-            expr = f"{alias}.__v"
+            ctes.append((name, _snapshot_input(project, spec, c.segment_by, key)))
+            joins.append(_Join(name, "left", _same_snapshot(name)))
+            value = col("__v", name)
         segments[c.segment_by] = f"__g{len(segments)}"
-        segment_exprs.append(f"{expr} AS {segments[c.segment_by]}")
-    base_cols = ["base.__k", "base.__t", *[f"{v} AS __v{i}" for i, v in enumerate(values)],
-                 *segment_exprs]
-    ctes.append(("__base", f"SELECT {', '.join(base_cols)} FROM __keys AS base "
-                           + " ".join(joins)))
-    xs = ", ".join(f"{_transformed(c, f'__v{i}')} AS __x{i}"
-                   for i, c in enumerate(score.components))
-    ctes.append(("__xs", f"SELECT *, {xs} FROM __base"))
-    norms = ", ".join(
-        f"{_normalised(score, c, f'__x{i}', segments.get(c.segment_by or ''))} AS __n{i}"
-        for i, c in enumerate(score.components))
-    ctes.append(("__norms", f"SELECT *, {norms} FROM __xs"))
+        columns.append(alias(value, segments[c.segment_by]))
+    return ctes, joins, segments, columns
+
+
+def _weighted_sums(score: Score) -> tuple[exp.Select, exp.Expr]:
+    """`__sums`: the weighted normalised values (`__num`) and the weights present
+    (`__have`); and the score's denominator."""
     weights = [_float(c.weight) for c in score.components]
-    numerator = " + ".join(f"{w} * coalesce(__n{i}, 0)" for i, w in enumerate(weights))
-    have = " + ".join(f"CASE WHEN __n{i} IS NOT NULL THEN {w} ELSE 0 END"
-                      for i, w in enumerate(weights))
-    denominator = "__have" if score.missing == "skip" else _float(
+    numerator = [op(exp.Mul, w, exp.func("coalesce", col(f"__n{i}"), num(0)))
+                 for i, w in enumerate(weights)]
+    have = [exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(this=col(f"__n{i}"),
+                                                           expression=exp.Null())),
+                                 true=w.copy())], default=num(0))
+            for i, w in enumerate(weights)]
+    sums = exp.select(exp.Star(), alias(exp.Paren(this=_added(numerator)), "__num"),
+                      alias(exp.Paren(this=_added(have)), "__have")).from_("__norms")
+    denominator: exp.Expr = col("__have") if score.missing == "skip" else _float(
         sum(c.weight for c in score.components))
-    ctes.append(("__sums", f"SELECT *, ({numerator}) AS __num, ({have}) AS __have "
-                           "FROM __norms"))
-    name = score.name
-    out = [f"__k AS {sql_ident(key)}", "__t AS event_timestamp", "__t AS created_timestamp",
-           f"round(100 * __num / {denominator}, {DECIMALS}) AS {sql_ident(name)}"]
-    contributions, extras = [], []
-    labels = component_labels(score)
-    for i, (label, w) in enumerate(zip(labels, weights, strict=True)):
-        contributions.append(f"round(100 * {w} * coalesce(__n{i}, 0) / {denominator}, "
-                             f"{DECIMALS}) AS {sql_ident(contribution_column(score, label))}")
-        extras.append(f"CAST(__v{i} AS DOUBLE) AS {sql_ident(value_column(score, label))}")
-        extras.append(f"__n{i} AS {sql_ident(norm_column(score, label))}")
-    ctes.append(("__scored", f"SELECT {', '.join(out + contributions + extras)} "
-                             "FROM __sums WHERE __have > 0"))
+    return sums, denominator
+
+
+def _added(terms: Sequence[exp.Expr]) -> exp.Expr:
+    total = terms[0]
+    for term in terms[1:]:
+        total = exp.Add(this=total, expression=term)
+    return total
+
+
+def _rounded(node: exp.Expr) -> exp.Expr:
+    return exp.func("round", node, num(DECIMALS))
+
+
+def _scored(score: Score, key: str, denominator: exp.Expr) -> exp.Select:
+    """`__scored`: the score, each contribution, raw value and normalised value."""
+    out: list[exp.Expr] = [
+        alias(col("__k"), key), alias(col("__t"), "event_timestamp"),
+        alias(col("__t"), "created_timestamp"),
+        alias(_rounded(op(exp.Div, op(exp.Mul, num(100), col("__num")), denominator.copy())),
+              score.name)]
+    extras: list[exp.Expr] = []
+    for i, (label, c) in enumerate(zip(component_labels(score), score.components,
+                                       strict=True)):
+        share = op(exp.Mul, op(exp.Mul, num(100), _float(c.weight)),
+                   exp.func("coalesce", col(f"__n{i}"), num(0)))
+        out.append(alias(_rounded(op(exp.Div, share, denominator.copy())),
+                         contribution_column(score, label)))
+        extras.append(alias(_double(col(f"__v{i}")), value_column(score, label)))
+        extras.append(alias(col(f"__n{i}"), norm_column(score, label)))
+    return exp.select(*out, *extras).from_("__sums").where(
+        exp.GT(this=col("__have"), expression=num(0)))
+
+
+def _band(score: Score) -> exp.Expr:
+    """The band of the score: half-open [lo, hi), the top band including 100."""
     bands = ordered_bands(score)
-    whens = []
-    for j, (band, lo, hi) in enumerate(bands):
-        upper = "<=" if j == len(bands) - 1 else "<"
-        whens.append(f"WHEN {sql_ident(name)} >= {_float(lo)} AND {sql_ident(name)} {upper} "
-                     f"{_float(hi)} THEN '{band}'")
-    band_sql = (f"CASE {' '.join(whens)} END" if whens else "CAST(NULL AS VARCHAR)")
-    tail = [sql_ident(contribution_column(score, label)) for label in labels]
-    tail += [col for label in labels for col in
-             (sql_ident(value_column(score, label)), sql_ident(norm_column(score, label)))]
-    select = (f"SELECT {sql_ident(key)}, event_timestamp, created_timestamp, {sql_ident(name)}, "
-              f"{band_sql} AS {sql_ident(band_column(score))}, {', '.join(tail)} FROM __scored")
-    return "WITH " + ", ".join(f"{n} AS ({q})" for n, q in ctes) + " " + select
+    if not bands:
+        return exp.Cast(this=exp.Null(), to=exp.DataType.build("VARCHAR"))
+    value = col(score.name)
+    ifs = [exp.If(this=exp.and_(
+        exp.GTE(this=value.copy(), expression=_float(lo)),
+        (exp.LTE if j == len(bands) - 1 else exp.LT)(this=value.copy(), expression=_float(hi))),
+        true=exp.Literal.string(band)) for j, (band, lo, hi) in enumerate(bands)]
+    return exp.Case(ifs=ifs)
+
+
+def score_plan(project: Project, score: Score, specs: dict[str, TableSpec]) -> exp.Select:
+    """The SELECT computing the score table from the computed component tables."""
+    key = project.entities[score.entity].join_key
+    ctes, joins = _component_inputs(project, score, specs, key)
+    segment_ctes, segment_joins, segments, segment_columns = _segment_inputs(
+        project, score, specs, key)
+    ctes += segment_ctes
+    base = exp.select(col("__k", "base"), col("__t", "base"),
+                      *[alias(col("__v", f"__c{i}"), f"__v{i}")
+                        for i in range(len(score.components))],
+                      *segment_columns).from_(
+        exp.Table(this=ident("__keys"), alias=exp.TableAlias(this=ident("base"))))
+    for join in [*joins, *segment_joins]:
+        base = base.join(exp.to_identifier(join.name), on=join.on, join_type=join.kind)
+    xs = [alias(_transformed(c, col(f"__v{i}")), f"__x{i}")
+          for i, c in enumerate(score.components)]
+    norms = [alias(_normalised(score, c, col(f"__x{i}"),
+                               col(segments[c.segment_by]) if c.segment_by else None),
+                   f"__n{i}") for i, c in enumerate(score.components)]
+    sums, denominator = _weighted_sums(score)
+    ctes += [("__base", base), ("__xs", exp.select(exp.Star(), *xs).from_("__base")),
+             ("__norms", exp.select(exp.Star(), *norms).from_("__xs")), ("__sums", sums),
+             ("__scored", _scored(score, key, denominator))]
+    labels = component_labels(score)
+    tail = [col(contribution_column(score, label)) for label in labels]
+    tail += [col(column) for label in labels for column in
+             (value_column(score, label), norm_column(score, label))]
+    final = exp.select(col(key), col("event_timestamp"), col("created_timestamp"),
+                       col(score.name), alias(_band(score), band_column(score)),
+                       *tail).from_("__scored")
+    for name, sub in ctes:
+        final = final.with_(name, as_=sub)
+    return final
+
+
+def score_query(project: Project, score: Score, specs: dict[str, TableSpec]) -> str:
+    """The score table's SELECT, as DuckDB SQL."""
+    return score_plan(project, score, specs).sql("duckdb")
 
 
 def input_paths(project: Project, score: Score, specs: dict[str, TableSpec]) -> list[Path]:

@@ -231,8 +231,8 @@ def register_text(root: Path | str, file_name: str, text: str, *, shown_as: str,
                 for kind, index, name in candidate if name in clashes
             ], mentions=("replace",))
         overrides: dict[str, str | None] = {shown: text}
-        for other_file in sorted({existing[name] for name in clashes}):
-            overrides[other_file] = _without_names(root / other_file, clashes) or None
+        for holder in sorted({existing[name] for name in clashes}):
+            overrides[holder] = _without_names(root / holder, clashes) or None
         load_project(root, overrides=overrides)
         commit_files(root, overrides)
         removed = [root / relative for relative in overrides if relative != shown]

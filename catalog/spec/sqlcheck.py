@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlglot
-from sqlglot import exp
+from sqlglot import Tokenizer, TokenType, exp
 from sqlglot.errors import ParseError, TokenError
-from sqlglot.tokens import Tokenizer, TokenType
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -69,7 +68,7 @@ class ExpressionRefused(ValueError):
 @dataclass(frozen=True)
 class CheckedExpression:
     text: str
-    tree: exp.Expression
+    tree: exp.Expr
     columns: frozenset[str]
 
     @property
@@ -79,7 +78,7 @@ class CheckedExpression:
         return "*" if isinstance(self.tree, exp.Star) else self.tree.sql(dialect="duckdb")
 
 
-def _construct_name(node: exp.Expression) -> str:
+def _construct_name(node: exp.Expr) -> str:
     if isinstance(node, _STATEMENTS):
         keyword = node.name if isinstance(node, exp.Command) else node.key
         return f"a SQL statement ({keyword.upper()})"
@@ -98,7 +97,7 @@ def _construct_name(node: exp.Expression) -> str:
     return f"{type(node).__name__} construct"
 
 
-def _depth(node: exp.Expression, limit: int) -> int:
+def _depth(node: exp.Expr, limit: int) -> int:
     deepest = 0
     stack = [(node, 1)]
     while stack:
@@ -136,13 +135,9 @@ def check_expression(text: str, *, allow_star: bool = False) -> CheckedExpressio
     return _check_cached(text, allow_star)
 
 
-@functools.lru_cache(maxsize=2048)
-def _check_cached(text: str, allow_star: bool) -> CheckedExpression:
-    if not text.strip():
-        raise ExpressionRefused("the expression is empty")
-    if len(text) > MAX_LENGTH:
-        raise ExpressionRefused(f"the expression is {len(text)} characters long; the limit is "
-                                f"{MAX_LENGTH}, split it into several metrics")
+def _check_tokens(text: str) -> None:
+    """Refuse what the tokens already show (odd characters, `;`, comments, deep nesting)
+    before the recursive parser sees the text."""
     try:
         tokens = Tokenizer().tokenize(text)
     except (TokenError, ValueError) as exc:
@@ -160,8 +155,9 @@ def _check_cached(text: str, allow_star: bool) -> CheckedExpression:
                 raise ExpressionRefused(f"nested deeper than {MAX_DEPTH} levels")
         elif token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE):
             depth -= 1
-    if allow_star and text.strip() == "*":
-        return CheckedExpression(text, exp.Star(), frozenset())
+
+
+def _parse_one(text: str) -> exp.Expr:
     try:
         statements = sqlglot.parse(text, read="duckdb")
     except (ParseError, TokenError) as exc:
@@ -174,25 +170,43 @@ def _check_cached(text: str, allow_star: bool) -> CheckedExpression:
     tree = statements[0]
     if _depth(tree, MAX_DEPTH) > MAX_DEPTH:
         raise ExpressionRefused(f"nested deeper than {MAX_DEPTH} levels")
-    columns: set[str] = set()
+    return tree
+
+
+def _check_node(node: exp.Expr) -> None:
+    """Refuse a node that is not on the allow-list (or is, in a form that is not)."""
+    if not isinstance(node, _ALLOWED):
+        raise ExpressionRefused(f"{_construct_name(node)} is not allowed in an expression")
+    if isinstance(node, exp.DataType) and (
+        node.this not in _ALLOWED_TYPES or any(True for _ in node.iter_expressions())
+    ):
+        raise ExpressionRefused(f"cast to {node.sql()} is not allowed; cast to one of "
+                                "int, bigint, double, decimal, varchar, boolean, date, "
+                                "timestamp without parameters")
+    if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
+        raise ExpressionRefused("a subquery is not allowed in an expression")
+    if isinstance(node, exp.Var) and not isinstance(node.parent, _SCALAR_FUNCTIONS):
+        raise ExpressionRefused(f"{node.name!r} is not a known column or function")
+    if isinstance(node, exp.Column):
+        if node.table or node.args.get("db") or node.args.get("catalog"):
+            raise ExpressionRefused(f"qualified column {node.sql()} is not allowed; "
+                                    "name the column alone")
+        if not PLAIN_IDENTIFIER.match(node.name):
+            raise ExpressionRefused(f"column name {node.name!r} is not a plain identifier")
+
+
+@functools.lru_cache(maxsize=2048)
+def _check_cached(text: str, allow_star: bool) -> CheckedExpression:
+    if not text.strip():
+        raise ExpressionRefused("the expression is empty")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionRefused(f"the expression is {len(text)} characters long; the limit is "
+                                f"{MAX_LENGTH}, split it into several metrics")
+    _check_tokens(text)
+    if allow_star and text.strip() == "*":
+        return CheckedExpression(text, exp.Star(), frozenset())
+    tree = _parse_one(text)
     for node in tree.walk():
-        if not isinstance(node, _ALLOWED):
-            raise ExpressionRefused(f"{_construct_name(node)} is not allowed in an expression")
-        if isinstance(node, exp.DataType) and (
-            node.this not in _ALLOWED_TYPES or any(True for _ in node.iter_expressions())
-        ):
-            raise ExpressionRefused(f"cast to {node.sql()} is not allowed; cast to one of "
-                                    "int, bigint, double, decimal, varchar, boolean, date, "
-                                    "timestamp without parameters")
-        if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
-            raise ExpressionRefused("a subquery is not allowed in an expression")
-        if isinstance(node, exp.Var) and not isinstance(node.parent, _SCALAR_FUNCTIONS):
-            raise ExpressionRefused(f"{node.name!r} is not a known column or function")
-        if isinstance(node, exp.Column):
-            if node.table or node.args.get("db") or node.args.get("catalog"):
-                raise ExpressionRefused(f"qualified column {node.sql()} is not allowed; "
-                                        "name the column alone")
-            if not PLAIN_IDENTIFIER.match(node.name):
-                raise ExpressionRefused(f"column name {node.name!r} is not a plain identifier")
-            columns.add(node.name)
+        _check_node(node)
+    columns = {node.name for node in tree.walk() if isinstance(node, exp.Column)}
     return CheckedExpression(text, tree, frozenset(columns))

@@ -133,10 +133,10 @@ def _check_source(c: _Checker, d: Definition) -> None:
         if column not in declared:
             c.add(d, (field,), f"column {column!r} is not among the contract's columns "
                   f"({', '.join(declared)}); add it to contract.columns")
-    for column in filter(None, (source.timestamp_field, source.created_timestamp_field)):
-        if column in declared and declared[column].type not in ("timestamp", "date"):
-            c.add(d, ("contract", "columns", column, "type"),
-                  f"{column!r} is a time column, so its type must be timestamp or date")
+    for time_column in (source.timestamp_field, source.created_timestamp_field):
+        if time_column in declared and declared[time_column].type not in ("timestamp", "date"):
+            c.add(d, ("contract", "columns", time_column, "type"),
+                  f"{time_column!r} is a time column, so its type must be timestamp or date")
     for index, column in enumerate(contract.unique):
         if column not in declared:
             c.add(d, ("contract", "unique", index), f"unique column {column!r} is not among "
@@ -266,7 +266,8 @@ def _check_score(c: _Checker, d: Definition) -> None:
                           f"{seg_entity}, but the score is about {score.entity}")
 
 
-def _check_derived_cycles(c: _Checker) -> None:
+def _derived_graph(c: _Checker) -> dict[str, set[str]]:
+    """Each derived metric -> the metrics its expression reads."""
     metrics = c.project.metrics
     graph: dict[str, set[str]] = {}
     for name, metric in metrics.items():
@@ -275,6 +276,11 @@ def _check_derived_cycles(c: _Checker) -> None:
                 graph[name] = set(check_expression(metric.expression).columns) & set(metrics)
             except ExpressionRefused:
                 graph[name] = set()
+    return graph
+
+
+def _report_cycles(c: _Checker, graph: dict[str, set[str]]) -> set[str]:
+    """Report every derived metric on a cycle of the graph, once; returns them."""
     state: dict[str, int] = {}
     in_cycle: set[str] = set()
 
@@ -296,26 +302,36 @@ def _check_derived_cycles(c: _Checker) -> None:
     for name in sorted(graph):
         if state.get(name) is None:
             visit(name, [name])
-    for name, metric in sorted(metrics.items()):
+    return in_cycle
+
+
+def _check_derived_inputs(c: _Checker, name: str, inputs: list[str]) -> None:
+    """A derived metric's inputs share one entity and one grain, and one has snapshots."""
+    d = c.project.definitions[name]
+    entities = {i: c.project.entity_of(i) for i in inputs}
+    if len({e for e in entities.values() if e}) > 1:
+        listing = ", ".join(f"{i} ({e})" for i, e in sorted(entities.items()))
+        c.add(d, ("expression",), f"inputs are about different entities: {listing}")
+        return
+    grains = {i: c.project.grain_of(i) for i in inputs}
+    distinct = {g for g in grains.values() if g is not None}
+    if len(distinct) > 1:
+        from tally.catalog.spec.durations import format_duration
+
+        listing = ", ".join(f"{i} ({format_duration(g)})" for i, g in sorted(grains.items())
+                            if g is not None)
+        c.add(d, ("expression",), f"inputs have different grains: {listing}")
+    elif not distinct:
+        c.add(d, ("expression",), "a derived metric needs at least one aggregate input "
+              "to give it snapshots; column metrics alone have none")
+
+
+def _check_derived_cycles(c: _Checker) -> None:
+    graph = _derived_graph(c)
+    in_cycle = _report_cycles(c, graph)
+    for name, metric in sorted(c.project.metrics.items()):
         if metric.type != "derived" or name in in_cycle:
             continue
-        d = c.project.definitions[name]
         inputs = sorted(graph[name])  # already only metric names
-        if not inputs:
-            continue
-        entities = {i: c.project.entity_of(i) for i in inputs}
-        if len({e for e in entities.values() if e}) > 1:
-            listing = ", ".join(f"{i} ({e})" for i, e in sorted(entities.items()))
-            c.add(d, ("expression",), f"inputs are about different entities: {listing}")
-            continue
-        grains = {i: c.project.grain_of(i) for i in inputs}
-        distinct = {g for g in grains.values() if g is not None}
-        if len(distinct) > 1:
-            from tally.catalog.spec.durations import format_duration
-
-            listing = ", ".join(f"{i} ({format_duration(g)})" for i, g in sorted(grains.items())
-                                if g is not None)
-            c.add(d, ("expression",), f"inputs have different grains: {listing}")
-        elif not distinct:
-            c.add(d, ("expression",), "a derived metric needs at least one aggregate input "
-                  "to give it snapshots; column metrics alone have none")
+        if inputs:
+            _check_derived_inputs(c, name, inputs)

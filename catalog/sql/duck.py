@@ -70,6 +70,30 @@ def _split(allowed_paths: Iterable[Path | str]) -> tuple[list[str], list[str]]:
     return sorted(set(folders)), sorted(set(files))
 
 
+def _hardening_settings(folders: list[str], files: list[str], *,
+                        temp_directory: Path | None, threads: int | None,
+                        memory_limit: str | None) -> list[tuple[str, Any]]:
+    """The SET statements (name, SQL value) of a hardened connection, in order: the
+    tunables first, then the path lists, then the locks that freeze them."""
+    settings: list[tuple[str, Any]] = []
+    if temp_directory is not None:
+        temp = Path(temp_directory)
+        temp.mkdir(parents=True, exist_ok=True)
+        settings.append(("temp_directory", sql_string(str(temp.resolve()))))
+    else:
+        settings.append(("temp_directory", "''"))
+    if threads is not None:
+        settings.append(("threads", int(threads)))
+    if memory_limit is not None:
+        settings.append(("memory_limit", sql_string(memory_limit)))
+    return [*settings,
+            ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
+            ("allowed_directories", _sql_list(folders)),
+            ("allowed_paths", _sql_list(files)),
+            ("enable_external_access", "false"),  # after the two lists: they freeze with it
+            ("lock_configuration", "true")]
+
+
 def connect(
     allowed_paths: list[Path] | None,
     *,
@@ -98,24 +122,8 @@ def connect(
         "allow_community_extensions": False,
     })
     try:
-        settings: list[tuple[str, Any]] = []
-        if temp_directory is not None:
-            temp = Path(temp_directory)
-            temp.mkdir(parents=True, exist_ok=True)
-            settings.append(("temp_directory", sql_string(str(temp.resolve()))))
-        else:
-            settings.append(("temp_directory", "''"))
-        if threads is not None:
-            settings.append(("threads", int(threads)))
-        if memory_limit is not None:
-            settings.append(("memory_limit", sql_string(memory_limit)))
-        settings += [
-            ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
-            ("allowed_directories", _sql_list(folders)),
-            ("allowed_paths", _sql_list(files)),
-            ("enable_external_access", "false"),  # after the two lists: they freeze with it
-            ("lock_configuration", "true"),
-        ]
+        settings = _hardening_settings(folders, files, temp_directory=temp_directory,
+                                       threads=threads, memory_limit=memory_limit)
         with contextlib.suppress(duckdb.Error):
             # inside a Jupyter kernel DuckDB refuses this setting unless ipywidgets is there
             con.execute("SET enable_progress_bar = false")

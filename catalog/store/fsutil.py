@@ -32,13 +32,25 @@ LOCK_TIMEOUT_ENV = "TALLY_LOCK_TIMEOUT"
 CRASH_ENV = "TALLY_CRASH_AT"
 
 
+_crash_points_reached: dict[str, int] = {}
+
+
 def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process here when TALLY_CRASH_AT names this point.
+    """Test hook: SIGKILL this process here when TALLY_CRASH_AT names this point, as
+    `NAME` (its first reach) or `NAME#N` (its Nth reach in this process).
 
     The crash-safety tests use it to kill a writer at the worst moments (a temp file
-    written but not renamed, a journal written but not applied, a commit half applied).
+    written but not renamed, a journal written but not applied, a commit half applied),
+    and part way through a run (after the Nth table), where a kill is sure to land.
     """
-    if os.environ.get(CRASH_ENV) == name:
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("#")
+    if point != name:
+        return
+    _crash_points_reached[name] = _crash_points_reached.get(name, 0) + 1
+    if _crash_points_reached[name] == (int(nth) if nth.isdigit() else 1):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
@@ -181,6 +193,7 @@ def project_lock(
                         "or raise TALLY_LOCK_TIMEOUT."
                     ) from None
                 time.sleep(0.05)
+        crash_point("locked")
         yield
     finally:
         handle.close()
