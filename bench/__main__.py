@@ -22,8 +22,6 @@ def main() -> None:
 
     common.RECORD = args.size != "tiny"
     module = importlib.import_module(f"bench.{args.name}")
-    if args.size not in getattr(module, "SIZES", {"small": 0, "large": 0}):
-        parser.error(f"bench {args.name} has no size {args.size}")
     module.run(args.size)
 
 

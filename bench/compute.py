@@ -204,7 +204,7 @@ import sys, shutil
 from pathlib import Path
 from typing import Any
 import pyarrow.compute as pc, pyarrow.parquet as pq
-from tally.feature_repo.demo_data import END, generate
+from tally.feature_repo.demo_data import generate
 root, accounts = Path(sys.argv[1]), int(sys.argv[2])
 if root.exists():
     shutil.rmtree(root)
@@ -212,7 +212,7 @@ if root.exists():
 for path in sorted(Path("metrics").glob("*.yaml")):
     shutil.copy(path, root / "metrics" / path.name)
 data = generate(root / "data", accounts=accounts)
-cut = END.timestamp() - 86400
+cut = data.end.timestamp() - 86400
 for name, path in data.files.items():  # the year without its last day; the day kept apart
     table = pq.read_table(path)
     ts = [f.name for f in table.schema if str(f.type).startswith("timestamp")][0]

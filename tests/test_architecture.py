@@ -139,6 +139,7 @@ CLI_PUBLIC_API = {
     "tally.catalog.store.fsutil", "tally.catalog.web.app", "tally.catalog.web.build",
     "tally.feature_repo", "tally.feature_repo.registry",
     "tally.feature_repo.serving", "tally.feature_repo.demo", "tally.feature_repo.scaffold",
+    "tally.feature_repo.readiness",  # the not-computed / not-applied errors the CLI maps
     # subpackage __init__s: empty today, where a subpackage's exports would go
     "tally.catalog.spec", "tally.catalog.store", "tally.catalog.search", "tally.catalog.scores",
     "tally.catalog.contracts", "tally.catalog.web",

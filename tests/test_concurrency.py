@@ -97,7 +97,8 @@ def test_a_busy_lock_is_reported_and_times_out_clearly(example_project: Path,
         new = subprocess.run(
             [sys.executable, "-m", "tally.cli.main", "--project", str(example_project), "metric",
              "new", "--name", "late_two", "--source", "crm_logins", "--aggregation", "count",
-             "--expression", "*", "--window", "7d"], cwd=REPO, capture_output=True, text=True,
+             "--expression", "*", "--window", "7d", "--owner", "a@example.com",
+                 "--description", "Late."], cwd=REPO, capture_output=True, text=True,
             timeout=120, env={**os.environ, "TALLY_LOCK_TIMEOUT": "0"},
         )
     assert proc.returncode == 1, proc.stderr

@@ -102,7 +102,7 @@ def test_every_documented_command_works_in_the_demo_project(
         result = invoke(args, capsys)
         assert result.code == 0, f"tally {' '.join(args)}: {result.stderr}"
         outputs[" ".join(args)] = result.stdout
-    assert [c for c in json.loads(outputs["plan --json"]) if c["action"] != "keep"] == []
+    assert [c for c in json.loads(outputs["plan --json"])["feast"] if c["action"] != "keep"] == []
     band = pd.read_csv(tmp_path / "frame.csv")["net_adoption_score_band"]
     assert band.notna().any() and set(band.dropna()) <= {"at_risk", "watch", "healthy"}
     assert pd.read_parquet(tmp_path / "frame.parquet")["crm_monthly_active_users"].notna().any()
@@ -128,7 +128,7 @@ def test_plan_after_materialize_reports_no_change(pinned: Path) -> None:
     assert result.code == 0, result.stderr
     plan = run_tally(["--project", str(pinned), "plan", "--json"])
     assert plan.code == 0, plan.stderr
-    assert [(c["action"], c["name"]) for c in json.loads(plan.stdout)
+    assert [(c["action"], c["name"]) for c in json.loads(plan.stdout)["feast"]
             if c["action"] != "keep"] == []
 
 

@@ -32,7 +32,7 @@ def web_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tally.catalog.contracts.checks import gate
     from tally.catalog.spec.authoring import init_project
     from tally.catalog.spec.loading import load_project
-    from tally.feature_repo.demo_data import END, generate
+    from tally.feature_repo.demo_data import generate
 
     root = tmp_path_factory.mktemp("web") / "project"
     root.mkdir()
@@ -45,9 +45,9 @@ def web_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert f"description: {DESCRIPTION}" in text
     hostile = (DESCRIPTION + " " + HOSTILE).replace("'", "''")
     crm.write_text(text.replace(f"description: {DESCRIPTION}", f"description: '{hostile}'"))
-    generate(root / "data", accounts=40)
+    data = generate(root / "data", accounts=40)
     project = load_project(root)
-    gate(project, None, as_of=END)
+    gate(project, None, as_of=data.end)
     compute(project)
     return root
 
