@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from tally.catalog.errors import UsageError
 from tally.cli.common import JsonOption, current_project, err, print_json
 
 
@@ -74,6 +75,8 @@ def portfolio(
     from tally.catalog.search.portfolio import parse_period, portfolio
 
     period = parse_period(since)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UsageError(f"{plot}: give a .png file name", option="plot")
     report = portfolio(current_project(), period)
     if plot is not None:
         from tally.catalog.search.portfolio_plot import plot_portfolio

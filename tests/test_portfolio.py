@@ -210,3 +210,18 @@ def test_outcome_must_name_a_metric_or_score(tmp_path: Path,
     assert result.code == 1
     assert "defs.yaml" in result.stderr and "outcome" in result.stderr
     assert "gmv_31d" in result.stderr
+
+
+def test_plot_writes_a_png_and_refuses_other_names(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = _project(tmp_path / "p")
+    _hand_log(root, datetime.now(UTC) - timedelta(days=1))
+    chart = tmp_path / "portfolio.png"
+    result = invoke(["--project", str(root), "portfolio", "--json", "--plot", str(chart)],
+                    capsys)
+    assert result.code == 0, result.stderr
+    json.loads(result.stdout)  # only JSON on stdout; the note about the chart is on stderr
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(chart) in result.stderr
+    bad = invoke(["--project", str(root), "portfolio", "--plot", str(tmp_path / "p.jpg")],
+                 capsys)
+    assert bad.code == 2 and "--plot" in bad.stderr and not (tmp_path / "p.jpg").exists()
