@@ -17,7 +17,10 @@ def _out(line: str = "") -> None:
 
 
 def _money(value: float, currency: str) -> str:
-    return f"{value:,.2f} {currency}"
+    """Two decimals, or six below 1 (a small demo costs fractions
+    of a cent)."""
+    shown = f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.6f}"
+    return f"{shown} {currency}"
 
 
 def _trend(outcome: Any) -> str:
@@ -27,7 +30,8 @@ def _trend(outcome: Any) -> str:
         return f"{outcome.metric}: {outcome.note or 'no trend'}"
     rel = outcome.relative_change
     pct = f" ({rel:+.1%})" if rel is not None else ""
-    return f"{outcome.metric} {outcome.first_mean:.4g} -> {outcome.last_mean:.4g}{pct}"
+    shown = f"{outcome.metric} {outcome.first_mean:.4g} -> {outcome.last_mean:.4g}{pct}"
+    return f"{shown} ({outcome.note})" if outcome.note else shown
 
 
 def _models_table(report: Any) -> None:

@@ -225,3 +225,22 @@ def test_plot_writes_a_png_and_refuses_other_names(tmp_path: Path,
     bad = invoke(["--project", str(root), "portfolio", "--plot", str(tmp_path / "p.jpg")],
                  capsys)
     assert bad.code == 2 and "--plot" in bad.stderr and not (tmp_path / "p.jpg").exists()
+
+
+def test_the_demo_logs_its_runs_and_the_portfolio_shows_real_figures(tmp_path: Path) -> None:
+    from tally.feature_repo.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", accounts=120)
+    root = tmp_path / "demo"
+    assert [r.command for r in read_runs(root)] == ["compute", "apply", "materialize",
+                                                    "training_frame"]
+    step = next(s for s in report.steps if s.name == "portfolio")
+    assert "4 runs logged" in step.summary
+    result = portfolio(load_project(root), "90d")
+    assert result.measured["compute"] > 0 and result.measured["storage"] > 0
+    assert _adds_up(result) == pytest.approx(result.measured["total"], rel=1e-9)
+    models = {m.name: m for m in result.models}
+    assert models["churn_risk"].training_frames == 1 and models["churn_risk"].attributed > 0
+    assert result.unused_models == ["expansion_forecast"]
+    for model in models.values():  # the generated data ends before the period: see the note
+        assert model.outcome is not None and model.outcome.change is not None

@@ -68,11 +68,26 @@ def outcome_trend(project: Project, metric: str, since: datetime,
     if not path.exists():
         return OutcomeTrend(metric, note=f"{table.name} is not computed yet")
     con = connect([path.parent])
-    query = _means_query(str(path), metric, since, until)
-    rows: list[tuple[Any, Any]] = con.execute(query.sql(dialect="duckdb")).fetchall()
-    rows = [r for r in rows if r[1] is not None]
+    rows = _snapshot_means(con, str(path), metric, since, until)
+    note = None
+    if not rows:  # the data ends before the period: the same span, ending at its newest
+        newest = con.execute(exp.select(exp.func("max", exp.column("event_timestamp")))
+                             .from_(exp.func("read_parquet", exp.Literal.string(str(path))))
+                             .sql(dialect="duckdb")).fetchall()[0][0]
+        if newest is None:
+            return OutcomeTrend(metric, note="the table has no snapshot")
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+        rows = _snapshot_means(con, str(path), metric, newest - (until - since), newest)
+        note = f"no snapshot in the period; the same span ending at the newest, {newest:%Y-%m-%d}"
     if not rows:
-        return OutcomeTrend(metric, note="no snapshot in the period")
+        return OutcomeTrend(metric, note="no snapshot with a value")
     (first, first_mean), (last, last_mean) = rows[0], rows[-1]
     return OutcomeTrend(metric, first.isoformat(), float(first_mean), last.isoformat(),
-                        float(last_mean))
+                        float(last_mean), note)
+
+
+def _snapshot_means(con: Any, path: str, metric: str, since: datetime,
+                    until: datetime) -> list[tuple[Any, Any]]:
+    query = _means_query(path, metric, since, until)
+    rows: list[tuple[Any, Any]] = con.execute(query.sql(dialect="duckdb")).fetchall()
+    return [r for r in rows if r[1] is not None]
