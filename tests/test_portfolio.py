@@ -244,3 +244,18 @@ def test_the_demo_logs_its_runs_and_the_portfolio_shows_real_figures(tmp_path: P
     assert result.unused_models == ["expansion_forecast"]
     for model in models.values():  # the generated data ends before the period: see the note
         assert model.outcome is not None and model.outcome.change is not None
+
+
+def test_web_catalog_portfolio_page_shows_the_same_report(tmp_path: Path) -> None:
+    from tally.catalog.web.build import build_site
+
+    root = _project(tmp_path / "p")
+    _hand_log(root, datetime.now(UTC) - timedelta(days=1))
+    out = tmp_path / "site"
+    build_site(root, out)
+    page = (out / "portfolio.html").read_text()
+    expected = portfolio(load_project(root))
+    assert f"{expected.sharing_saved:.6f} USD" in page
+    assert 'id="unused-features">login_max_30d' in page
+    assert 'href="model/expansion.html"' in page and "portfolio.html" in (
+        out / "index.html").read_text()
