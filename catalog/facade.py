@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.search.lineage import Lineage, build_lineage
+from tally.catalog.search.portfolio import Portfolio, portfolio
 from tally.catalog.search.query import Card, Impact, SearchResults, impact, search, show
 from tally.catalog.search.reuse import ReuseReport, reuse_report
 from tally.catalog.spec.loading import load_project
@@ -65,6 +66,10 @@ class Catalog:
     def reuse(self) -> ReuseReport:
         """Feature use per model, unused features, duplicated pipelines."""
         return reuse_report(self.project)
+
+    def portfolio(self, since: str = "90d") -> Portfolio:
+        """Per model: features, attributed cost, use and outcome trend over `since`."""
+        return portfolio(self.project, since)
 
     def lineage(self) -> Lineage:
         """The graph source -> metric -> feature view -> model of the whole project."""

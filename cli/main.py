@@ -40,7 +40,8 @@ def _load_optional_groups() -> None:
     import importlib
 
     for module in ("tally.cli.compute_cmds", "tally.cli.catalog_cmds", "tally.cli.contract_cmds",
-                   "tally.cli.score_cmds", "tally.cli.ui_cmds", "tally.cli.diff_cmds"):
+                   "tally.cli.score_cmds", "tally.cli.ui_cmds", "tally.cli.diff_cmds",
+                   "tally.cli.portfolio_cmds"):
         try:
             loaded = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -63,6 +63,19 @@ def _score_notes(project: Project, report: DemoReport) -> str:
     return "; ".join(summaries) or "no scores"
 
 
+def _portfolio_note(project: Project, report: DemoReport) -> str:
+    """What the run log of this demo measured, priced by the default costs."""
+    from tally.catalog.search.portfolio import portfolio
+
+    result = portfolio(project)
+    cur = result.currency
+    report.notes.append(f"portfolio: try `tally -p {project.root} portfolio --plot "
+                        "portfolio.png` (docs/portfolio.md)")
+    return (f"{result.runs} runs logged in .tally/runs.jsonl, measured "
+            f"{result.measured['total']:.4f} {cur}; unused features cost "
+            f"{result.unused_cost:.4f} {cur}; sharing saved {result.sharing_saved:.4f} {cur}")
+
+
 def run_demo(root: Path, accounts: int = 3000,
              on_step: Callable[[str], None] | None = None,
              end: date | None = None) -> DemoReport:
@@ -136,6 +149,7 @@ def run_demo(root: Path, accounts: int = 3000,
 
     step("training-frame", frame)
     step("scores", lambda: _score_notes(project, report))
+    step("portfolio", lambda: _portfolio_note(project, report))
     report.notes += [
         f"project: {root} (definitions in metrics/, tables in data/tables/)",
         f"Feast repo: {root / 'feature_repo'} (try `feast -c {root / 'feature_repo'} "

@@ -22,6 +22,7 @@ from tally.catalog.store.fsutil import (
     temp_path_beside,
 )
 from tally.catalog.store.paths import DEFAULT_REGISTRY
+from tally.catalog.store.runlog import Run, Stopwatch, append_run, now
 from tally.feature_repo.bridge import REPO_DIR, feast_objects
 from tally.feature_repo.plain_output import PlainWhenPiped
 
@@ -166,6 +167,7 @@ def apply(project: Project, run_gate: Gate | None = None, *,
     from tally.catalog.changes.states import working_texts, write_applied
 
     gate(project, None, run_gate)
+    watch = Stopwatch()
     with project_lock(project.root):
         if not accept_breaking:
             refuse_breaking(project)
@@ -185,6 +187,9 @@ def apply(project: Project, run_gate: Gate | None = None, *,
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)
+        append_run(project.root, Run(now(), "apply", watch.wall, watch.cpu,
+                                     features=sorted(project.metrics) + sorted(project.scores)),
+                   lock_held=True)
     return changes
 
 

@@ -13,6 +13,7 @@ from tally.catalog.pipeline import Gate, gate
 from tally.catalog.spec.loading import load_project
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
+from tally.catalog.store.runlog import Run, Stopwatch, append_run, now
 from tally.feature_repo.entity_rows import TIMESTAMP, check_entity_frame
 from tally.feature_repo.offline_store_sql import (
     ROW as SPARK_ROW,  # the row number the offline store keeps
@@ -76,6 +77,7 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
     """Point-in-time-correct features for each entity row, in the entity frame's order,
     with every input column (labels included) kept. `timestamp_column` names the column
     holding each row's time (ISO 8601 in any form; naive times are UTC)."""
+    watch = Stopwatch()
     proj = project if isinstance(project, Project) else load_project(project)
     refs = feature_refs(proj, model, features)
     frame = read_entity_file(Path(entity_df)) if isinstance(entity_df, Path) else entity_df
@@ -100,6 +102,9 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]
         result = result.rename(columns={TIMESTAMP: timestamp_column})
+    append_run(proj.root, Run(now(), "training_frame", watch.wall, watch.cpu, model=model,
+                              features=[r.split(":", 1)[1] for r in refs],
+                              rows_served=len(result)))
     ordered: pd.DataFrame = result.reset_index(drop=True)
     return ordered
 
@@ -158,7 +163,11 @@ def materialize(project: Project, start: datetime | None = None,
         raise LookupFailedError("no feature view of the definitions is in the Feast registry; "
                                 "compute and apply the definitions first")
     end = end or datetime.now(UTC)
+    watch = Stopwatch()
     with project_lock(project.root), contextlib.redirect_stdout(
             PlainWhenPiped(sys.stderr)):
         store.materialize(start_date=start or EARLIEST, end_date=end, feature_views=views)
+        served = [f for t in table_specs(project) if t.name in views for f in t.features]
+        append_run(project.root, Run(now(), "materialize", watch.wall, watch.cpu,
+                                     features=served), lock_held=True)
     return views

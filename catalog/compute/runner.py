@@ -41,6 +41,7 @@ from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.sql.engines import first_line
 from tally.catalog.store.fsutil import clean_temp_files, project_lock
 from tally.catalog.store.paths import TABLES_DIR
+from tally.catalog.store.runlog import Run, Stopwatch, append_run, now, table_run
 
 __all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
 
@@ -105,10 +106,11 @@ class Computer(DependentTables):
     def run(self) -> list[TableResult]:
         results = []
         tables = self.selected()
+        run_watch, written = Stopwatch(), []
         with project_lock(self.project.root):
             clean_temp_files(self.project.root / TABLES_DIR)
             for spec in tables:
-                started = time.perf_counter()
+                started, watch = time.perf_counter(), Stopwatch()
                 if spec.kind == "group":
                     result = self._compute_group(spec)
                 elif spec.kind == "score":
@@ -118,6 +120,10 @@ class Computer(DependentTables):
                 result.seconds = time.perf_counter() - started
                 results.append(result)
                 self._record(spec, result)
+                if result.mode != "skipped":
+                    written.append(table_run(spec.name, result.path, result.rows, watch))
+            append_run(self.project.root, Run(now(), "compute", run_watch.wall, run_watch.cpu,
+                                              written), lock_held=True)
         return results
 
     # -- groups -----------------------------------------------------------------------

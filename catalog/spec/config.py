@@ -7,6 +7,11 @@ engine: spark               # duckdb (the default) | spark: where compute and ch
 spark_conf:                 # SparkSession settings when engine: spark (docs/spark.md)
   spark.master: local[2]
   spark.driver.memory: 2g
+cost:                       # prices for `tally portfolio` (docs/portfolio.md); defaults:
+  cpu_hour: 0.05            #   one CPU hour of compute and serving
+  storage_gb_month: 0.023   #   one GB of computed tables kept for a month
+  maintenance_hour: 100     #   one hour of a person maintaining an app
+  currency: USD
 ```
 
 Without it a source may only read files inside the project root (symlinks resolved), and
@@ -27,11 +32,21 @@ from tally.catalog.spec.models import Spec
 from tally.catalog.spec.yamlio import read_yaml_file
 from tally.catalog.store.paths import CONFIG_FILE
 
+Price = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class CostConfig(Spec):
+    cpu_hour: Price = 0.05
+    storage_gb_month: Price = 0.023
+    maintenance_hour: Price = 100.0
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "USD"
+
 
 class ProjectConfig(Spec):
     allowed_data_dirs: list[Annotated[str, Field(min_length=1, max_length=1024)]] = []
     engine: Literal["duckdb", "spark"] = "duckdb"
     spark_conf: dict[Annotated[str, Field(min_length=1, max_length=256)], str] = {}
+    cost: CostConfig = CostConfig()
 
     @field_validator("spark_conf", mode="before")
     @classmethod
@@ -62,7 +77,7 @@ def read_config(root: Path) -> LoadedConfig:
     if not isinstance(data, dict):
         return LoadedConfig(ProjectConfig(), (), [
             Issue(CONFIG_FILE, 1, "", "the top level must be a mapping with the keys "
-                  "allowed_data_dirs, engine, spark_conf")])
+                  "allowed_data_dirs, engine, spark_conf, cost")])
     try:
         config = ProjectConfig.model_validate(data)
     except ValidationError as exc:

@@ -180,6 +180,8 @@ class Model(Spec):
     aliases: list[Alias] = []
     status: Status = "draft"
     version: Annotated[int, Field(ge=1)] = 1
+    outcome: Name | None = None  # the business metric (or score) the app exists to move
+    maintenance_hours_per_month: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
 class ScoreComponent(Spec):

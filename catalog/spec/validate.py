@@ -240,6 +240,8 @@ def _check_model(c: _Checker, d: Definition) -> None:
         seen.add(feature)
         if "@" not in feature:  # an unresolved pin is reported by versions.expand_versions
             c.expect_kind(d, ("features", index), feature, ("metric", "score"))
+    if model.outcome is not None:
+        c.expect_kind(d, ("outcome",), model.outcome, ("metric", "score"))
 
 
 def _check_score(c: _Checker, d: Definition) -> None:

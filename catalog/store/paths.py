@@ -16,6 +16,7 @@ LOCK_FILE = STATE_DIR / "lock"  # the project write lock (store.fsutil.project_l
 COMMIT_JOURNAL_FILE = STATE_DIR / "commit.json"  # a multi-file commit in flight
 TABLE_STATS_FILE = STATE_DIR / "tables.json"  # per table: rows, newest snapshot, nulls
 CONTRACT_RESULTS_FILE = STATE_DIR / "contracts.json"  # per source: the last contract result
+RUN_LOG_FILE = STATE_DIR / "runs.jsonl"  # one JSON line per compute, apply, materialize, frame
 INDEX_DIR = STATE_DIR / "index"  # the catalog search index
 APPLIED_DEFINITIONS_FILE = STATE_DIR / "applied_definitions.json"  # as of the last apply
 DUCKDB_SPILL_DIR = STATE_DIR / "duckdb_tmp"  # DuckDB's temp directory during compute

@@ -149,6 +149,10 @@ def _add_pages(app: FastAPI, renderer: Renderer) -> None:
     def reuse_page() -> str:
         return renderer.reuse()
 
+    @app.get("/portfolio.html", response_class=HTMLResponse)
+    def portfolio_page() -> str:
+        return renderer.portfolio()
+
     @app.get("/static/{name}")
     def static_file(name: str) -> Response:
         if name not in ASSETS:

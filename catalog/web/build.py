@@ -66,7 +66,8 @@ def _write_pages(renderer: Renderer, folder: Path, explain_limit: int,
     site = renderer.site
     cards = site.loaded().cards.values()
     pages: dict[str, Callable[[], str]] = {
-        "index.html": partial(renderer.search, "", {}), "reuse.html": renderer.reuse}
+        "index.html": partial(renderer.search, "", {}), "reuse.html": renderer.reuse,
+        "portfolio.html": renderer.portfolio}
     for card in cards:
         if card["kind"] in KINDS:
             pages[entry_href(card["kind"], card["name"])] = partial(

@@ -57,6 +57,9 @@ class Renderer:
     def reuse(self) -> str:
         return self.page("reuse.html", self.site.reuse_context(), "")
 
+    def portfolio(self) -> str:
+        return self.page("portfolio.html", self.site.portfolio_context(), "")
+
     def error(self, status: int, heading: str, message: str, prefix: str = "/") -> str:
         return self.page("error.html", {"status": status, "heading": heading,
                                         "message": message}, prefix)

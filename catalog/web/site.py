@@ -3,8 +3,8 @@ catalog's own library calls (search, cards, lineage, reuse, explain, segments,
 distribution): the server and the static build render the same contexts.
 
 Page addresses are relative to the site root and the same in both: `index.html`,
-`{kind}/{name}.html`, `score/{name}/explain/{key}.html`, `reuse.html` (REPORTS lists the
-report pages; the portfolio of issue 19 joins it there).
+`{kind}/{name}.html`, `score/{name}/explain/{key}.html`, `reuse.html` and `portfolio.html` (REPORTS
+lists the report pages).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tally.catalog.search.cards import build_cards
 from tally.catalog.search.distribution import distribution
 from tally.catalog.search.index import current_inputs
 from tally.catalog.search.lineage import Lineage, build_lineage, node_id
+from tally.catalog.search.portfolio import portfolio
 from tally.catalog.search.query import CONTRACT_FACETS, KINDS, STATUSES, SearchResults, search
 from tally.catalog.search.reuse import reuse_report
 from tally.catalog.spec.loading import load_project
@@ -34,7 +35,7 @@ from tally.catalog.web.svg import distribution_svg, lineage_svg, waterfall_svg
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 KEY = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # an entity key that can name a file
-REPORTS: list[tuple[str, str]] = [("reuse.html", "Reuse")]
+REPORTS: list[tuple[str, str]] = [("reuse.html", "Reuse"), ("portfolio.html", "Portfolio")]
 FACETS = ("owner", "tag", "kind", "status", "contract")
 _SHOWN_FIELDS = {"kind", "name", "description", "owner", "tags", "status", "version", "type",
                  "entity", "source", "columns", "file", "line", "definition", "upstream",
@@ -190,6 +191,10 @@ class Site:
     def reuse_context(self) -> dict[str, Any]:
         report = reuse_report(self.loaded().project)
         return {"report": report, "unused": report.unused}
+
+    def portfolio_context(self) -> dict[str, Any]:
+        """The portfolio over the last 90 days (docs/portfolio.md), as `tally portfolio`."""
+        return {"report": portfolio(self.loaded().project)}
 
 
 def freshness(card: dict[str, Any]) -> dict[str, Any] | None:
