@@ -167,7 +167,7 @@ def materialize(project: Project, start: datetime | None = None,
     with project_lock(project.root), contextlib.redirect_stdout(
             PlainWhenPiped(sys.stderr)):
         store.materialize(start_date=start or EARLIEST, end_date=end, feature_views=views)
-        served = [f for t in table_specs(project) if t.name in views for f in t.features]
+        loaded = [f for t in table_specs(project) if t.name in views for f in t.features]
         append_run(project.root, Run(now(), "materialize", watch.wall, watch.cpu,
-                                     features=served), lock_held=True)
+                                     features=loaded), lock_held=True)
     return views
