@@ -1,5 +1,5 @@
-"""Funnel metrics (DESIGN.md "Funnel metrics"): the plan and its SQL, one sqlglot tree that
-renders the same for DuckDB and Spark.
+"""Funnel metrics (DESIGN.md "Funnel metrics"): the plan and its SQL as sqlglot trees, for
+DuckDB or Spark (the same tree but for the step matches of step 2 below).
 
 Times are epoch microseconds and snapshots grain numbers `n` (T = n * grain). The plan:
 1. one scan per step source: key, time, the `same` value and each step's filter flag;
@@ -18,6 +18,7 @@ Times are epoch microseconds and snapshots grain numbers `n` (T = n * grain). Th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlglot import exp
 from tally.catalog.compute.plans import epoch_us, from_us, quoted_tree
@@ -55,16 +56,9 @@ class FunnelPlan:
         """Index in `sources` of step `step`'s (1-based) source."""
         return self.sources.index((self.metric.steps or [])[step - 1].source)
 
-    def snapshot_of(self, ts_us: int) -> int:
-        """The first snapshot (grain number) after a time."""
-        return ts_us // self.grain_us + 1
 
-
-def _us(delta: object) -> int:
-    from datetime import timedelta
-
-    assert isinstance(delta, timedelta)
-    return int(delta.total_seconds() * US)
+def _us(delta: timedelta | None) -> int:
+    return int((delta or timedelta()).total_seconds() * US)
 
 
 def plan_funnel(project: Project, name: str) -> FunnelPlan:
