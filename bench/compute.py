@@ -12,6 +12,10 @@ Metrics: daily grain, 30-day windows, a mix of count / sum / avg / min / max wit
 (count_distinct is costlier by nature and has its own row). Each measurement is a fresh
 subprocess; medians of 3.
 
+Funnels: a 3-step funnel (kind 0 -> 1 -> 2 within 7d, counted over 30d windows, daily)
+over the same source, sequential, any order and with `same: user_id`, each timed beside
+a 30-day count over the same rows (its own section, `compute funnels --size SIZE`).
+
 Incremental runs on a year of demo-shaped data (the example project: four sources,
 derived metrics, a score; 300 / 3,000 / 30,000 accounts): a full run, a rerun with nothing
 changed (the whole `tally compute` command in a fresh process), and a rerun after one
@@ -150,6 +154,48 @@ def _median(code: str, *args: str, repeat: int = 3) -> tuple[float, float]:
     return seconds, peak
 
 
+FUNNEL_VARIANTS = {"sequential": {}, "any order": {"order": "any"},
+                   "sequential, same: user_id": {"same": "user_id"}}
+
+
+def _funnel(extra: dict[str, str]) -> dict[str, Any]:
+    return {"name": "job_30d", "description": "Kind 0, then 1, then 2 within 7 days.",
+            "owner": "bench@example.com", "type": "funnel", "entity": "account",
+            "steps": [{"source": "events", "filter": f"kind = {k}"} for k in range(3)],
+            "within": "7d", "window": "30d", "grain": "1d", **extra}
+
+
+def run_funnels(size: str, source: Path) -> str:
+    """A 3-step funnel beside a 30-day count over the same rows, each in a fresh process;
+    three rounds, each running every table once, so a shared machine's load falls on all
+    of them alike; medians per table."""
+    work = DATA / f"compute_{size}" / "projects"
+    load_before = os.getloadavg()[0]
+    projects = {"aggregate: count(*) over 30d": make_project(work / "funnel_count", source, [
+        {"name": "rows_30d", "description": "Rows.", "owner": "bench@example.com",
+         "source": "events", "aggregation": "count", "expression": "*", "window": "30d"}])}
+    for i, (label, extra) in enumerate(FUNNEL_VARIANTS.items()):
+        projects[f"funnel, 3 steps, {label}"] = make_project(work / f"funnel_{i}", source,
+                                                             [_funnel(extra)])
+    runs: dict[str, list[Any]] = {label: [] for label in projects}
+    for _ in range(3):
+        for label, project in projects.items():
+            runs[label].append(run_in_subprocess(COMPUTE, str(project)))
+    seconds = {label: sorted(float(str(r.output["s"])) for r in rs)[1]
+               for label, rs in runs.items()}
+    base = seconds["aggregate: count(*) over 30d"]
+    rows: list[list[object]] = [
+        [label, f"{seconds[label]:.2f}", f"{max(r.peak_mb for r in runs[label]):.0f}",
+         f"{seconds[label] / base:.2f}x"] for label in projects]
+    total, keys = SIZES[size]
+    return (f"### funnels, {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; "
+            "steps kind = 0, 1, 2 of one source, within 7d, window 30d, daily grain\n\n"
+            + table(["table", "seconds (median of 3)", "peak MB", "vs the aggregate"], rows)
+            + "\n\nEach run computes and writes one table (`full`), imports excluded; the "
+              "plan is in docs/compute.md (funnels). Load average (1 min) "
+              f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
+
+
 def run(size: str) -> None:
     # generated in a subprocess: Linux keeps peak RSS across fork+exec, so a parent that
     # grew would inflate every child's peak
@@ -197,6 +243,7 @@ def run(size: str) -> None:
               "(see docs/compute.md).\n\n" + run_incremental(size))
     write_section(f"compute --size {size}", text)
     print(text)
+    write_section(f"compute funnels --size {size}", run_funnels(size, source))
 
 
 INCREMENTAL_SETUP = """

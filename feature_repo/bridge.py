@@ -37,12 +37,14 @@ def _dtype(project: Project, spec: TableSpec, feature: str) -> Any:
     if metric.type == "aggregate":
         return types.Int64 if metric.aggregation in ("count", "count_distinct") else (
             types.Float64)
+    if metric.type == "funnel":
+        return types.Float64 if metric.measure == "rate" else types.Int64
     if metric.type == "column" and spec.source:
         source = project.sources[spec.source]
-        rule = source.contract.columns.get(metric.expression) if source.contract else None
+        rule = source.contract.columns.get(metric.sql) if source.contract else None
         if rule is not None:
             return getattr(types, _CONTRACT_TYPES[rule.type])
-        return _dtype_from_file(project, spec, metric.expression)
+        return _dtype_from_file(project, spec, metric.sql)
     return types.Float64
 
 
@@ -83,6 +85,19 @@ def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
             for column, kind in served_columns(score)[1:]]
 
 
+def _funnel_step_fields(project: Project, spec: TableSpec) -> list[Any]:
+    """A funnel view also serves, per step, the starts counted that reached it."""
+    from feast import Field, types
+
+    name = spec.features[0]
+    metric = project.metrics[name]
+    return [Field(name=column, dtype=types.Int64,
+                  description=f"Starts of funnel {name} counted at the snapshot that reached "
+                              f"step {step} (docs/definitions.md)",
+                  tags=_tags(owner=metric.owner, tally_funnel=name, tally_step=step))
+            for step, column in enumerate(spec.extra_columns, start=1)]
+
+
 def _batch_source_class(project: Project) -> Any:
     """FileSource, or with `engine: spark` in tally.yaml a SparkSource over the same parquet
     file (Feast's Spark offline store reads only SparkSources; docs/spark.md)."""
@@ -118,8 +133,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
     for spec in table_specs(project):
         if spec.kind == "column" and spec.source:
             source = project.sources[spec.source]
-            mapping = {project.metrics[f].expression.strip(): f for f in spec.features
-                       if project.metrics[f].expression.strip() != f}  # Feast refuses x->x
+            mapping = {project.metrics[f].sql: f for f in spec.features
+                       if project.metrics[f].sql != f}  # Feast refuses x->x
             batch = FileSource(
                 name=f"{spec.name}_source", path=str(spec.path(project).resolve()),
                 timestamp_field=source.timestamp_field,
@@ -148,6 +163,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
             ))
         if spec.kind == "score":
             fields += _score_fields(project, spec)
+        elif spec.kind == "funnel":
+            fields += _funnel_step_fields(project, spec)
         ttl = spec.ttl(project)
         views[spec.name] = FeatureView(
             name=spec.name, entities=[entities[spec.entity]], ttl=ttl or timedelta(0),

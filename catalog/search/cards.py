@@ -133,7 +133,8 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
     ident = node_id(FEATURE_VIEW, spec.name)
     what = {"group": f"aggregate metrics of source {spec.source}",
             "derived": "derived metrics", "column": f"columns served from source {spec.source}",
-            "score": f"score {spec.features[0]}"}[spec.kind]
+            "score": f"score {spec.features[0]}",
+            "funnel": f"funnel {spec.features[0]} (with its step counts)"}[spec.kind]
     grain = f" at {format_duration(spec.grain)} grain" if spec.grain else ""
     ttl = spec.ttl(project)
     services = graph.direct_models(ident)

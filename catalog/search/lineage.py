@@ -124,6 +124,9 @@ def build_lineage(project: Project) -> Lineage:
         if metric.type == "derived":
             for used in project.derived_inputs(metric):
                 graph.add_edge(node_id("metric", used), me)
+        elif metric.type == "funnel":
+            for step_source in dict.fromkeys(step.source for step in metric.steps or []):
+                graph.add_edge(node_id("source", step_source), me)
         elif metric.source:
             graph.add_edge(node_id("source", metric.source), me)
     for name, score in project.scores.items():
