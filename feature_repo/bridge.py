@@ -39,10 +39,10 @@ def _dtype(project: Project, spec: TableSpec, feature: str) -> Any:
             types.Float64)
     if metric.type == "column" and spec.source:
         source = project.sources[spec.source]
-        rule = source.contract.columns.get(metric.expression) if source.contract else None
+        rule = source.contract.columns.get(metric.sql) if source.contract else None
         if rule is not None:
             return getattr(types, _CONTRACT_TYPES[rule.type])
-        return _dtype_from_file(project, spec, metric.expression)
+        return _dtype_from_file(project, spec, metric.sql)
     return types.Float64
 
 
@@ -118,8 +118,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
     for spec in table_specs(project):
         if spec.kind == "column" and spec.source:
             source = project.sources[spec.source]
-            mapping = {project.metrics[f].expression.strip(): f for f in spec.features
-                       if project.metrics[f].expression.strip() != f}  # Feast refuses x->x
+            mapping = {project.metrics[f].sql: f for f in spec.features
+                       if project.metrics[f].sql != f}  # Feast refuses x->x
             batch = FileSource(
                 name=f"{spec.name}_source", path=str(spec.path(project).resolve()),
                 timestamp_field=source.timestamp_field,

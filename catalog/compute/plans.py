@@ -104,8 +104,8 @@ def _scan_query(project: Project, plan: GroupPlan, metrics: list[Metric], *, pat
         alias(op(exp.IntDiv, epoch_us(ts, dialect), num(plan.bucket_us)), "__b"),
     ]
     for i, metric in enumerate(metrics):
-        if metric.expression.strip() != "*":
-            src_cols.append(alias(quoted_tree(metric.expression), f"__x{i}"))
+        if metric.sql != "*":
+            src_cols.append(alias(quoted_tree(metric.sql), f"__x{i}"))
         cond = quoted_tree(metric.filter) if metric.filter else exp.true()
         src_cols.append(alias(exp.func("coalesce", cond, exp.false()), f"__f{i}"))
     return (
@@ -140,7 +140,7 @@ class _PartialColumns:
 
     def partial(self, kind: str, i: int) -> str:
         metric = self.metrics[i]
-        key = (kind, metric.expression.strip(), (metric.filter or "").strip())
+        key = (kind, metric.sql, (metric.filter or "").strip())
         if key not in self._names:
             name = f"__p{len(self._names)}"
             x = col(f"__x{i}")
@@ -550,13 +550,13 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
     current = "__base"
     for i, metric_name in enumerate(leaf for leaf in leaves if leaf in column_inputs):
         source, path = column_inputs[metric_name]
-        column = project.metrics[metric_name].expression.strip()
+        column = project.metrics[metric_name].sql
         ctes.append((f"__c{i}", _latest_source_rows(project, source, path, column, dialect)))
         ctes += _join_column_input(project, metric_name, i, current, entity_key, dialect)
         current = f"__j{i}"
     for depth, layer in enumerate(derived_layers(project, names)):
         step = exp.select("*", *[
-            alias(quoted_tree(project.metrics[n].expression), n) for n in layer
+            alias(quoted_tree(project.metrics[n].sql), n) for n in layer
         ]).from_(exp.to_identifier(current))
         current = f"__layer{depth}"
         ctes.append((current, step))

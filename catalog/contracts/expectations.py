@@ -70,7 +70,7 @@ def check_expectations(project: Project, metric_names: Iterable[str] | None = No
 
 
 def _metric_column(metric: Metric, kind: str) -> str:
-    return metric.expression.strip() if kind == "column" else metric.name
+    return metric.sql if kind == "column" else metric.name
 
 
 def _expect_with(con: Any, metric: Metric, column: str, path: Path,

@@ -195,7 +195,7 @@ def _column_segment(project: Project, metric: str, name: str) -> tuple[exp.Selec
     rows = (exp.select(alias(col(key), "__k"),
                        alias(exp.Cast(this=col(source.timestamp_field),
                                       to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
-                       alias(col(spec.expression.strip()), "__v"))
+                       alias(col(spec.sql), "__v"))
             .from_(source_relation(source, str(path), "duckdb"))
             .qualify(exp.EQ(this=latest, expression=num(1))))
     ttl = project.ttl_of(metric)

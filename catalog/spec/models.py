@@ -113,18 +113,38 @@ class Expect(Spec):
     max_null_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+SqlText = Annotated[str, Field(min_length=1, max_length=4000)]
+FunnelOrder = Literal["sequential", "any"]
+FunnelMeasure = Literal["rate", "completions", "starts"]
+# keys only a funnel takes; the defaulted ones are refused elsewhere only when written
+FUNNEL_KEYS = ("entity", "steps", "within", "same", "order", "measure")
+
+
+class FunnelStep(Spec):
+    """One step of a funnel: the rows of `source` that pass `filter`."""
+
+    source: Name
+    filter: SqlText
+
+
 class Metric(Spec):
     name: Name
     description: Text
     owner: Email
-    type: Literal["aggregate", "column", "derived"] = "aggregate"
+    type: Literal["aggregate", "column", "derived", "funnel"] = "aggregate"
     source: Name | None = None
     aggregation: Aggregation | None = None
-    expression: Annotated[str, Field(min_length=1, max_length=4000)]
-    filter: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    expression: SqlText | None = None  # required by every type but funnel
+    filter: SqlText | None = None
     window: Duration | None = None
     grain: Duration | None = None
     ttl: Duration | None = None
+    entity: Name | None = None  # funnels only: the entity every step's source is about
+    steps: list[FunnelStep] | None = None
+    within: Duration | None = None
+    order: FunnelOrder = "sequential"
+    same: Name | None = None
+    measure: FunnelMeasure = "rate"
     tags: list[Tag] = []
     aliases: list[Alias] = []
     status: Status = "draft"
@@ -135,24 +155,37 @@ class Metric(Spec):
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Metric:
         required: dict[str, tuple[str, ...]] = {
-            "aggregate": ("source", "aggregation", "window"),
-            "column": ("source",),
-            "derived": (),
+            "aggregate": ("source", "aggregation", "expression", "window"),
+            "column": ("source", "expression"),
+            "derived": ("expression",),
+            "funnel": ("entity", "steps", "within", "window"),
         }
         refused: dict[str, tuple[str, ...]] = {
             "aggregate": (),
             "column": ("aggregation", "window", "filter", "grain"),
             "derived": ("source", "aggregation", "window", "filter", "grain"),
+            "funnel": ("source", "aggregation", "expression", "filter"),
         }
         missing = [key for key in required[self.type] if getattr(self, key) is None]
         if missing:
             raise ValueError(f"a {self.type} metric needs {', '.join(missing)}")
         extra = [key for key in refused[self.type] if getattr(self, key) is not None]
+        if self.type != "funnel":
+            extra += [key for key in FUNNEL_KEYS if key in self.model_fields_set]
         if extra:
             raise FieldError(extra[0], f"a {self.type} metric does not take {', '.join(extra)}")
-        if self.aggregation != "count" and self.expression.strip() == "*":
+        if self.aggregation != "count" and self.sql == "*":
             raise FieldError("expression", "expression `*` only goes with aggregation count")
         return self
+
+    @property
+    def sql(self) -> str:
+        """The expression, stripped ("" for a funnel, which has none)."""
+        return (self.expression or "").strip()
+
+    @property
+    def within_delta(self) -> timedelta | None:
+        return parse_duration(self.within) if self.within else None
 
     @property
     def grain_delta(self) -> timedelta:
@@ -168,6 +201,8 @@ class Metric(Spec):
             return parse_duration(self.ttl)
         if self.type == "aggregate" and self.window:
             return parse_duration(self.window) + self.grain_delta
+        if self.type == "funnel" and self.window and self.within:
+            return parse_duration(self.window) + parse_duration(self.within) + self.grain_delta
         return None
 
 

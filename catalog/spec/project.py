@@ -161,7 +161,7 @@ class Project:
     def derived_inputs(self, metric: Metric) -> list[str]:
         from tally.catalog.spec.sqlcheck import check_expression
 
-        return sorted(check_expression(metric.expression).columns)
+        return sorted(check_expression(metric.sql).columns)
 
     def groups(self) -> list[MetricGroup]:
         grouped: dict[tuple[str, str, timedelta], list[str]] = {}
@@ -184,6 +184,8 @@ def _entity_of(project: Project, name: str, seen: set[str]) -> str | None:
         return spec.entity
     if not isinstance(spec, Metric):
         return None
+    if spec.type == "funnel":
+        return spec.entity
     if spec.type != "derived":
         source = project.sources.get(spec.source or "")
         return source.entity if source else None
@@ -199,7 +201,7 @@ def _grain_of(project: Project, name: str, seen: set[str]) -> timedelta | None:
     metric = project.metrics.get(name)
     if metric is None:
         return None
-    if metric.type == "aggregate":
+    if metric.type in ("aggregate", "funnel"):
         return metric.grain_delta
     if metric.type == "column":
         return None

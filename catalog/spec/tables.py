@@ -1,6 +1,7 @@
 """The tables a project computes and serves: one per (source, entity, grain) group, one per
-(entity, grain) for derived metrics, one per score, one per source for column metrics.
-Each is one Feast FeatureView of the same name. Pure naming and layout; no Feast here."""
+(entity, grain) for derived metrics, one per score, one per source for column metrics, one
+per funnel metric. Each is one Feast FeatureView of the same name. Pure naming and layout;
+no Feast here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.catalog.spec.durations import format_duration
+from tally.catalog.spec.models import Metric
 from tally.catalog.spec.project import Project
 from tally.catalog.store.paths import TABLES_DIR
 
@@ -19,11 +21,18 @@ from tally.catalog.store.paths import TABLES_DIR
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    kind: str  # group | derived | score | column
+    kind: str  # group | derived | score | column | funnel
     entity: str
     features: tuple[str, ...]
     grain: timedelta | None
     source: str | None  # the source scanned (group) or served (column)
+    # served columns that are no definition of their own: a funnel's `<name>__step_<i>`
+    extra_columns: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every served column: the features, then the extra columns."""
+        return (*self.features, *self.extra_columns)
 
     def path(self, project: Project) -> Path:
         """Where the table is; for a column table, the source file itself."""
@@ -34,6 +43,25 @@ class TableSpec:
     def ttl(self, project: Project) -> timedelta | None:
         ttls = [project.ttl_of(f) for f in self.features]
         return None if any(t is None for t in ttls) else max(ttls)  # type: ignore[type-var]
+
+
+def funnel_step_column(name: str, step: int) -> str:
+    """The column serving the starts of funnel `name` that reached `step` (1-based; step 1
+    is every start counted)."""
+    return f"{name}__step_{step}"
+
+
+def funnel_columns(name: str, metric: Metric) -> tuple[str, ...]:
+    """Every column a funnel's table serves, in order: `<name>` (the measure), then
+    `<name>__step_1` (starts counted) .. `<name>__step_k` (starts that completed)."""
+    steps = len(metric.steps or ())
+    return (name, *(funnel_step_column(name, i) for i in range(1, steps + 1)))
+
+
+def funnel_table_name(name: str) -> str:
+    """The table (FeatureView) of a funnel metric; `name` is the served feature, so a
+    version's table is `funnel_<name>__vN`."""
+    return f"funnel_{name}"
 
 
 def table_specs(project: Project) -> list[TableSpec]:
@@ -50,6 +78,9 @@ def table_specs(project: Project) -> list[TableSpec]:
                 derived.setdefault((entity, grain), []).append(name)
         elif metric.type == "column" and metric.source:
             columns.setdefault(metric.source, []).append(name)
+        elif metric.type == "funnel" and metric.entity:
+            specs.append(TableSpec(funnel_table_name(name), "funnel", metric.entity, (name,),
+                                   metric.grain_delta, None, funnel_columns(name, metric)[1:]))
     for (entity, grain), names in sorted(derived.items()):
         specs.append(TableSpec(f"derived_{entity}_{format_duration(grain)}", "derived", entity,
                                tuple(names), grain, None))

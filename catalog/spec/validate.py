@@ -206,7 +206,7 @@ def _check_sql(c: _Checker, d: Definition, field: str, text: str, allow_star: bo
 def _check_metric(c: _Checker, d: Definition) -> None:
     metric: Metric = d.spec
     if metric.type == "derived":
-        inputs = _check_sql(c, d, "expression", metric.expression, False, None, "")
+        inputs = _check_sql(c, d, "expression", metric.sql, False, None, "")
         for name in sorted(inputs):
             c.expect_kind(d, ("expression",), name, ("metric",))
         return
@@ -215,13 +215,13 @@ def _check_metric(c: _Checker, d: Definition) -> None:
     source: Source = c.project.sources[metric.source or ""]
     known = set(source.contract.columns) if source.contract and source.contract.columns else None
     what = f"the columns of source {source.name}'s contract"
-    _check_sql(c, d, "expression", metric.expression,
+    _check_sql(c, d, "expression", metric.sql,
                metric.aggregation == "count", known, what)
     if metric.filter:
         _check_sql(c, d, "filter", metric.filter, False, known, what)
     if metric.type == "column":
         try:
-            tree = check_expression(metric.expression).tree
+            tree = check_expression(metric.sql).tree
         except ExpressionRefused:
             return
         from sqlglot import exp
@@ -275,7 +275,7 @@ def _derived_graph(c: _Checker) -> dict[str, set[str]]:
     for name, metric in metrics.items():
         if metric.type == "derived":
             try:
-                graph[name] = set(check_expression(metric.expression).columns) & set(metrics)
+                graph[name] = set(check_expression(metric.sql).columns) & set(metrics)
             except ExpressionRefused:
                 graph[name] = set()
     return graph

@@ -42,7 +42,7 @@ def current_version(specs: dict[int, Metric]) -> int:
 
 def _expression_pins(metric: Metric) -> set[tuple[str, int]]:
     try:
-        columns = check_expression(metric.expression).columns
+        columns = check_expression(metric.sql).columns
     except ExpressionRefused:
         return set()
     found = (PINNED_COLUMN.match(c) for c in columns)
@@ -153,7 +153,7 @@ def references(project: Project) -> list[tuple[Definition, tuple[str | int, ...]
                       for i, c in enumerate(spec.components)]
         elif isinstance(spec, Metric) and spec.type == "derived":
             try:
-                inputs = check_expression(spec.expression).columns
+                inputs = check_expression(spec.sql).columns
             except ExpressionRefused:
                 continue
             found += [(definition, ("expression",), f) for f in sorted(inputs)]
