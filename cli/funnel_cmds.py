@@ -1,0 +1,90 @@
+"""`tally funnel`: a funnel metric's starts, reach per step and drop-off across entities at
+one snapshot, as a table (and a chart with --plot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from tally.cli.common import (
+    JsonOption,
+    current_project,
+    err,
+    keep_names_whole,
+    print_json,
+    stdout_console,
+)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _steps_table(report: Any) -> Any:
+    from rich.table import Table
+
+    title = (f"{report.metric} at {report.snapshot}: {report.starts:,} starts across "
+             f"{report.entities_with_starts:,} of {report.entities:,} {report.entity}s, "
+             f"{report.completions:,} completed ({_percent(report.rate)})")
+    table = Table(title=title)
+    table.add_column("step", justify="right")
+    table.add_column("source", no_wrap=True)
+    table.add_column("filter")
+    for name in ("reached", "of previous", "of starts", "dropped"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for s in report.steps:
+        table.add_row(str(s.step), s.source, s.filter, f"{s.reached:,}",
+                      "-" if s.step == 1 else _percent(s.from_previous),
+                      _percent(s.from_start), "-" if s.step == 1 else f"{s.dropped:,}")
+    return keep_names_whole(table, 1)
+
+
+def _segments_table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"by {report.segment_by} (reached per step; no value: entities "
+                        f"without one at the snapshot)")
+    table.add_column(report.segment_by, no_wrap=True)
+    table.add_column(f"{report.entity}s", justify="right")
+    for step in report.steps:
+        table.add_column(f"step {step.step}", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    for seg in report.segments:
+        table.add_row("(no value)" if seg.value is None else str(seg.value),
+                      f"{seg.entities:,}", *(f"{s.reached:,}" for s in seg.steps),
+                      _percent(seg.rate))
+    return keep_names_whole(table, 0)
+
+
+def funnel(
+    name: Annotated[str, typer.Argument(help="The funnel metric's name.")],
+    at: Annotated[str | None, typer.Option(
+        "--at", help="Newest snapshot at or before this date/time (default: the newest).")
+    ] = None,
+    segment_by: Annotated[str | None, typer.Option(
+        "--segment-by", help="Also per value of this metric of the same entity at the "
+        "snapshot (e.g. a plan tier).")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also draw the funnel as a chart (.png).")] = None,
+    as_json: Annotated[bool, JsonOption] = False,
+) -> None:
+    """Starts, step-by-step reach and drop-off of a funnel metric across entities."""
+    from tally.catalog.search.funnel_plot import plot_funnel
+    from tally.catalog.search.funnel_report import funnel_report
+
+    report = funnel_report(current_project(), name, at, segment_by)
+    if plot is not None:
+        plot_funnel(report, plot)
+        err(f"wrote the funnel chart to {plot}")
+    if as_json:
+        print_json(report.to_dict())
+        return
+    console = stdout_console()
+    console.print(_steps_table(report))
+    if report.segment_by:
+        console.print(_segments_table(report))
+
+
+def register_commands(app: typer.Typer) -> None:
+    app.command()(funnel)
