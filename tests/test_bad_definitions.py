@@ -35,6 +35,41 @@ def metric_with(**changes: str) -> str:
     return text
 
 
+GOOD_FUNNEL = """\
+metrics:
+  - name: login_to_send
+    description: Logins followed by a campaign send within 7 days.
+    owner: someone@example.com
+    type: funnel
+    entity: account
+    steps:
+      - {source: crm_logins, filter: "seconds > 5"}
+      - {source: marketing_sends, filter: "emails > 0"}
+    within: 7d
+    window: 30d
+"""
+
+
+def funnel_with(old: str, new: str) -> str:
+    assert old in GOOD_FUNNEL, old
+    return GOOD_FUNNEL.replace(old, new)
+
+
+OTHER_ENTITY = """\
+entities:
+  - name: person
+    join_key: person_id
+    description: d
+    owner: o@example.com
+sources:
+  - name: person_events
+    description: d
+    owner: o@example.com
+    path: data/person_events.parquet
+    entity: person
+    timestamp_field: ts
+"""
+
 # case id -> (file content, expected line, expected key fragment or None, message fragment)
 CASES: dict[str, tuple[bytes | str, int, str | None, str]] = {
     "yaml_unclosed_flow": (GOOD_METRIC + "    tags: [a, b\n", 10, None, "YAML syntax error"),
@@ -141,6 +176,40 @@ CASES: dict[str, tuple[bytes | str, int, str | None, str]] = {
         "    contract:\n      columns:\n        account_id: {type: integer}\n"
         "        ts: {type: timestamp}\n",
         10, "sources[0].contract.columns.account_id.type", "int64"),
+    # funnels
+    "funnel_one_step": (funnel_with('      - {source: marketing_sends, filter: "emails > 0"}\n',
+                                    ""), 7, "metrics[0].steps", "at least 2 steps"),
+    "funnel_without_within": (funnel_with("    within: 7d\n", ""), 2, "metrics[0]",
+                              "needs within"),
+    "funnel_without_entity": (funnel_with("    entity: account\n", ""), 2, "metrics[0]",
+                              "needs entity"),
+    "funnel_unknown_step_source": (funnel_with("source: marketing_sends", "source: mkt"), 9,
+                                   "metrics[0].steps[1].source", "unknown source 'mkt'"),
+    "funnel_step_of_other_entity": (
+        OTHER_ENTITY + funnel_with("source: marketing_sends", "source: person_events"),
+        21, "metrics[0].steps[1].source", "about person, but the funnel is about account"),
+    "funnel_step_without_filter": (funnel_with(', filter: "emails > 0"', ""), 9,
+                                   "metrics[0].steps[1].filter", "required key is missing"),
+    "funnel_filter_not_in_contract": (funnel_with("emails > 0", "region = 'eu'"), 9,
+                                      "metrics[0].steps[1].filter", "'region' not among"),
+    "funnel_filter_subquery": (funnel_with("emails > 0", "emails > (select 1)"), 9,
+                               "metrics[0].steps[1].filter", "subquery"),
+    "funnel_same_missing": (funnel_with("    within: 7d\n",
+                                        "    within: 7d\n    same: user_id\n"),
+                            11, "metrics[0].same", "'user_id' is not among"),
+    "funnel_within_over_a_year": (funnel_with("within: 7d", "within: 53w"), 10,
+                                  "metrics[0].within", "longer than a year"),
+    "funnel_unknown_order": (funnel_with("    window: 30d\n",
+                                         "    window: 30d\n    order: random\n"),
+                             12, "metrics[0].order", "sequential"),
+    "funnel_unknown_measure": (funnel_with("    window: 30d\n",
+                                           "    window: 30d\n    measure: median\n"),
+                               12, "metrics[0].measure", "rate"),
+    "funnel_with_expression": (funnel_with("    window: 30d\n",
+                                           "    window: 30d\n    expression: seconds\n"),
+                               12, "metrics[0].expression", "does not take expression"),
+    "funnel_key_on_aggregate": (metric_with(within="7d"), 9, "metrics[0].within",
+                                "does not take within"),
     # refused SQL constructs
     "sql_subquery": (metric_with(expression="(select max(seconds) from crm_logins)"), 7,
                      "metrics[0].expression", "subquery"),
@@ -214,6 +283,10 @@ def test_corpus_base_registers_and_its_cases_are_distinct(
     result = invoke(["--project", str(example_project), "register", str(good)], capsys)
     assert result.code == 0, result.stderr
     assert (example_project / "metrics" / "good.yaml").read_text() == GOOD_METRIC
+    good_funnel = tmp_path / "good_funnel.yaml"
+    good_funnel.write_text(GOOD_FUNNEL)
+    result = invoke(["--project", str(example_project), "register", str(good_funnel)], capsys)
+    assert result.code == 0, result.stderr
     contents = [c if isinstance(c, bytes) else c.encode() for c, _, _, _ in CASES.values()]
     assert len(set(contents)) == len(contents)
     assert len(CASES) >= 30

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from tally.catalog.errors import Issue
 from tally.catalog.spec.config import read_config
+from tally.catalog.spec.funnel_rules import check_funnel
 from tally.catalog.spec.models import Metric, Model, Score, Source
 from tally.catalog.spec.project import Definition, Project
 from tally.catalog.spec.sqlcheck import BUILTIN_VALUES, ExpressionRefused, check_expression
@@ -40,6 +41,10 @@ class _Checker:
         warning = definition.issue(field, message, self.files[definition.file])
         if warning not in self.project.warnings:
             self.project.warnings.append(warning)
+
+    def check_sql(self, d: Definition, field: tuple[str | int, ...], text: str,
+                  known: set[str] | None, what: str) -> set[str]:
+        return _check_sql(self, d, field, text, False, known, what)
 
     def where(self, name: str) -> str:
         d = self.project.definitions[name]
@@ -182,23 +187,24 @@ def _path_problem(c: _Checker, raw: str) -> str | None:
     return None
 
 
-def _check_sql(c: _Checker, d: Definition, field: str, text: str, allow_star: bool,
-               known: set[str] | None, what: str) -> set[str]:
+def _check_sql(c: _Checker, d: Definition, field: str | tuple[str | int, ...], text: str,
+               allow_star: bool, known: set[str] | None, what: str) -> set[str]:
+    path = (field,) if isinstance(field, str) else field
     try:
         checked = check_expression(text, allow_star=allow_star)
     except ExpressionRefused as exc:
-        c.add(d, (field,), f"{exc}: {text!r}")
+        c.add(d, path, f"{exc}: {text!r}")
         return set()
     builtins = sorted((checked.columns & BUILTIN_VALUES) - (known or set()))
     if builtins:
-        c.add(d, (field,), f"{', '.join(map(repr, builtins))}: DuckDB reads this as a built-in "
+        c.add(d, path, f"{', '.join(map(repr, builtins))}: DuckDB reads this as a built-in "
               "value, not a column; declare it in the source's contract columns if the source "
               f"really has such a column: {text!r}")
         return set(checked.columns)
     if known is not None:
         unknown = sorted(checked.columns - known)
         if unknown:
-            c.add(d, (field,), f"{', '.join(map(repr, unknown))} not among {what} "
+            c.add(d, path, f"{', '.join(map(repr, unknown))} not among {what} "
                   f"({', '.join(sorted(known)) or 'none'})")
     return set(checked.columns)
 
@@ -209,6 +215,9 @@ def _check_metric(c: _Checker, d: Definition) -> None:
         inputs = _check_sql(c, d, "expression", metric.sql, False, None, "")
         for name in sorted(inputs):
             c.expect_kind(d, ("expression",), name, ("metric",))
+        return
+    if metric.type == "funnel":
+        check_funnel(c, d)
         return
     if not c.expect_kind(d, ("source",), metric.source or "", ("source",)):
         return
