@@ -24,10 +24,7 @@ def _percent(value: float | None) -> str:
 def _steps_table(report: Any) -> Any:
     from rich.table import Table
 
-    title = (f"{report.metric} at {report.snapshot}: {report.starts:,} starts across "
-             f"{report.entities_with_starts:,} of {report.entities:,} {report.entity}s, "
-             f"{report.completions:,} completed ({_percent(report.rate)})")
-    table = Table(title=title)
+    table = Table(title=f"{report.metric}: reach per step")
     table.add_column("step", justify="right")
     table.add_column("source", no_wrap=True)
     table.add_column("filter")
@@ -37,7 +34,7 @@ def _steps_table(report: Any) -> Any:
         table.add_row(str(s.step), s.source, s.filter, f"{s.reached:,}",
                       "-" if s.step == 1 else _percent(s.from_previous),
                       _percent(s.from_start), "-" if s.step == 1 else f"{s.dropped:,}")
-    return keep_names_whole(table, 1)
+    return keep_names_whole(table, 0, 3, 4, 5, 6)  # figures whole; source and filter wrap
 
 
 def _segments_table(report: Any) -> Any:
@@ -81,6 +78,12 @@ def funnel(
         print_json(report.to_dict())
         return
     console = stdout_console()
+    same = f", same {report.same}" if report.same else ""
+    console.print(f"{report.metric} at {report.snapshot} ({report.order}, within "
+                  f"{report.within}{same}; starts in the trailing {report.window})")
+    console.print(f"{report.starts:,} starts across {report.entities_with_starts:,} of "
+                  f"{report.entities:,} {report.entity}s; {report.completions:,} completed "
+                  f"({_percent(report.rate)})")
     console.print(_steps_table(report))
     if report.segment_by:
         console.print(_segments_table(report))

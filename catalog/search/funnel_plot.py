@@ -52,7 +52,8 @@ def funnel_figure(report: FunnelReport) -> Any:
 
     panels = [(f"all {report.entities:,} {report.entity}s: {report.starts:,} starts, rate "
                f"{_percent(report.rate)}", report.steps)]
-    panels += [(f"{report.segment_by} = {s.value}: {s.entities:,} {report.entity}s, "
+    panels += [(f"{report.segment_by} = "
+                f"{'(no value)' if s.value is None else s.value}: {s.entities:,} {report.entity}s, "
                 f"{s.starts:,} starts, rate {_percent(s.rate)}", s.steps)
                for s in report.segments]
     height = 0.6 + 0.55 * len(report.steps)

@@ -2,7 +2,8 @@
 FeatureView each); edges run upstream -> downstream:
 
 entity -> source, entity -> score, source -> metric (a funnel: each step's source),
-source -> feature view (the table that scans or serves it), metric -> derived metric, metric -> score (a component),
+source -> feature view (the table that scans or serves it), metric -> derived metric,
+metric -> score (a component),
 metric/score -> feature view (the table that serves it), metric/score -> model (a feature),
 feature view -> model (the FeatureService reads it).
 
