@@ -61,6 +61,15 @@ metrics:
     source: plans
     expression: tier
     ttl: 90d
+scores:
+  - name: job_score
+    entity: account
+    description: Job completion beside activity.
+    owner: ds@example.com
+    components:
+      - {metric: job_30d, weight: 1}
+      - {metric: events_30d, weight: 1}
+    bands: {low: [0, 50], high: [50, 100]}
 """
 
 T1, T2 = pd.Timestamp("2026-01-10", tz="UTC"), pd.Timestamp("2026-01-11", tz="UTC")
@@ -95,7 +104,24 @@ def funnel_project(tmp_path: Path) -> Path:
     _write(root / "data" / "tables" / "events_1d.parquet", pd.DataFrame({
         "account_id": [1, 2, 3], "event_timestamp": [T2] * 3,
         "created_timestamp": [T2] * 3, "events_30d": [10, 10, 4]}))
+    _write(root / "data" / "tables" / "score_job_score.parquet", _score_rows())
     return root
+
+
+def _score_rows() -> pd.DataFrame:
+    """The score table of job_score at T2 in its documented layout (docs/scores.md)."""
+    rows = []
+    for key, (rate, events) in {1: (0.4, 10.0), 3: (1 / 3, 4.0)}.items():
+        norm_rate, norm_events = (1.0, 1.0) if key == 1 else (0.5, 0.5)
+        rows.append({"account_id": key, "event_timestamp": T2, "created_timestamp": T2,
+                     "job_score": 50 * (norm_rate + norm_events),
+                     "job_score_band": "high",
+                     "job_score__job_30d_contribution": 50 * norm_rate,
+                     "job_score__events_30d_contribution": 50 * norm_events,
+                     "job_score__job_30d_value": rate, "job_score__job_30d_norm": norm_rate,
+                     "job_score__events_30d_value": events,
+                     "job_score__events_30d_norm": norm_events})
+    return pd.DataFrame(rows)
 
 
 def _run(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -201,3 +227,35 @@ def test_a_funnel_not_computed_yet_names_the_command(funnel_project: Path,
     code, out, err = _run(funnel_project, capsys, "job_30d", "--json")
     assert code == 1 and out == ""
     assert "not computed yet" in err and "--metric" in err
+
+
+def test_show_spells_out_the_funnel(funnel_project: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    shown = invoke(["--project", str(funnel_project), "show", "job_30d"], capsys)
+    assert shown.code == 0, shown.stderr
+    # order and measure are defaults, absent from the definition, and still shown
+    assert ("funnel: sequential, last step within 7d of the first, same user_id; starts in "
+            "the trailing 30d every 1d; measure rate") in shown.stdout
+    assert "  step 2: events where event = 'quoted'" in shown.stdout
+    assert "columns: job_30d, job_30d__step_1, job_30d__step_2, job_30d__step_3" in shown.stdout
+    card = json.loads(invoke(["--project", str(funnel_project), "show", "job_30d", "--json"],
+                             capsys).stdout)
+    assert card["funnel"]["steps"][2] == {"step": 3, "source": "events",
+                                          "filter": "event = 'won'"}
+    assert card["columns"] == ["event", "user_id"]
+    assert {"kind": "source", "name": "events"} in card["upstream"]
+    view = json.loads(invoke(["--project", str(funnel_project), "show", "funnel_job_30d",
+                              "--json"], capsys).stdout)
+    assert view["columns"][-1] == "job_30d__step_3" and "funnel metric job_30d" in view[
+        "description"]
+
+
+def test_explain_shows_the_funnel_components_step_counts(
+        funnel_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--project", str(funnel_project), "explain", "job_score", "--entity"]
+    data = json.loads(invoke([*base, "3", "--json"], capsys).stdout)
+    steps = {c["metric"]: c["funnel_steps"] for c in data["components"]}
+    assert steps == {"job_30d": [3, 3, 1], "events_30d": None}
+    text = invoke([*base, "1"], capsys)
+    assert text.code == 0, text.stderr
+    assert "job_30d steps: 5 started, step 2 3 (60%), step 3 2 (67%)" in text.stdout
