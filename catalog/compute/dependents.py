@@ -44,7 +44,7 @@ class DependentTables(ComputeSession):
         column_inputs: dict[str, tuple[Any, str]] = {}
         for other in self.specs.values():
             for feature in other.features:
-                if other.kind == "group":
+                if other.kind in ("group", "funnel"):
                     group_of[feature] = other.name
                     group_paths[other.name] = str(other.path(project))
                 elif other.kind == "column" and other.source:

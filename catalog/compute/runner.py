@@ -22,6 +22,7 @@ from tally.catalog.compute.fingerprints import (
     file_fingerprint,
     time_bounds,
 )
+from tally.catalog.compute.funnel_tables import FunnelTables
 from tally.catalog.compute.generations import WHOLE
 from tally.catalog.compute.plans import group_query, partial_plan, plan_group
 from tally.catalog.compute.session import (
@@ -46,7 +47,7 @@ from tally.catalog.store.runlog import Run, Stopwatch, append_run, now, table_ru
 __all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
 
 
-class Computer(DependentTables):
+class Computer(DependentTables, FunnelTables):
     """Computes a project's tables; one instance per run."""
 
     def selected(self) -> list[TableSpec]:
@@ -58,7 +59,7 @@ class Computer(DependentTables):
                                     "`tally search` lists what exists")
         names: set[str] = set()
         for spec in self.specs.values():
-            if spec.kind in ("group", "derived") and (
+            if spec.kind in ("group", "derived", "funnel") and (
                 not wanted or set(spec.features) & set(wanted)
             ):
                 names.add(spec.name)
@@ -66,7 +67,7 @@ class Computer(DependentTables):
         for spec in list(self.specs.values()):
             if spec.kind == "derived" and spec.name in names:
                 names.update(self._input_groups(spec))
-        order = {"group": 0, "derived": 1, "score": 2}
+        order = {"group": 0, "funnel": 0, "derived": 1, "score": 2}
         return sorted((self.specs[n] for n in names), key=lambda s: (order[s.kind], s.name))
 
     def sources_read(self, tables: list[TableSpec]) -> list[str]:
@@ -81,6 +82,8 @@ class Computer(DependentTables):
                 columns |= {c.segment_by for c in self.project.scores[spec.features[0]].components
                             if c.segment_by}
         sources = {spec.source for spec in tables if spec.kind == "group" and spec.source}
+        sources |= {step.source for spec in tables if spec.kind == "funnel"
+                    for step in self.project.metrics[spec.features[0]].steps or []}
         for name in columns:
             metric = self.project.metrics.get(name)
             if metric is not None and metric.type == "column" and metric.source:
@@ -113,6 +116,8 @@ class Computer(DependentTables):
                 started, watch = time.perf_counter(), Stopwatch()
                 if spec.kind == "group":
                     result = self._compute_group(spec)
+                elif spec.kind == "funnel":
+                    result = self._compute_funnel(spec)
                 elif spec.kind == "score":
                     result = self._compute_score(spec)
                 else:
@@ -282,6 +287,8 @@ class Computer(DependentTables):
         for spec in tables:
             if spec.kind == "group":
                 fresh = self._group_unchanged(spec)
+            elif spec.kind == "funnel":
+                fresh = self._funnel_unchanged(spec)
             elif spec.kind == "derived":
                 inputs = self._derived_inputs(spec, self._input_groups(spec))
                 fresh = self._changed_from(spec, inputs) is None

@@ -64,9 +64,12 @@ def definition_hash(project: Project, spec: TableSpec) -> str:
         if spec.kind == "derived":
             for i in project.derived_inputs(project.metrics[name]):
                 parts.append(project.metrics[i].model_dump(mode="json"))
-    if spec.source:
-        parts.append(project.sources[spec.source].model_dump(mode="json"))
-        parts.append(project.entities[project.sources[spec.source].entity].join_key)
+    sources = [spec.source] if spec.source else []
+    if spec.kind == "funnel":
+        sources = [step.source for step in project.metrics[spec.features[0]].steps or []]
+    for source in sources:
+        parts.append(project.sources[source].model_dump(mode="json"))
+        parts.append(project.entities[project.sources[source].entity].join_key)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -121,7 +124,7 @@ class ComputeSession:
         for name in spec.features:
             for i in self.project.derived_inputs(self.project.metrics[name]):
                 table = tables_by_feature(self.specs.values()).get(i)
-                if table is not None and table.kind == "group":
+                if table is not None and table.kind in ("group", "funnel"):
                     groups.add(table.name)
         return groups
 
