@@ -24,17 +24,18 @@ def _percent(value: float | None) -> str:
 def _steps_table(report: Any) -> Any:
     from rich.table import Table
 
+    labels = [f"{s.step}. {s.filter}\n   ({s.source})" for s in report.steps]
     table = Table(title=f"{report.metric}: reach per step")
-    table.add_column("step", justify="right")
-    table.add_column("source", no_wrap=True)
-    table.add_column("filter")
-    for name in ("reached", "of previous", "of starts", "dropped"):
+    # never cut a step: its widest line sets the column (a long filter widens the table)
+    table.add_column("step (source)", no_wrap=True, min_width=max(
+        len(line) for label in labels for line in label.splitlines()))
+    for name in ("reached", "of prev.", "of starts", "dropped"):
         table.add_column(name, justify="right", no_wrap=True)
-    for s in report.steps:
-        table.add_row(str(s.step), s.source, s.filter, f"{s.reached:,}",
+    for label, s in zip(labels, report.steps, strict=True):
+        table.add_row(label, f"{s.reached:,}",
                       "-" if s.step == 1 else _percent(s.from_previous),
                       _percent(s.from_start), "-" if s.step == 1 else f"{s.dropped:,}")
-    return keep_names_whole(table, 0, 3, 4, 5, 6)  # figures whole; source and filter wrap
+    return table
 
 
 def _segments_table(report: Any) -> Any:
@@ -79,8 +80,9 @@ def funnel(
         return
     console = stdout_console()
     same = f", same {report.same}" if report.same else ""
-    console.print(f"{report.metric} at {report.snapshot} ({report.order}, within "
-                  f"{report.within}{same}; starts in the trailing {report.window})")
+    console.print(f"{report.metric} at {report.snapshot}")
+    console.print(f"{report.order}, within {report.within}{same}; starts in the trailing "
+                  f"{report.window}")
     console.print(f"{report.starts:,} starts across {report.entities_with_starts:,} of "
                   f"{report.entities:,} {report.entity}s; {report.completions:,} completed "
                   f"({_percent(report.rate)})")

@@ -190,7 +190,8 @@ def test_table_output_shows_reach_conversion_and_drop_off(
     assert "11 starts across 4 of 4 accounts; 3 completed (27.3%)" in out
     assert "'quoted'" in out
     second = next(line for line in out.splitlines() if "63.6%" in line)
-    assert [cell.strip() for cell in second.split("│")][4:8] == ["7", "63.6%", "63.6%", "4"]
+    assert [cell.strip() for cell in second.split("│")][1:6] == [
+        "2. event = 'quoted'", "7", "63.6%", "63.6%", "4"]
     assert "(no value)" in out and "pro" in out
 
 

@@ -61,8 +61,9 @@ def funnel_figure(report: FunnelReport) -> Any:
                              dpi=100, squeeze=False)
     for ax, (title, steps) in zip(axes[:, 0], panels, strict=True):
         _draw(ax, steps, title)
+    same = f", same {report.same}" if report.same else ""
     fig.suptitle(f"{report.metric} at {report.snapshot[:10]} ({report.order}, within "
-                 f"{report.within}, starts in the trailing {report.window})", fontsize=10)
+                 f"{report.within}{same}, starts in the trailing {report.window})", fontsize=10)
     fig.tight_layout()
     return fig
 
