@@ -260,3 +260,14 @@ def test_explain_shows_the_funnel_components_step_counts(
     text = invoke([*base, "1"], capsys)
     assert text.code == 0, text.stderr
     assert "job_30d steps: 5 started, step 2 3 (60%), step 3 2 (67%)" in text.stdout
+
+
+def test_web_pages_show_the_funnel_and_the_step_counts(funnel_project: Path) -> None:
+    from tally.catalog.web.render import Renderer
+    from tally.catalog.web.site import Site
+
+    renderer = Renderer(Site(funnel_project), "server")
+    page = renderer.entry("metric", "job_30d")
+    assert 'id="extra-funnel"' in page and "event = &#39;quoted&#39;" in page
+    explained = renderer.explain("job_score", "3")
+    assert "steps: step 1 3, step 2 3, step 3 1" in explained
