@@ -210,7 +210,7 @@ def test_plot_writes_a_png(funnel_project: Path, tmp_path: Path,
 
 @pytest.mark.parametrize(("args", "code", "words"), [
     (["nope"], 1, "unknown metric 'nope'; funnel metrics: job_30d"),
-    (["events_30d"], 1, "events_30d is a aggregate metric, not a funnel"),
+    (["events_30d"], 1, "events_30d is an aggregate metric, not a funnel; funnel metrics: job_30d"),
     (["job_30d", "--at", "2026-01-01"], 1, "no snapshot at or before 2026-01-01"),
     (["job_30d", "--at", "soon"], 2, "--at 'soon' is not a date or time"),
     (["job_30d", "--segment-by", "tier"], 1, "unknown segment_by metric 'tier'"),

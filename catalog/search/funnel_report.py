@@ -81,15 +81,15 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def _funnel(project: Project, name: str) -> tuple[Metric, Path]:
     metric = project.metrics.get(name)
+    funnels = ", ".join(sorted(n for n, m in project.metrics.items() if m.type == "funnel"
+                               and not project.is_version_copy(n)))
+    known = f"funnel metrics: {funnels or 'none (docs/definitions.md shows how to add one)'}"
     if metric is None or project.is_version_copy(name):
-        funnels = sorted(n for n, m in project.metrics.items()
-                         if m.type == "funnel" and not project.is_version_copy(n))
-        raise LookupFailedError(f"unknown metric {name!r}; funnel metrics: "
-                                f"{', '.join(funnels) or 'none (see docs/definitions.md)'}")
+        raise LookupFailedError(f"unknown metric {name!r}; {known}")
     if metric.type != "funnel":
-        raise LookupFailedError(f"{name} is a {metric.type} metric, not a funnel; `tally "
-                                f"funnel` reports `type: funnel` metrics (try `tally show "
-                                f"{name}`)")
+        article = "an" if metric.type[0] in "aeiou" else "a"
+        raise LookupFailedError(f"{name} is {article} {metric.type} metric, not a funnel; "
+                                f"{known}")
     spec = table_of(project, name)
     path = spec.path(project) if spec else None
     if path is None or not path.exists():
