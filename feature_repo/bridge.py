@@ -37,6 +37,8 @@ def _dtype(project: Project, spec: TableSpec, feature: str) -> Any:
     if metric.type == "aggregate":
         return types.Int64 if metric.aggregation in ("count", "count_distinct") else (
             types.Float64)
+    if metric.type == "funnel":
+        return types.Float64 if metric.measure == "rate" else types.Int64
     if metric.type == "column" and spec.source:
         source = project.sources[spec.source]
         rule = source.contract.columns.get(metric.sql) if source.contract else None
@@ -81,6 +83,19 @@ def _score_fields(project: Project, spec: TableSpec) -> list[Any]:
                               f"{score.name} (docs/scores.md)",
                   tags=_tags(owner=score.owner, tally_score=score.name))
             for column, kind in served_columns(score)[1:]]
+
+
+def _funnel_step_fields(project: Project, spec: TableSpec) -> list[Any]:
+    """A funnel view also serves, per step, the starts counted that reached it."""
+    from feast import Field, types
+
+    name = spec.features[0]
+    metric = project.metrics[name]
+    return [Field(name=column, dtype=types.Int64,
+                  description=f"Starts of funnel {name} counted at the snapshot that reached "
+                              f"step {step} (docs/definitions.md)",
+                  tags=_tags(owner=metric.owner, tally_funnel=name, tally_step=step))
+            for step, column in enumerate(spec.extra_columns, start=1)]
 
 
 def _batch_source_class(project: Project) -> Any:
@@ -148,6 +163,8 @@ def feast_objects(project_root: Path | str | Project) -> dict[str, Any]:
             ))
         if spec.kind == "score":
             fields += _score_fields(project, spec)
+        elif spec.kind == "funnel":
+            fields += _funnel_step_fields(project, spec)
         ttl = spec.ttl(project)
         views[spec.name] = FeatureView(
             name=spec.name, entities=[entities[spec.entity]], ttl=ttl or timedelta(0),

@@ -54,7 +54,8 @@ def feature_refs(project: Project, model: str | None, features: list[str] | None
 
 def _serving_tables(project: Project) -> dict[str, TableSpec]:
     """The table (FeatureView) serving each metric or score, and each column a score's
-    view serves besides the score (its band, contributions)."""
+    view serves besides the score (its band, contributions) or a funnel's view besides
+    the funnel (its step counts)."""
     from tally.catalog.scores.plans import served_columns
 
     out = tables_by_feature(table_specs(project))
@@ -62,6 +63,8 @@ def _serving_tables(project: Project) -> dict[str, TableSpec]:
         if spec.kind == "score":
             for column, _ in served_columns(project.scores[spec.features[0]]):
                 out.setdefault(column, spec)
+        for column in spec.extra_columns:
+            out.setdefault(column, spec)
     return out
 
 

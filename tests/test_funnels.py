@@ -4,6 +4,7 @@ checked against every later row of every step, at every snapshot."""
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -218,3 +219,100 @@ def test_funnel_table_matches_brute_force_reference(funnel_project: Any, name: s
     assert got == expected
     assert any(row[f"{name}__step_3"] for row in expected.values())  # the data completes
     assert any(row[f"{name}__step_3"] < row[f"{name}__step_2"] for row in expected.values())
+
+
+READERS = """
+  - {name: crm_rows_5d, description: d, owner: o@x.com, source: crm, aggregation: count,
+     expression: "*", window: 5d}
+  - {name: f_seq_pct, description: d, owner: o@x.com, type: derived,
+     expression: "100 * f_seq + 0 * crm_rows_5d"}
+  - {name: f_only_pct, description: d, owner: o@x.com, type: derived, expression: 100 * f_any}
+""" + funnel_yaml("f_ver", within="1d").replace("    order:", "    version: 1\n    status: "
+                                                 "certified\n    order:") + funnel_yaml(
+    "f_ver", within="3d").replace("    order:", "    version: 2\n    status: certified\n"
+                                  "    order:") + """
+scores:
+  - name: shop_score
+    entity: shop
+    description: d
+    owner: o@x.com
+    components:
+      - {metric: f_seq, weight: 2}
+      - {metric: crm_rows_5d, weight: 1}
+"""
+
+
+def _as_of(frame: Any, table: Path, key: str, column: str, ttl: timedelta) -> list[Any]:
+    """Feast's point-in-time rule spelled out: the newest row with t - ttl <= ts <= t."""
+    rows = read_table(table, key)
+    out = []
+    for shop, t in zip(frame[key], frame["event_timestamp"], strict=True):
+        seen = [ts for (k, ts) in rows if k == shop and t - ttl <= ts <= t]
+        out.append(rows[(shop, max(seen))][column] if seen else None)
+    return out
+
+
+def test_funnel_served_point_in_time_read_by_derived_score_and_versions(
+        funnel_project: Any) -> None:
+    import pandas as pd
+    from tally.catalog.pipeline import Gate
+    from tally.feature_repo.registry import apply
+    from tally.feature_repo.serving import training_frame
+
+    from tests.helpers import REPO
+
+    root, crm, billing = funnel_project
+    (root / "metrics" / "defs.yaml").write_text(definitions() + READERS)
+    (root / "feature_repo").mkdir()
+    shutil.copy(REPO / "feature_repo" / "feature_store.yaml", root / "feature_repo")
+    project = load_project(root)
+    assert project.ttl_of("f_seq") == 5 * DAY + 2 * DAY + DAY
+    compute(project)
+    apply(project, Gate(as_of="2025-03-25"))
+    tables = root / "data" / "tables"
+    derived = read_table(tables / "derived_shop_1d.parquet", "shop_id")
+    funnel = read_table(tables / "funnel_f_seq.parquet", "shop_id")
+    assert {k: v["f_seq_pct"] for k, v in derived.items() if (k in funnel)} == {
+        k: (None if v["f_seq"] is None else 100 * v["f_seq"]) for k, v in funnel.items()}
+    scored = read_table(tables / "score_shop_score.parquet", "shop_id")
+    assert scored and all(0 <= r["shop_score"] <= 100 for r in scored.values())
+    assert read_table(tables / "funnel_f_ver__v1.parquet", "shop_id") != read_table(
+        tables / "funnel_f_ver__v2.parquet", "shop_id")
+
+    rng = random.Random(3)
+    entities = pd.DataFrame({"shop_id": [rng.randint(1, 6) for _ in range(80)] + [1, 2],
+                             "event_timestamp": [EPOCH + rng.randint(0, 24 * 24) * HOUR
+                                                 for _ in range(80)]
+                             + [EPOCH + 6 * DAY, EPOCH + 9 * DAY]})
+    features = ["f_seq", "f_seq__step_2", "f_seq_pct", "f_ver@1", "shop_score"]
+    frame = training_frame(entities, features=features, project=project)
+    assert list(frame.columns) == ["shop_id", "event_timestamp", "f_seq", "f_seq__step_2",
+                                   "f_seq_pct", "f_ver__v1", "shop_score"]
+    ttl = project.ttl_of("f_seq")
+    assert ttl is not None
+    for column, table in (("f_seq", "funnel_f_seq"), ("f_seq__step_2", "funnel_f_seq"),
+                          ("f_ver__v1", "funnel_f_ver__v1")):
+        want = _as_of(entities, tables / f"{table}.parquet", "shop_id", column, ttl)
+        got = [None if pd.isna(x) else x for x in frame[column]]
+        assert got == want, column
+    assert frame["f_seq"].notna().sum() > 20 and frame["shop_score"].notna().any()
+
+
+def test_funnel_never_stale_and_ranged_runs_keep_the_rest(funnel_project: Any) -> None:
+    root, crm, billing = funnel_project
+    project = load_project(root)
+    path = root / "data" / "tables" / "funnel_f_seq.parquet"
+    modes = {r.name: r.mode for r in compute(project)}
+    assert modes["funnel_f_seq"] == "full"
+    assert {r.name: r.mode for r in compute(project)}["funnel_f_seq"] == "up to date"
+    billing = [*billing, {"shop_id": 2, "ts": EPOCH + 3 * DAY, "status": "won", "user_id": 1},
+               {"shop_id": 4, "ts": EPOCH + 16 * DAY, "status": "won", "user_id": 2}]
+    write_data(root, crm, billing)  # one step's source changed, in the middle and at the end
+    assert {r.name: r.mode for r in compute(project)}["funnel_f_seq"] == "full"
+    assert read_table(path, "shop_id") == reference("f_seq", crm, billing)
+    whole = pq.read_table(path)
+    ranged = compute(project, ComputeOptions(start=(EPOCH + 5 * DAY).date(),
+                                             end=(EPOCH + 8 * DAY).date()))
+    assert {r.name: r.mode for r in ranged}["funnel_f_seq"] == "incremental"
+    assert pq.read_table(path).equals(whole)
+    assert {r.name: r.mode for r in compute(project)}["funnel_f_seq"] == "full"  # after a range

@@ -22,7 +22,8 @@ from tally.catalog.spec.yamlio import parse_yaml_text
 
 BREAKING_FIELDS: dict[str, frozenset[str]] = {
     "metric": frozenset({"source", "entity", "aggregation", "expression", "filter", "window",
-                         "grain", "type", "ttl"}),
+                         "grain", "type", "ttl", "steps", "within", "order", "same",
+                         "measure"}),
     "score": frozenset({"entity", "components", "normalize", "missing", "bands"}),
     "source": frozenset({"path", "entity", "timestamp_field", "created_timestamp_field",
                          "format"}),

@@ -31,7 +31,7 @@ from sqlglot import exp
 from tally.catalog.errors import DataError
 from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import TableSpec, tables_by_feature
+from tally.catalog.spec.tables import SNAPSHOT_KINDS, TableSpec, tables_by_feature
 from tally.catalog.sql.relations import source_relation
 from tally.catalog.sql.trees import alias, col, fn, ident, num, op, table_relation
 from tally.catalog.store.paths import is_glob
@@ -145,13 +145,13 @@ def _table_with(specs: dict[str, TableSpec], feature: str) -> TableSpec | None:
 
 
 def input_tables(project: Project, score: Score, specs: dict[str, TableSpec]) -> set[str]:
-    """The computed tables (group or derived) a score reads: its components' and any
+    """The computed tables (group, derived or funnel) a score reads: its components' and any
     `segment_by` metric's that has snapshots."""
     names: set[str] = set()
     for c in score.components:
         for metric in (c.metric, c.segment_by):
             spec = _table_with(specs, metric) if metric else None
-            if spec is not None and spec.kind in ("group", "derived"):
+            if spec is not None and spec.kind in SNAPSHOT_KINDS:
                 names.add(spec.name)
     return names
 
@@ -281,7 +281,7 @@ def _component_inputs(project: Project, score: Score, specs: dict[str, TableSpec
     joins: list[_Join] = []
     for i, c in enumerate(score.components):
         spec = _table_with(specs, c.metric)
-        if spec is None or spec.kind not in ("group", "derived"):
+        if spec is None or spec.kind not in SNAPSHOT_KINDS:
             raise DataError(f"score {score.name}: component {c.metric} has no snapshot table")
         ctes.append((f"__c{i}", _snapshot_input(project, spec, c.metric, key)))
         joins.append(_Join(f"__c{i}", "left", _same_snapshot(f"__c{i}")))
@@ -330,7 +330,7 @@ def _segment_inputs(project: Project, score: Score, specs: dict[str, TableSpec],
                 exp.GT(this=col("__t", "base"), expression=col("__ts", name)))))
         else:
             spec = _table_with(specs, c.segment_by)
-            if spec is None or spec.kind not in ("group", "derived"):
+            if spec is None or spec.kind not in SNAPSHOT_KINDS:
                 raise DataError(f"score {score.name}: segment_by {c.segment_by} is not a "
                                 "metric with a table")
             ctes.append((name, _snapshot_input(project, spec, c.segment_by, key)))

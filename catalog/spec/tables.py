@@ -17,6 +17,10 @@ from tally.catalog.spec.models import Metric
 from tally.catalog.spec.project import Project
 from tally.catalog.store.paths import TABLES_DIR
 
+# the kinds of computed table with a row per (entity, snapshot): what derived metrics and
+# score components read
+SNAPSHOT_KINDS = ("group", "derived", "funnel")
+
 
 @dataclass(frozen=True)
 class TableSpec:
