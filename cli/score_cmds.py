@@ -29,7 +29,9 @@ def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
 def _funnel_line(metric: str, steps: list[int]) -> str:
     """A funnel component's steps for the entity: each step's reach and its share of the
     previous step."""
-    parts = [f"{steps[0]:,} started" if steps else "no steps"]
+    if not steps or not steps[0]:
+        return f"{metric} steps: no starts counted at this snapshot"
+    parts = [f"{steps[0]:,} started"]
     for i, reached in enumerate(steps[1:], start=2):
         share = f" ({reached / steps[i - 2]:.0%})" if steps[i - 2] else ""
         parts.append(f"step {i} {reached:,}{share}")
