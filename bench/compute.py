@@ -12,6 +12,10 @@ Metrics: daily grain, 30-day windows, a mix of count / sum / avg / min / max wit
 (count_distinct is costlier by nature and has its own row). Each measurement is a fresh
 subprocess; medians of 3.
 
+Funnels: a 3-step funnel (kind 0 -> 1 -> 2 within 7d, counted over 30d windows, daily)
+over the same source, sequential, any order and with `same: user_id`, each timed beside
+a 30-day count over the same rows (its own section, `compute funnels --size SIZE`).
+
 Incremental runs on a year of demo-shaped data (the example project: four sources,
 derived metrics, a score; 300 / 3,000 / 30,000 accounts): a full run, a rerun with nothing
 changed (the whole `tally compute` command in a fresh process), and a rerun after one
@@ -150,6 +154,40 @@ def _median(code: str, *args: str, repeat: int = 3) -> tuple[float, float]:
     return seconds, peak
 
 
+FUNNEL_VARIANTS = {"sequential": {}, "any order": {"order": "any"},
+                   "sequential, same: user_id": {"same": "user_id"}}
+
+
+def _funnel(extra: dict[str, str]) -> dict[str, Any]:
+    return {"name": "job_30d", "description": "Kind 0, then 1, then 2 within 7 days.",
+            "owner": "bench@example.com", "type": "funnel", "entity": "account",
+            "steps": [{"source": "events", "filter": f"kind = {k}"} for k in range(3)],
+            "within": "7d", "window": "30d", "grain": "1d", **extra}
+
+
+def run_funnels(size: str, source: Path) -> str:
+    """A 3-step funnel beside a 30-day count over the same rows, each in a fresh process."""
+    work = DATA / f"compute_{size}" / "projects"
+    count = make_project(work / "funnel_count", source, [
+        {"name": "rows_30d", "description": "Rows.", "owner": "bench@example.com",
+         "source": "events", "aggregation": "count", "expression": "*", "window": "30d"}])
+    base_s, base_mb = _median(COMPUTE, str(count))
+    rows: list[list[object]] = [["aggregate: count(*) over 30d", f"{base_s:.2f}",
+                                 f"{base_mb:.0f}", "1.00x"]]
+    for label, extra in FUNNEL_VARIANTS.items():
+        project = make_project(work / f"funnel_{len(rows)}", source, [_funnel(extra)])
+        seconds, peak = _median(COMPUTE, str(project))
+        rows.append([f"funnel, 3 steps, {label}", f"{seconds:.2f}", f"{peak:.0f}",
+                     f"{seconds / base_s:.2f}x"])
+        print(rows[-1], flush=True)
+    total, keys = SIZES[size]
+    return (f"### funnels, {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; "
+            "steps kind = 0, 1, 2 of one source, within 7d, window 30d, daily grain\n\n"
+            + table(["table", "seconds (median of 3)", "peak MB", "vs the aggregate"], rows)
+            + "\n\nEach run computes and writes one table (`full`), imports excluded; the "
+              "plan is in docs/compute.md (funnels).\n")
+
+
 def run(size: str) -> None:
     # generated in a subprocess: Linux keeps peak RSS across fork+exec, so a parent that
     # grew would inflate every child's peak
@@ -197,6 +235,7 @@ def run(size: str) -> None:
               "(see docs/compute.md).\n\n" + run_incremental(size))
     write_section(f"compute --size {size}", text)
     print(text)
+    write_section(f"compute funnels --size {size}", run_funnels(size, source))
 
 
 INCREMENTAL_SETUP = """

@@ -247,7 +247,7 @@ def test_show_spells_out_the_funnel(funnel_project: Path,
     assert {"kind": "source", "name": "events"} in card["upstream"]
     view = json.loads(invoke(["--project", str(funnel_project), "show", "funnel_job_30d",
                               "--json"], capsys).stdout)
-    assert view["columns"][-1] == "job_30d__step_3" and "funnel metric job_30d" in view[
+    assert view["columns"][-1] == "job_30d__step_3" and "funnel job_30d" in view[
         "description"]
 
 

@@ -5,9 +5,9 @@ Times are epoch microseconds and snapshots grain numbers `n` (T = n * grain). Th
 1. one scan per step source: key, time, the `same` value and each step's filter flag;
 2. stage 1 is every start (r = s); stage i keeps the starts of stage i-1 whose earliest
    step-i row at or after the match time (sequential: r_{i-1}; any: s) makes
-   r_i = max(r_{i-1}, a_i) < s + within. "Earliest row at or after" is a running MIN over
-   the starts and step rows of one (key[, same]) in descending time, step rows first at a
-   tie: a window both engines stream, no join, no per-row Python;
+   r_i = max(r_{i-1}, a_i) < s + within. DuckDB finds that row with an ASOF join; Spark,
+   which has none, with a running MIN over the starts and step rows of one (key[, same])
+   in descending time, step rows first at a tie (a frame it streams). No per-row Python;
 3. a start of stage i counts at the snapshots r_i < T <= s + window: +1 at
    n = r_i // G + 1, -1 at (s + window) // G + 1, summed per (key, n);
 4. the entity's rows are the aggregates' rule (a row of any step source in
@@ -107,6 +107,33 @@ def _not_null(name: str) -> exp.Expr:
     return exp.Not(this=exp.Is(this=col(name), expression=exp.Null()))
 
 
+def _step_rows(plan: FunnelPlan, step: int) -> exp.Select:
+    rows = exp.select(*_keys(plan), col("__t")).from_(f"__r{plan.step_source(step)}").where(
+        col(f"__f{step}"))
+    return rows.where(_not_null("__v")) if plan.metric.same else rows
+
+
+def _reached(plan: FunnelPlan, reach: exp.Expr) -> exp.Expr:
+    """Whether a reach time falls before `s + within`."""
+    return exp.LT(this=reach, expression=op(exp.Add, col("__s"), plan.within_us))
+
+
+def _asof_stage(plan: FunnelPlan, step: int) -> Ctes:
+    """DuckDB's form of `_stage_ctes`: an ASOF join finds the earliest step row at or after
+    the match time directly (faster; the same rows, tests/test_spark.py)."""
+    match = "__r" if plan.metric.order == "sequential" else "__s"
+    on: list[exp.Expr] = [exp.EQ(this=col(k.name, "__p"), expression=col(k.name, "__q"))
+                          for k in _keys(plan)]
+    on.append(exp.LTE(this=col(match, "__p"), expression=col("__t", "__q")))
+    reach = exp.func("greatest", col("__r", "__p"), col("__t", "__q"))
+    stage = exp.select(*[col(k.name, "__p") for k in _keys(plan)], col("__s", "__p"),
+                       alias(reach, "__r")).from_(exp.Table(
+        this=ident(f"__stage{step - 1}"), alias=exp.TableAlias(this=ident("__p")))).join(
+        exp.Subquery(this=_step_rows(plan, step), alias=exp.TableAlias(this=ident("__q"))),
+        on=exp.and_(*on), join_type="asof")
+    return [(f"__stage{step}", stage.where(_reached(plan, reach.copy())))]
+
+
 def _stage_ctes(plan: FunnelPlan, step: int) -> Ctes:
     """`__stage<step>` from `__stage<step-1>`: the starts that reached `step`, with r."""
     keys = _keys(plan)
@@ -116,10 +143,9 @@ def _stage_ctes(plan: FunnelPlan, step: int) -> Ctes:
                         alias(num(0), "__kind"), alias(null, "__t")).from_(f"__stage{step - 1}")
     rows = exp.select(*keys, alias(null.copy(), "__s"), alias(null.copy(), "__r"),
                       alias(col("__t"), "__o"), alias(num(1), "__kind"), col("__t")).from_(
-        f"__r{plan.step_source(step)}").where(col(f"__f{step}"))
+        exp.Subquery(this=_step_rows(plan, step), alias=exp.TableAlias(this=ident("__q"))))
     if plan.metric.same:  # a null `same` value matches nothing
         starts = starts.where(_not_null("__v"))
-        rows = rows.where(_not_null("__v"))
     earliest = exp.Window(
         this=exp.Min(this=col("__t")), partition_by=[k.copy() for k in keys],
         order=exp.Order(expressions=[exp.Ordered(this=col("__o"), desc=True),
@@ -133,7 +159,7 @@ def _stage_ctes(plan: FunnelPlan, step: int) -> Ctes:
     stage = exp.select(*[k.copy() for k in keys], col("__s"), alias(reach, "__r")).from_(
         f"__m{step}").where(exp.and_(
             exp.EQ(this=col("__kind"), expression=num(0)), _not_null("__a"),
-            exp.LT(this=reach.copy(), expression=op(exp.Add, col("__s"), plan.within_us))))
+            _reached(plan, reach.copy())))
     return [(f"__m{step}", matched), (f"__stage{step}", stage)]
 
 
@@ -234,7 +260,7 @@ def funnel_query(project: Project, plan: FunnelPlan, *, paths: dict[str, str],
         f"__r{plan.step_source(1)}").where(col("__f1"))
     ctes.append(("__stage1", first))
     for step in range(2, plan.steps + 1):
-        ctes += _stage_ctes(plan, step)
+        ctes += _asof_stage(plan, step) if dialect == "duckdb" else _stage_ctes(plan, step)
     ctes += [("__ev", _events(plan)), ("__deltas", _deltas(plan))]
     ctes += _entity_rows(plan, high, dialect)
     key_n = exp.and_(exp.EQ(this=col("__key", "__dense"), expression=col("__key", "__deltas")),

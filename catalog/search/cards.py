@@ -152,7 +152,7 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
     what = {"group": f"aggregate metrics of source {spec.source}",
             "derived": "derived metrics", "column": f"columns served from source {spec.source}",
             "score": f"score {spec.features[0]}",
-            "funnel": f"funnel metric {spec.features[0]}"}[spec.kind]
+            "funnel": f"funnel {spec.features[0]} (with its step counts)"}[spec.kind]
     grain = f" at {format_duration(spec.grain)} grain" if spec.grain else ""
     ttl = spec.ttl(project)
     services = graph.direct_models(ident)

@@ -1,9 +1,8 @@
 """Lineage: who feeds what. Nodes are every definition plus every computed table (one Feast
 FeatureView each); edges run upstream -> downstream:
 
-entity -> source, entity -> score, source -> metric (a funnel: each step's source),
-source -> feature view (the table that scans or serves it), metric -> derived metric,
-metric -> score (a component),
+entity -> source, entity -> score, source -> metric, source -> feature view (the table that
+scans or serves it), metric -> derived metric, metric -> score (a component),
 metric/score -> feature view (the table that serves it), metric/score -> model (a feature),
 feature view -> model (the FeatureService reads it).
 
@@ -126,8 +125,8 @@ def build_lineage(project: Project) -> Lineage:
             for used in project.derived_inputs(metric):
                 graph.add_edge(node_id("metric", used), me)
         elif metric.type == "funnel":
-            for step in metric.steps or ():
-                graph.add_edge(node_id("source", step.source), me)
+            for step_source in dict.fromkeys(step.source for step in metric.steps or []):
+                graph.add_edge(node_id("source", step_source), me)
         elif metric.source:
             graph.add_edge(node_id("source", metric.source), me)
     for name, score in project.scores.items():

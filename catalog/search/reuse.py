@@ -112,6 +112,10 @@ def signature(project: Project, name: str) -> tuple[Any, ...] | None:
                 int(window.total_seconds()) if window else None)
     if metric.type == "column":
         return ("column", metric.source, normalize_sql(metric.expression))
+    if metric.type == "funnel":
+        steps = tuple((s.source, normalize_sql(s.filter)) for s in metric.steps or [])
+        return ("funnel", metric.entity, steps, metric.within, metric.window, metric.grain,
+                metric.order, metric.same, metric.measure)
     return ("derived", normalize_sql(metric.expression))
 
 
@@ -119,6 +123,8 @@ _SIGNATURE_KEYS = {
     "aggregate": ("type", "source", "aggregation", "expression", "filter", "window_seconds"),
     "column": ("type", "source", "expression"),
     "derived": ("type", "expression"),
+    "funnel": ("type", "entity", "steps", "within", "window", "grain", "order", "same",
+               "measure"),
 }
 
 
