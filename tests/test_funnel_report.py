@@ -211,9 +211,11 @@ def test_plot_writes_a_png(funnel_project: Path, tmp_path: Path,
 @pytest.mark.parametrize(("args", "code", "words"), [
     (["nope"], 1, "unknown metric 'nope'; funnel metrics: job_30d"),
     (["events_30d"], 1, "events_30d is an aggregate metric, not a funnel; funnel metrics: job_30d"),
-    (["job_30d", "--at", "2026-01-01"], 1, "no snapshot at or before 2026-01-01"),
+    (["job_30d", "--at", "2026-01-01"], 1, "--at 2026-01-01T00:00:00+00:00: funnel job_30d "
+     "has no snapshot at or before it; its first is 2026-01-10T00:00:00+00:00"),
     (["job_30d", "--at", "soon"], 2, "--at 'soon' is not a date or time"),
-    (["job_30d", "--segment-by", "tier"], 1, "unknown segment_by metric 'tier'"),
+    (["job_30d", "--segment-by", "tier"], 1, "--segment-by 'tier' is no metric of this "
+     "project; give a metric of account"),
 ])
 def test_errors_exit_with_a_clear_message(funnel_project: Path, capsys: pytest.CaptureFixture[str],
                                           args: list[str], code: int, words: str) -> None:

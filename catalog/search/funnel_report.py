@@ -128,8 +128,9 @@ def _snapshot(name: str, path: Path, moment: datetime | None) -> datetime:
                                 "sources have step-1 rows?)")
     first = _run(exp.select(exp.Min(this=col("event_timestamp"))).from_(
         table_relation(str(path), "duckdb")).sql(dialect="duckdb"), [])[0][0]
-    raise LookupFailedError(f"funnel {name} has no snapshot at or before {_iso(moment)}; its "
-                            f"first is {_iso(first)}: give a later `at`", option="at")
+    raise LookupFailedError(f"{_iso(moment)}: funnel {name} has no snapshot at or before it; "
+                            f"its first is {_iso(first)}, so give that time or a later one",
+                            option="at")
 
 
 def _moment(value: datetime) -> exp.Expr:
@@ -141,14 +142,13 @@ def _segment_rows(project: Project, metric: Metric, segment_by: str, key: str,
     """The rows (__k, __v) of the segment metric at the snapshot."""
     seg = project.metrics.get(segment_by)
     if seg is None or project.is_version_copy(segment_by):
-        raise LookupFailedError(f"unknown segment_by metric {segment_by!r}; give a metric of "
-                                f"{metric.entity} (`tally search --kind metric`)",
+        raise LookupFailedError(f"{segment_by!r} is no metric of this project; give a metric "
+                                f"of {metric.entity} (aggregate, derived, column or funnel)",
                                 option="segment_by")
     if project.entity_of(segment_by) != metric.entity:
-        raise LookupFailedError(f"segment_by {segment_by!r} is about "
-                                f"{project.entity_of(segment_by)}, but funnel {metric.name} is "
-                                f"about {metric.entity}; give a metric of {metric.entity}",
-                                option="segment_by")
+        raise LookupFailedError(f"{segment_by!r} is about {project.entity_of(segment_by)}, "
+                                f"but funnel {metric.name} is about {metric.entity}; give a "
+                                f"metric of {metric.entity}", option="segment_by")
     if seg.type == "column":
         return _column_rows(project, segment_by, key, snapshot)
     spec = table_of(project, segment_by)
