@@ -166,26 +166,34 @@ def _funnel(extra: dict[str, str]) -> dict[str, Any]:
 
 
 def run_funnels(size: str, source: Path) -> str:
-    """A 3-step funnel beside a 30-day count over the same rows, each in a fresh process."""
+    """A 3-step funnel beside a 30-day count over the same rows, each in a fresh process;
+    three rounds, each running every table once, so a shared machine's load falls on all
+    of them alike; medians per table."""
     work = DATA / f"compute_{size}" / "projects"
-    count = make_project(work / "funnel_count", source, [
+    load_before = os.getloadavg()[0]
+    projects = {"aggregate: count(*) over 30d": make_project(work / "funnel_count", source, [
         {"name": "rows_30d", "description": "Rows.", "owner": "bench@example.com",
-         "source": "events", "aggregation": "count", "expression": "*", "window": "30d"}])
-    base_s, base_mb = _median(COMPUTE, str(count))
-    rows: list[list[object]] = [["aggregate: count(*) over 30d", f"{base_s:.2f}",
-                                 f"{base_mb:.0f}", "1.00x"]]
-    for label, extra in FUNNEL_VARIANTS.items():
-        project = make_project(work / f"funnel_{len(rows)}", source, [_funnel(extra)])
-        seconds, peak = _median(COMPUTE, str(project))
-        rows.append([f"funnel, 3 steps, {label}", f"{seconds:.2f}", f"{peak:.0f}",
-                     f"{seconds / base_s:.2f}x"])
-        print(rows[-1], flush=True)
+         "source": "events", "aggregation": "count", "expression": "*", "window": "30d"}])}
+    for i, (label, extra) in enumerate(FUNNEL_VARIANTS.items()):
+        projects[f"funnel, 3 steps, {label}"] = make_project(work / f"funnel_{i}", source,
+                                                             [_funnel(extra)])
+    runs: dict[str, list[Any]] = {label: [] for label in projects}
+    for _ in range(3):
+        for label, project in projects.items():
+            runs[label].append(run_in_subprocess(COMPUTE, str(project)))
+    seconds = {label: sorted(float(str(r.output["s"])) for r in rs)[1]
+               for label, rs in runs.items()}
+    base = seconds["aggregate: count(*) over 30d"]
+    rows: list[list[object]] = [
+        [label, f"{seconds[label]:.2f}", f"{max(r.peak_mb for r in runs[label]):.0f}",
+         f"{seconds[label] / base:.2f}x"] for label in projects]
     total, keys = SIZES[size]
     return (f"### funnels, {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; "
             "steps kind = 0, 1, 2 of one source, within 7d, window 30d, daily grain\n\n"
             + table(["table", "seconds (median of 3)", "peak MB", "vs the aggregate"], rows)
             + "\n\nEach run computes and writes one table (`full`), imports excluded; the "
-              "plan is in docs/compute.md (funnels).\n")
+              "plan is in docs/compute.md (funnels). Load average (1 min) "
+              f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
 
 
 def run(size: str) -> None:
