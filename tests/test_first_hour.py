@@ -58,6 +58,12 @@ def test_demo_data_ends_on_the_given_day_and_is_deterministic(tmp_path: Path) ->
     assert date(2026, 11, 29) <= newest.date() < date(2026, 12, 1)
     seats = pq.read_table(one.files["crm_licenses"])
     assert pc.max(seats["reported_ts"]).as_py().date() >= date(2026, 11, 1)
+    events = pq.read_table(one.files["crm_events"])  # the sales job, within its freshness
+    assert pc.max(events["event_ts"]).as_py().date() >= date(2026, 11, 28)
+    billing = pq.read_table(one.files["billing_events"])
+    assert pc.max(billing["recorded_ts"]).as_py() < one.end
+    assert set(pc.unique(billing["status"]).to_pylist()) == {"closed_won", "closed_lost",
+                                                              "invoiced", "paid"}
 
 
 def test_every_documented_command_works_in_the_demo_project(
