@@ -316,3 +316,13 @@ def test_funnel_never_stale_and_ranged_runs_keep_the_rest(funnel_project: Any) -
     assert {r.name: r.mode for r in ranged}["funnel_f_seq"] == "incremental"
     assert pq.read_table(path).equals(whole)
     assert {r.name: r.mode for r in compute(project)}["funnel_f_seq"] == "full"  # after a range
+
+
+def test_funnel_grain_longer_than_window_warns_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "defs.yaml").write_text(
+        SOURCES + "metrics:\n" + funnel_yaml("f_sparse", window="2d", grain="1w"))
+    project = load_project(tmp_path)
+    rendered = [w.render() for w in project.warnings]
+    assert any("metrics/defs.yaml:29: metrics[0].grain: grain 1w is longer than window 2d"
+               in w for w in rendered), rendered

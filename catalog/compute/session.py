@@ -14,6 +14,7 @@ from typing import Any
 from sqlglot import exp
 from tally.catalog.compute.generations import WHOLE, next_generation
 from tally.catalog.errors import DataError
+from tally.catalog.spec.models import FUNNEL_KEYS, Metric
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
 from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
@@ -56,14 +57,22 @@ class ComputeOptions:
     full: bool = False
 
 
+def _dumped(metric: Metric) -> dict[str, Any]:
+    """A metric as its definition hash reads it: without the funnel keys unless it is a
+    funnel, so tables computed before funnels existed keep their hashes."""
+    if metric.type == "funnel":
+        return metric.model_dump(mode="json")
+    return metric.model_dump(mode="json", exclude=set(FUNNEL_KEYS))
+
+
 def definition_hash(project: Project, spec: TableSpec) -> str:
     parts: list[Any] = [PLAN_VERSION, spec.name, spec.kind]
     for name in spec.features:
-        parts.append(project.metrics[name].model_dump(mode="json") if name in project.metrics
+        parts.append(_dumped(project.metrics[name]) if name in project.metrics
                      else project.scores[name].model_dump(mode="json"))
         if spec.kind == "derived":
             for i in project.derived_inputs(project.metrics[name]):
-                parts.append(project.metrics[i].model_dump(mode="json"))
+                parts.append(_dumped(project.metrics[i]))
     sources = [spec.source] if spec.source else []
     if spec.kind == "funnel":
         sources = [step.source for step in project.metrics[spec.features[0]].steps or []]
