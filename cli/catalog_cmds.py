@@ -130,6 +130,8 @@ def show(
             _out(f"  {key}: {value}")
     _out("definition:")
     _render(card.definition, 1)
+    if card.funnel:
+        _show_funnel(card.funnel)
     if card.contract:
         c = card.contract
         last = c.get("last_check") or {}
@@ -153,6 +155,16 @@ def show(
     feast = "; ".join(f"{k.replace('_', ' ')} {', '.join(v) if isinstance(v, list) else v}"
                       for k, v in card.feast.items() if v)
     _out(f"feast:      {feast or '-'}")
+
+
+def _show_funnel(funnel: dict[str, Any]) -> None:
+    same = f", same {funnel['same']}" if funnel["same"] else ""
+    _out(f"funnel: {funnel['order']}, last step within {funnel['within']} of the first{same}; "
+         f"starts in the trailing {funnel['window']} every {funnel['grain']}; measure "
+         f"{funnel['measure']}")
+    for step in funnel["steps"]:
+        _out(f"  step {step['step']}: {step['source']} where {step['filter']}")
+    _out(f"  columns: {', '.join(funnel['columns'])}")
 
 
 def _show_versions(versions: list[dict[str, Any]]) -> None:

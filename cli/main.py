@@ -41,7 +41,7 @@ def _load_optional_groups() -> None:
 
     for module in ("tally.cli.compute_cmds", "tally.cli.catalog_cmds", "tally.cli.contract_cmds",
                    "tally.cli.score_cmds", "tally.cli.ui_cmds", "tally.cli.diff_cmds",
-                   "tally.cli.portfolio_cmds"):
+                   "tally.cli.portfolio_cmds", "tally.cli.funnel_cmds"):
         try:
             loaded = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -26,6 +26,18 @@ def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _funnel_line(metric: str, steps: list[int]) -> str:
+    """A funnel component's steps for the entity: each step's reach and its share of the
+    previous step."""
+    if not steps or not steps[0]:
+        return f"{metric} steps: no starts counted at this snapshot"
+    parts = [f"{steps[0]:,} started"]
+    for i, reached in enumerate(steps[1:], start=2):
+        share = f" ({reached / steps[i - 2]:.0%})" if steps[i - 2] else ""
+        parts.append(f"step {i} {reached:,}{share}")
+    return f"{metric} steps: " + ", ".join(parts)
+
+
 def explain(
     score: Annotated[str, typer.Argument(help="The score's name.")],
     entity: Annotated[str, typer.Option("--entity", help="The entity's key (join key value).")],
@@ -63,6 +75,9 @@ def explain(
                   "", _num(result.change, 2, True), end_section=True)
     console = stdout_console()
     console.print(keep_names_whole(table, 0))
+    for c in result.components:
+        if c.funnel_steps is not None:
+            console.print(_funnel_line(c.metric, c.funnel_steps))
     if result.challenge:
         console.print(f"pulls it down most: {result.challenge}; missing components: "
                       f"{result.missing}; --json adds shares and the other changes")

@@ -63,6 +63,23 @@ def _score_notes(project: Project, report: DemoReport) -> str:
     return "; ".join(summaries) or "no scores"
 
 
+def _funnel_notes(project: Project, report: DemoReport) -> str:
+    """Each funnel's starts, reach per step and rate at its newest snapshot."""
+    from tally.catalog.search.funnel_report import funnel_report
+
+    summaries = []
+    for name in sorted(n for n, m in project.metrics.items()
+                       if m.type == "funnel" and not project.is_version_copy(n)):
+        result = funnel_report(project, name)
+        reach = " -> ".join(f"{s.reached:,}" for s in result.steps)
+        rate = "-" if result.rate is None else f"{result.rate:.0%}"
+        summaries.append(f"{name}: {reach} ({rate})")
+        report.notes.append(f"{name} at {result.snapshot[:10]}: {result.starts:,} starts, "
+                            f"reach per step {reach}, rate {rate}; try `tally -p "
+                            f"{project.root} funnel {name} --plot funnel.png`")
+    return "; ".join(summaries) or "no funnels"
+
+
 def _portfolio_note(project: Project, report: DemoReport) -> str:
     """What the run log of this demo measured, priced by the default costs."""
     from tally.catalog.search.portfolio import portfolio
@@ -148,6 +165,7 @@ def run_demo(root: Path, accounts: int = 3000,
         return f"{len(result):,} rows x {len(result.columns)} columns"
 
     step("training-frame", frame)
+    step("funnels", lambda: _funnel_notes(project, report))
     step("scores", lambda: _score_notes(project, report))
     step("portfolio", lambda: _portfolio_note(project, report))
     report.notes += [

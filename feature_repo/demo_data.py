@@ -1,4 +1,5 @@
-"""Deterministic adoption data for the example project: CRM, marketing, commerce, renewals.
+"""Deterministic adoption data for the example project: CRM, marketing, commerce, renewals,
+and the sales job (CRM opportunity events, billing events) the job-adoption funnel reads.
 
 Accounts have a latent adoption level that drives logins, sends and orders, and renewal
 outcomes follow adoption, so the churn model's features carry signal. Timestamps are
@@ -175,6 +176,88 @@ def _renewals(rng: np.random.Generator, a: _Accounts) -> pa.Table:
         "contract_value": np.round(a.seats * rng.uniform(300, 900, a.ids.size), 2)})
 
 
+def _opportunities(rng: np.random.Generator, a: _Accounts) -> dict[str, np.ndarray]:
+    """The sales job per opportunity: created by a rep; quoted, then won or lost, each more
+    likely and sooner the more the account has adopted. Delays are long-tailed, so some wins
+    land after the funnel's 30 days and do not count as completions."""
+    per_account = rng.poisson((0.3 + 2.5 * a.adoption) * a.active_days / 30)
+    acc = np.repeat(a.ids, per_account)
+    adoption = np.repeat(a.adoption, per_account)
+    reps = np.repeat(np.maximum(1, a.seats // 6), per_account)
+    created = a.event_times(rng, per_account)
+    quoted = rng.random(acc.size) < 0.55 + 0.35 * adoption
+    won = quoted & (rng.random(acc.size) < 0.2 + 0.5 * adoption)
+    lost = quoted & ~won & (rng.random(acc.size) < 0.6)
+    quote_at = created + (rng.exponential(4.0, acc.size) * US_PER_DAY).astype(np.int64)
+    close_at = quote_at + (rng.exponential(10.0, acc.size) * US_PER_DAY).astype(np.int64)
+    return {"account_id": acc, "opportunity_id": np.arange(1, acc.size + 1, dtype=np.int64),
+            "user_id": acc * 10_000 + rng.integers(0, 1 << 30, acc.size) % reps,
+            "created": created, "quoted": quoted, "quote_at": quote_at, "won": won,
+            "lost": lost, "close_at": close_at,
+            "notes": rng.poisson(1.5, acc.size)}
+
+
+def _until_quiet(a: _Accounts, account_ids: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Rows before their account went quiet and before the end of the data."""
+    quiet = a.start_us + a.active_days[account_ids - 1] * US_PER_DAY
+    return np.asarray((times < quiet) & (times < a.start_us + a.days * US_PER_DAY))
+
+
+def _crm_events(rng: np.random.Generator, a: _Accounts,
+                opp: dict[str, np.ndarray]) -> pa.Table:
+    """One row per CRM activity on an opportunity: created, notes, the quote."""
+    note_of = np.repeat(np.arange(opp["account_id"].size), opp["notes"])
+    note_at = opp["created"][note_of] + (rng.random(note_of.size) * 20
+                                         * US_PER_DAY).astype(np.int64)
+    quoted = np.flatnonzero(opp["quoted"])
+    rows = np.concatenate([np.arange(opp["account_id"].size), note_of, quoted])
+    times = np.concatenate([opp["created"], note_at, opp["quote_at"][quoted]])
+    event = np.concatenate([np.full(opp["account_id"].size, "opportunity_created"),
+                            np.full(note_of.size, "note_added"),
+                            np.full(quoted.size, "quote_sent")])
+    keep = _until_quiet(a, opp["account_id"][rows], times)
+    rows, times, event = rows[keep], times[keep], event[keep]
+    return pa.table({"account_id": opp["account_id"][rows],
+                     "opportunity_id": opp["opportunity_id"][rows],
+                     "user_id": opp["user_id"][rows], "event": event,
+                     "event_ts": _ts(times)})
+
+
+def _billing_events(rng: np.random.Generator, a: _Accounts,
+                    opp: dict[str, np.ndarray]) -> pa.Table:
+    """Deals closed (won or lost, by the opportunity's rep) and monthly invoices and their
+    payments (no opportunity, no rep)."""
+    closed = np.flatnonzero(opp["won"] | opp["lost"])
+    status = np.where(opp["won"][closed], "closed_won", "closed_lost")
+    month_starts = _month_starts_us(a.start_us)
+    inv_acc = np.repeat(a.ids, month_starts.size)
+    invoiced = (np.tile(month_starts, a.ids.size)
+                + rng.integers(0, 28 * US_PER_DAY, inv_acc.size))
+    paid = invoiced + (rng.exponential(6.0, inv_acc.size) * US_PER_DAY).astype(np.int64)
+    n_inv = inv_acc.size
+    acc = np.concatenate([opp["account_id"][closed], inv_acc, inv_acc])
+    times = np.concatenate([opp["close_at"][closed], invoiced, paid])
+    keep = _until_quiet(a, acc, times)
+    none = np.full(2 * n_inv, None)
+    table = pa.table({
+        "account_id": acc,
+        "opportunity_id": pa.array(np.concatenate([opp["opportunity_id"][closed], none]),
+                                   type=pa.int64()),
+        "user_id": pa.array(np.concatenate([opp["user_id"][closed], none]), type=pa.int64()),
+        "status": np.concatenate([status, np.full(n_inv, "invoiced"), np.full(n_inv, "paid")]),
+        "recorded_ts": _ts(times)})
+    return table.filter(pa.array(keep))
+
+
+def _sales_job(rng: np.random.Generator, a: _Accounts) -> dict[str, pa.Table]:
+    opp = _opportunities(rng, a)
+    return {"crm_events": _crm_events(rng, a, opp),
+            "billing_events": _billing_events(rng, a, opp)}
+
+
+_EVENT_KEYS = {"crm_events": ["account_id", "event_ts"],
+               "billing_events": ["account_id", "recorded_ts"]}
+
 # each source in the order its random draws are made, with the keys its file is sorted by
 _SOURCES = [("crm_logins", _crm_logins, ["account_id", "event_ts"]),
             ("crm_licenses", _crm_licenses, ["account_id", "reported_ts"]),
@@ -186,8 +269,9 @@ _SOURCES = [("crm_logins", _crm_logins, ["account_id", "event_ts"]),
 
 def generate(folder: Path, accounts: int = 3000, seed: int = 7, *,
              end: date | None = None) -> DemoData:
-    """Write the six source files of the example project under `folder` (its data/), with
-    rows in the DAYS days before `end` (default: today, UTC)."""
+    """Write the eight source files of the example project under `folder` (its data/), with
+    rows in the DAYS days before `end` (default: today, UTC). The sales job's two sources
+    draw last, so the other six are the same as before they existed."""
     start, stop = data_span(end)
     rng = np.random.default_rng(seed)
     account_set = _accounts(rng, accounts, start)
@@ -197,5 +281,9 @@ def generate(folder: Path, accounts: int = 3000, seed: int = 7, *,
         table = make(rng, account_set)
         files[name] = folder / f"{name}.parquet"
         _write(table, files[name], keys)
+        rows[name] = table.num_rows
+    for name, table in _sales_job(rng, account_set).items():
+        files[name] = folder / f"{name}.parquet"
+        _write(table, files[name], _EVENT_KEYS[name])
         rows[name] = table.num_rows
     return DemoData(folder, files, rows, start, stop)

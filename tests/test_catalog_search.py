@@ -126,7 +126,7 @@ def test_state_files_feed_contract_facet_and_statistics(
     assert names(search(example_project, capsys, "", "--contract", "passing")) == \
         ["marketing_sends"]
     assert set(names(search(example_project, capsys, "", "--contract", "unchecked"))) == {
-        "crm_licenses", "marketing_contracts", "renewals"}
+        "crm_licenses", "marketing_contracts", "renewals", "crm_events", "billing_events"}
     card = json.loads(invoke(["--project", str(example_project), "show",
                               "crm_monthly_active_users", "--json"], capsys).stdout)
     assert card["table"]["rows"] == 1234 and card["table"]["null_fraction"] == 0.25

@@ -58,6 +58,12 @@ def test_demo_data_ends_on_the_given_day_and_is_deterministic(tmp_path: Path) ->
     assert date(2026, 11, 29) <= newest.date() < date(2026, 12, 1)
     seats = pq.read_table(one.files["crm_licenses"])
     assert pc.max(seats["reported_ts"]).as_py().date() >= date(2026, 11, 1)
+    events = pq.read_table(one.files["crm_events"])  # the sales job, within its freshness
+    assert pc.max(events["event_ts"]).as_py().date() >= date(2026, 11, 28)
+    billing = pq.read_table(one.files["billing_events"])
+    assert pc.max(billing["recorded_ts"]).as_py() < one.end
+    assert set(pc.unique(billing["status"]).to_pylist()) == {"closed_won", "closed_lost",
+                                                              "invoiced", "paid"}
 
 
 def test_every_documented_command_works_in_the_demo_project(
@@ -88,7 +94,11 @@ def test_every_documented_command_works_in_the_demo_project(
          "net_adoption_score,net_adoption_score_band", "--out", str(tmp_path / "frame.csv")],
         ["explain", "net_adoption_score", "--entity", key],
         ["explain", "net_adoption_score", "--entity", key, "--plot", str(tmp_path / "s.png")],
-        ["segments", "net_adoption_score"], ["contract", "export", "crm_logins"],
+        ["segments", "net_adoption_score"], ["show", "quote_to_close_30d"],
+        ["funnel", "quote_to_close_30d"], ["funnel", "quote_to_close_30d", "--segment-by",
+                                            "crm_seat_count", "--json"],
+        ["funnel", "quote_to_close_30d", "--plot", str(tmp_path / "funnel.png")],
+        ["contract", "export", "crm_logins"],
         ["contract", "export", "crm_logins", "--out", str(contract)],
         ["contract", "import", str(contract), "--replace"],
         ["register", str(extra)],
@@ -106,6 +116,29 @@ def test_every_documented_command_works_in_the_demo_project(
     band = pd.read_csv(tmp_path / "frame.csv")["net_adoption_score_band"]
     assert band.notna().any() and set(band.dropna()) <= {"at_risk", "watch", "healthy"}
     assert pd.read_parquet(tmp_path / "frame.parquet")["crm_monthly_active_users"].notna().any()
+
+
+def test_the_demo_computes_the_job_funnel_and_the_score_reads_it(
+        demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tables = demo / "data" / "tables"
+    funnel = pd.read_parquet(tables / "funnel_quote_to_close_30d.parquet")
+    newest = funnel[funnel["event_timestamp"] == funnel["event_timestamp"].max()]
+    starts, quoted, won = (int(newest[f"quote_to_close_30d__step_{i}"].sum()) for i in (1, 2, 3))
+    assert starts > quoted > won > 0  # most opportunities get a quote, fewer close in time
+    score = pd.read_parquet(tables / "score_net_adoption_score.parquet")
+    values = score["net_adoption_score__quote_to_close_30d_value"]
+    assert values.notna().any() and values.dropna().between(0, 1).all()
+    key = int(newest.loc[newest["quote_to_close_30d__step_1"] > 0, "account_id"].iloc[0])
+    explained = json.loads(invoke(["--project", str(demo), "explain", "net_adoption_score",
+                                   "--entity", str(key), "--json"], capsys).stdout)
+    steps = next(c["funnel_steps"] for c in explained["components"]
+                 if c["metric"] == "quote_to_close_30d")
+    at = pd.Timestamp(explained["snapshot"])
+    row = funnel[(funnel["account_id"] == key) & (funnel["event_timestamp"] == at)].iloc[0]
+    assert steps == [int(row[f"quote_to_close_30d__step_{i}"]) for i in (1, 2, 3)]
+    report = json.loads(invoke(["--project", str(demo), "funnel", "quote_to_close_30d",
+                                "--json"], capsys).stdout)
+    assert [s["reached"] for s in report["steps"]] == [starts, quoted, won]
 
 
 def test_materialize_without_start_loads_the_newest_values_of_old_data(pinned: Path) -> None:

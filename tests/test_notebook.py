@@ -49,6 +49,6 @@ def test_quickstart_notebook_executes() -> None:
     client.execute()  # raises CellExecutionError, naming the cell, when any cell fails
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # explain + metric
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # explain, metric, funnel
     assert any("held back by" in t for t in _texts(notebook))  # segments ran
     _clean(notebook)

@@ -72,7 +72,7 @@ def _explain_one(page: Page, score_page: str) -> None:
     expect(page.locator("#explain-title")).to_contain_text(f"account {key}")
     expect(page.locator("svg.waterfall")).to_be_visible()
     rows = page.locator("#components tbody tr")
-    expect(rows).to_have_count(5)  # four components and the total
+    expect(rows).to_have_count(6)  # five components (the fifth a funnel) and the total
     expect(rows.first.locator("a")).to_have_text("crm_active_user_ratio")
 
 

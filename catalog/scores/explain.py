@@ -30,7 +30,7 @@ from tally.catalog.scores.plans import (
 from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
-from tally.catalog.spec.tables import table_specs, tables_by_feature
+from tally.catalog.spec.tables import funnel_step_column, table_specs, tables_by_feature
 from tally.catalog.sql.duck import parquet_scan
 
 EXAMPLES = 5
@@ -102,6 +102,9 @@ class ComponentExplanation:
     transform: str | None = None
     direction: str = "higher_is_better"
     normalize: str = "percentile"
+    # a funnel component: the entity's starts counted at the snapshot that reached each
+    # step (`<metric>__step_i`); None when its funnel table has no row there
+    funnel_steps: list[int] | None = None
 
 
 @dataclass
@@ -200,7 +203,28 @@ def explain(project: Project, score_name: str, entity_key: str | int,
     for label, c in zip(component_labels(score), score.components, strict=True):
         out.components.append(_component(score, label, c, now, before, shares[label],
                                          gaps.get(label)))
+        if project.metrics.get(c.metric) and project.metrics[c.metric].type == "funnel":
+            out.components[-1].funnel_steps = _funnel_steps(project, c.metric, key,
+                                                            now["event_timestamp"])
     return out
+
+
+def _funnel_steps(project: Project, metric: str, key: Any, snapshot: datetime
+                  ) -> list[int] | None:
+    """The entity's `<metric>__step_i` at the snapshot explained, from the funnel's table."""
+    spec = tables_by_feature(table_specs(project))[metric]
+    path = spec.path(project)
+    if not path.exists():
+        return None
+    funnel = project.metrics[metric]
+    join_key = project.entities[funnel.entity or ""].join_key
+    steps = ", ".join(f'"{funnel_step_column(metric, i)}"'
+                      for i in range(1, len(funnel.steps or ()) + 1))
+    rows = _rows(_con(), f"SELECT {steps} FROM {parquet_scan(path)} WHERE "
+                         f'"{join_key}" = ? AND event_timestamp = ?', [key, snapshot])
+    if not rows:
+        return None
+    return [int(v or 0) for v in rows[0].values()]
 
 
 def explanation_figure(explanation: Explanation) -> Any:

@@ -44,8 +44,9 @@ def _columns(project: Project, definition: Definition) -> list[str]:
         return [c.metric for c in spec.components]
     if spec.type == "derived":
         return project.derived_inputs(spec)
-    used: set[str] = set()
-    for text in (spec.expression, spec.filter):
+    used: set[str] = {spec.same} if spec.type == "funnel" and spec.same else set()
+    texts = [s.filter for s in spec.steps or ()] if spec.type == "funnel" else []
+    for text in (spec.expression, spec.filter, *texts):
         if text:
             with contextlib.suppress(ExpressionRefused):
                 used |= check_expression(text, allow_star=True).columns
@@ -78,6 +79,21 @@ def _base(ident: str, graph: Lineage) -> dict[str, Any]:
     }
 
 
+def funnel_fields(spec: Any) -> dict[str, Any]:
+    """A funnel's shape with every default spelled out (the definition omits defaults):
+    its steps, within, window, grain, order, same, measure, and the columns its table
+    serves."""
+    from tally.catalog.spec.tables import funnel_columns
+
+    return {
+        "steps": [{"step": i, "source": step.source, "filter": step.filter}
+                  for i, step in enumerate(spec.steps or (), start=1)],
+        "within": spec.within, "window": spec.window, "grain": spec.grain or "1d",
+        "order": spec.order, "same": spec.same, "measure": spec.measure,
+        "columns": list(funnel_columns(spec.name, spec)),
+    }
+
+
 def definition_card(project: Project, graph: Lineage, definition: Definition,
                     tables: dict[str, Any], contracts: dict[str, Any]) -> dict[str, Any]:
     from tally.catalog.spec.models import spec_to_yaml_dict
@@ -98,6 +114,8 @@ def definition_card(project: Project, graph: Lineage, definition: Definition,
     }
     direct_models = graph.direct_models(ident)
     feast: dict[str, Any] = {}
+    if kind == "metric" and spec.type == "funnel":
+        card["funnel"] = funnel_fields(spec)
     if kind in ("metric", "score"):
         table = graph.table_of_feature.get(name)
         feast = {"feature_view": table, "feature_services": direct_models}
@@ -145,8 +163,8 @@ def table_card(project: Project, graph: Lineage, spec: TableSpec,
         "owner": graph.owners[ident], "owners": table_owners(project, spec),
         "tags": sorted({t for f in spec.features for t in project.definitions[f].spec.tags}),
         "status": None, "version": None, "type": spec.kind, "entity": spec.entity,
-        "source": spec.source, "columns": list(spec.features), "file": None, "line": None,
-        "definition": {"features": list(spec.features), "table_kind": spec.kind,
+        "source": spec.source, "columns": list(spec.columns), "file": None, "line": None,
+        "definition": {"features": list(spec.columns), "table_kind": spec.kind,
                        "grain": format_duration(spec.grain) if spec.grain else None,
                        "ttl": format_duration(ttl) if ttl else None,
                        "path": spec.path(project).relative_to(project.root).as_posix()},

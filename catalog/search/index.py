@@ -41,7 +41,7 @@ from tally.catalog.store.paths import (
 if TYPE_CHECKING:
     from tally.catalog.spec.project import Project
 
-SCHEMA_VERSION = 10  # 8: versions; 9: cards carry `owners`; 10: aliases
+SCHEMA_VERSION = 11  # 8: versions; 9: cards carry `owners`; 10: aliases; 11: `funnel`
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STATE_FILES = (TABLE_STATS_FILE.as_posix(), CONTRACT_RESULTS_FILE.as_posix())

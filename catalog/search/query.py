@@ -121,6 +121,7 @@ class Card:
     versions: list[dict[str, Any]] = field(default_factory=list)  # a metric's, oldest first
     owners: list[str] = field(default_factory=list)  # `owner`, split: a view may have several
     aliases: list[str] = field(default_factory=list)
+    funnel: dict[str, Any] | None = None  # a funnel metric's steps and fields, defaults given
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Card:
