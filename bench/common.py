@@ -41,9 +41,10 @@ class Run:
     output: dict[str, object]
 
 
-def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
-    """Run `code` in a fresh Python process; it prints one JSON line last. Peak RSS from
-    the kernel's accounting of the child (ru_maxrss)."""
+def run_in_subprocess(code: str, *args: str, timeout: float = 3600,
+                      env: dict[str, str] | None = None) -> Run:
+    """Run `code` in a fresh Python process (with `env` when given); it prints one JSON
+    line last. Peak RSS from the kernel's accounting of the child (ru_maxrss)."""
 
     wrapper = (
         "import json, resource, sys, time\n"
@@ -55,7 +56,7 @@ def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
         "                  'out': globals().get('OUT', {})}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+                          text=True, timeout=timeout, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-3000:]}")
     last = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -28,7 +28,6 @@ from tally.catalog.compute.session import (
 )
 from tally.catalog.errors import DataError, TallyError
 from tally.catalog.spec.tables import TableSpec
-from tally.catalog.sql.duck import connect
 from tally.catalog.sql.engines import first_line
 
 
@@ -63,7 +62,7 @@ class DependentTables(ComputeSession):
             return self._up_to_date(spec, out)
         if self.progress:
             self.progress(spec.name, 0, 1)
-        engine = self._engine([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
+        engine = self._engine()
         query = derived_query(project, spec.features, entity_key=entity_key,
                               group_paths=group_paths, column_inputs=column_inputs,
                               group_of=group_of, dialect=engine.dialect)
@@ -107,9 +106,8 @@ class DependentTables(ComputeSession):
                        if m.type == "column" and m.source == name]
             query = digest_query(source, self.project.entities[source.entity].join_key,
                                  metrics, path, "duckdb")
-            con = connect([Path(path).parent])
             try:
-                rows = con.execute(query.sql("duckdb")).fetchall()
+                rows = self._duckdb().con.execute(query.sql("duckdb")).fetchall()
             except Exception as exc:  # duckdb raises a family of its own errors
                 raise DataError(f"reading source {name} ({path}): {first_line(exc)}") from None
             self._column_digests[name] = digest_of(rows)
@@ -155,8 +153,7 @@ class DependentTables(ComputeSession):
         return max(newest) if newest else None
 
     def _compute_score(self, spec: TableSpec) -> TableResult:
-        from tally.catalog.scores.plans import input_paths, score_query
-        from tally.catalog.sql.engines import DuckDBEngine
+        from tally.catalog.scores.plans import score_query
 
         score = self.project.scores[spec.features[0]]
         out = spec.path(self.project)
@@ -168,9 +165,8 @@ class DependentTables(ComputeSession):
         if self.progress:
             self.progress(spec.name, 0, 1)
         query = score_query(self.project, score, self.specs)
-        con = connect([out.parent, *input_paths(self.project, score, self.specs)])
         key = self.project.entities[score.entity].join_key
-        return self._write_computed(DuckDBEngine(con), query, out, key, spec, since, inputs)
+        return self._write_computed(self._duckdb(), query, out, key, spec, since, inputs)
 
     def _score_inputs(self, spec: TableSpec) -> TableInputs:
         from tally.catalog.scores.plans import input_tables

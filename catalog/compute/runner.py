@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tally.catalog.compute.dependents import DependentTables
@@ -145,7 +144,7 @@ class Computer(DependentTables):
         out.parent.mkdir(parents=True, exist_ok=True)
         if self._group_unchanged(spec):
             return self._up_to_date(spec, out)
-        engine = self._engine([Path(src_path).parent, out.parent])
+        engine = self._engine()
         key = project.entities[group.entity].join_key
         digest = self._digest(engine, source, key, plan, src_path)
         files: list[list[Any]] | None = file_fingerprint(project, source)

@@ -16,7 +16,7 @@ from tally.catalog.compute.generations import WHOLE, next_generation
 from tally.catalog.errors import DataError
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
-from tally.catalog.sql.duck import connect
+from tally.catalog.sql.duck import allowed_paths_for, connect
 from tally.catalog.sql.engines import first_line
 from tally.catalog.sql.parts import (
     ROW_GROUP_SIZE,
@@ -138,12 +138,13 @@ class ComputeSession:
         self.state = read_state(project, TABLE_STATS_FILE)
         self._spill = project.root / DUCKDB_SPILL_DIR
         self._spark: Any = None
+        self._duck: Any = None
         self._column_digests: dict[str, Any] = {}
 
-    def _engine(self, allowed: list[Path]) -> Any:
-        """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
-        one SparkSession of this run."""
-        from tally.catalog.sql.engines import DuckDBEngine, SparkEngine, project_engine
+    def _engine(self) -> Any:
+        """The project's engine (tally.yaml `engine:`): the run's DuckDB connection, or
+        the one SparkSession of this run."""
+        from tally.catalog.sql.engines import SparkEngine, project_engine
 
         if project_engine(self.project.root) == "spark":
             if self._spark is None:
@@ -151,7 +152,17 @@ class ComputeSession:
 
                 self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
             return self._spark
-        return DuckDBEngine(connect(allowed, temp_directory=self._spill))
+        return self._duckdb()
+
+    def _duckdb(self) -> Any:
+        """The run's one DuckDB connection (each costs tens of milliseconds), limited to the
+        project's sources and its tables (`duck.allowed_paths_for`)."""
+        from tally.catalog.sql.engines import DuckDBEngine
+
+        if self._duck is None:
+            self._duck = DuckDBEngine(connect(allowed_paths_for(self.project),
+                                              temp_directory=self._spill))
+        return self._duck
 
     def _input_groups(self, spec: TableSpec) -> set[str]:
         groups: set[str] = set()
@@ -195,7 +206,7 @@ class ComputeSession:
                 entry.pop(name, None)
         self.state[spec.name] = entry
         atomic_write_text(self.project.root / TABLE_STATS_FILE,
-                          json.dumps(self.state, indent=2, sort_keys=True))
+                          json.dumps(self.state, sort_keys=True))  # C encoder: fast
 
     def _statistics(self, spec: TableSpec, result: TableResult) -> dict[str, Any]:
         """From the parts' footers (catalog/sql/parts.py): no data read."""
