@@ -120,6 +120,7 @@ def write_query(con: Any, select_sql: str, out: Path, key: str, spec: TableSpec,
     def chunks() -> Any:
         import pyarrow as pa
 
+        yield reader.schema.empty_table()  # the schema, should there be no rows
         for batch in reader:
             yield pa.Table.from_batches([batch])
 

@@ -237,11 +237,14 @@ class PartsWriter:
     def __init__(self, folder: Path, key: str, span: int, base_end: int | None):
         self.folder, self.key, self.span, self.base_end = folder, key, span, base_end
         self.files: dict[int, _PartFile] = {}
+        self.first: Any = None  # the first chunk, for an empty table's schema
 
     def add(self, chunk: Any) -> None:
         import numpy as np
         import pyarrow as pa
 
+        if self.first is None:
+            self.first = chunk.slice(0, 0)
         if not chunk.num_rows:
             return
         stamps = _stamps(chunk)
@@ -258,9 +261,16 @@ class PartsWriter:
             self.files[start] = _PartFile(self.folder / part_name(start), self.key)
         return self.files[start]
 
-    def close(self) -> int:
+    def close(self, *, empty_base: bool = True) -> int:
+        """Finish every part; with no rows at all, an empty base keeps the table's schema
+        (unless `empty_base` is False: other parts hold it)."""
+        import pyarrow.parquet as pq
+
         for part in self.files.values():
             part.close()
+        if not self.files and empty_base and self.first is not None:
+            pq.write_table(_nullable(self.first), self.folder / part_name(0),
+                           coerce_timestamps="us")
         return sum(p.rows for p in self.files.values())
 
 
@@ -325,5 +335,5 @@ def replace_range(new_rows: Any, table: Path, key: str, span: int, lo: int,
         try:
             writer.add(merged)
         finally:
-            writer.close()
+            writer.close(empty_base=not keep)
     return int(new_rows.num_rows)
