@@ -303,6 +303,49 @@ def test_nothing_changed_reads_no_data(tmp_path: Path,
     assert compute(load_project(root), ComputeOptions(full=True))[0].mode == "full"
 
 
+def test_without_an_atomic_exchange_the_two_renames_give_the_same_tables(
+        tmp_path: Path, small_parts: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tally.catalog.store import fsutil
+
+    monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)  # as where renameat2 is not
+    rng = random.Random(6)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    _append_day(root, rng, 0)
+    _late_file(root, rng, 1)
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "two renames")
+    assert not list((root / "data" / "tables").glob(".tally-tmp-*"))
+
+
+CRASHING_RUN = """
+import sys
+from tally.catalog.compute.runner import compute
+from tally.catalog.spec.loading import load_project
+compute(load_project(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("point", ["compute-before-rename#2", "compute-after-rename#4"])
+def test_an_incremental_run_killed_mid_way_leaves_whole_tables(tmp_path: Path, point: str
+                                                                ) -> None:
+    """Killed between its table swaps, an incremental run leaves every table whole (old or
+    new); the next run gives what an uninterrupted one gives."""
+    rng = random.Random(12)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    _append_day(root, rng, 0)
+    env = {**os.environ, "TALLY_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", CRASHING_RUN, str(root)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr  # killed where aimed
+    for table in (root / "data" / "tables").glob("*.parquet"):
+        assert pq.read_table(table).num_rows > 20, table.name
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), point)
+    assert not list((root / "data").rglob(".tally-tmp-*"))
+
+
 NO_CHANGE_RUN = """
 import sys
 from tally.cli.main import main
