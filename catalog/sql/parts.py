@@ -123,14 +123,14 @@ def table_statistics(table: Path, columns: list[str]) -> TableStatistics:
                     nulls[column] += stats.null_count
             ts = group.column(index["event_timestamp"]).statistics
             if ts is not None and ts.has_min_max and group.num_rows:
-                top = _epoch_us(ts.max)
+                top = _statistic_us(ts.max)
                 newest = top if newest is None else max(newest, top)
         if missing:
             _count_nulls(path, sorted(missing), nulls)
     return TableStatistics(rows, newest, nulls)
 
 
-def _epoch_us(value: Any) -> int:
+def _statistic_us(value: Any) -> int:
     """A footer's timestamp statistic (an int or a datetime, zoned or not) as epoch us."""
     from datetime import UTC, datetime, timedelta
 
@@ -223,11 +223,18 @@ class _PartFile:
             self.writer.close()
 
 
-def _stamps(table: Any) -> Any:
+def _epoch_us(column: Any) -> Any:
+    """A timestamp column as microseconds since the epoch (int64), whatever its unit."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    return pc.cast(table.column("event_timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(column.type) and column.type.unit != "us":
+        column = pc.cast(column, pa.timestamp("us", tz=column.type.tz))
+    return pc.cast(column, pa.int64())
+
+
+def _stamps(table: Any) -> Any:
+    return _epoch_us(table.column("event_timestamp")).to_numpy(zero_copy_only=False)
 
 
 class PartsWriter:
@@ -315,7 +322,7 @@ def replace_range(new_rows: Any, table: Path, key: str, span: int, lo: int,
     old = []
     for part in touched:
         rows = pq.read_table(part.path)
-        stamps = pc.cast(rows.column("event_timestamp"), pa.int64())
+        stamps = _epoch_us(rows.column("event_timestamp"))
         outside = pc.less(stamps, lo)
         if hi is not None:
             outside = pc.or_(outside, pc.greater(stamps, hi))
