@@ -18,6 +18,7 @@ RESULTS = REPO / "docs" / "benchmarks.md"
 # generated inputs; TALLY_BENCH_DATA puts them elsewhere (the tests' tiny runs use a temp dir)
 DATA = Path(os.environ.get("TALLY_BENCH_DATA") or REPO / "bench" / "data")
 RECORD = True  # False for `--size tiny`: results are printed, never written
+LOAD_AT_START = os.getloadavg()  # the machine's load when the bench began (1, 5, 15 min)
 
 
 def machine() -> str:
@@ -41,9 +42,10 @@ class Run:
     output: dict[str, object]
 
 
-def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
-    """Run `code` in a fresh Python process; it prints one JSON line last. Peak RSS from
-    the kernel's accounting of the child (ru_maxrss)."""
+def run_in_subprocess(code: str, *args: str, timeout: float = 3600,
+                      env: dict[str, str] | None = None) -> Run:
+    """Run `code` in a fresh Python process (with `env` when given); it prints one JSON
+    line last. Peak RSS from the kernel's accounting of the child (ru_maxrss)."""
 
     wrapper = (
         "import json, resource, sys, time\n"
@@ -55,7 +57,7 @@ def run_in_subprocess(code: str, *args: str, timeout: float = 3600) -> Run:
         "                  'out': globals().get('OUT', {})}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+                          text=True, timeout=timeout, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-3000:]}")
     last = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -84,8 +86,11 @@ def write_section(name: str, markdown: str) -> None:
     )
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    loads = " / ".join(f"{a:.1f}, {b:.1f}, {c:.1f}" for a, b, c in (LOAD_AT_START,
+                                                                   os.getloadavg()))
     block = (f"{begin}\n## {name}\n\n`python -m bench {name}` on {stamp}; machine: "
-             f"{machine()}.\n\n{markdown.strip()}\n{end}")
+             f"{machine()}; load average (1, 5, 15 min) at the start / end: {loads}."
+             f"\n\n{markdown.strip()}\n{end}")
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
         text.rstrip() + "\n\n" + block + "\n")

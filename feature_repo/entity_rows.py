@@ -75,15 +75,15 @@ def _keys(column: pd.Series, name: str, integer: bool) -> pd.Series:
 def _key_is_integer(project: Project, table: TableSpec, key: str) -> bool:
     """Whether the table (or, before it is computed, its source) stores `key` as integers."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from tally.catalog.sql.parts import table_schema
 
     paths: list[Path] = [table.path(project)]
     if table.source:
         paths.append(project.root / project.sources[table.source].path)
     for path in paths:
-        if path.is_file() and path.suffix == ".parquet":
+        if path.suffix == ".parquet":
             try:
-                schema = pq.read_schema(path)
+                schema = table_schema(path)  # a computed table, or a source file
             except (OSError, ValueError):
                 continue
             if key in schema.names:

@@ -21,6 +21,7 @@ Every identifier is quoted; paths and literals go through ``literal``.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,18 +63,24 @@ class ViewPlan:
     filter_created: bool = False
 
 
-_layout_cache: dict[tuple[str, int, int, str], int | None] = {}
+_layout_cache: dict[tuple[Any, ...], int | None] = {}
+
+
+def _version(path: str) -> tuple[Any, ...]:
+    """What changes when a file, or any parquet file of a folder (a table of parts), does."""
+    st = os.stat(path)
+    if not os.path.isdir(path):
+        return (st.st_mtime_ns, st.st_size)
+    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    return (st.st_ino, *((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files))
 
 
 def aligned_grain(con: Any, plan: ViewPlan) -> int | None:
     """The largest grain (us) every event_timestamp of the table is a multiple of, if
-    it is at least an hour; cached per file version. Reads one column."""
+    it is at least an hour; cached per file (or folder) version. Reads one column."""
     try:
-        st = os.stat(plan.path)
-        key = (plan.path, st.st_mtime_ns, st.st_size, plan.timestamp)
+        key = (plan.path, plan.timestamp, *_version(plan.path))
     except OSError:
-        return None
-    if os.path.isdir(plan.path):
         return None
     if key in _layout_cache:
         return _layout_cache[key]

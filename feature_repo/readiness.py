@@ -32,13 +32,12 @@ class NotAppliedError(LookupFailedError):
 
 
 def table_columns(path: Path) -> set[str] | None:
-    """The column names of a parquet table (None when it does not exist or is unreadable)."""
-    import pyarrow.parquet as pq
+    """The column names of a computed table (None when it does not exist or is
+    unreadable)."""
+    from tally.catalog.sql.parts import table_schema
 
-    if not path.is_file():
-        return None
     try:
-        return set(pq.read_schema(path).names)
+        return set(table_schema(path).names)
     except (OSError, ValueError):
         return None
 

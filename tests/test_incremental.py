@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from tally.catalog.compute.runner import ComputeOptions, compute
 from tally.catalog.spec.loading import load_project
+from tally.catalog.sql import parts
 
-from tests.helpers import invoke
+from tests.helpers import REPO, invoke
 
 DEFINITIONS = """
 entities:
@@ -150,7 +153,23 @@ CHANGES = [_append_day, _late_file, _rewrite_old_rows, _remove_file, _restate_le
 
 
 def _tables(root: Path) -> dict[str, pa.Table]:
-    return {p.name: pq.read_table(p) for p in sorted((root / "data" / "tables").glob("*.parquet"))}
+    """Every table's rows in key and time order (whatever the parts they are stored in)."""
+    return {p.name: pq.read_table(p).sort_by([("shop_id", "ascending"),
+                                              ("event_timestamp", "ascending")])
+            for p in sorted((root / "data" / "tables").glob("*.parquet"))}
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts of two days, so a few weeks of data lie in many parts and every change
+    reaches some of them and not others."""
+    monkeypatch.setattr(parts, "MIN_SPAN_SNAPSHOTS", 2)
+    monkeypatch.setattr(parts, "MIN_SPAN_US", parts.DAY_US)
+
+
+def _part_inodes(root: Path) -> dict[str, dict[int, int]]:
+    return {t.name: {p.start: p.path.stat().st_ino for p in parts.parts_of(t)}
+            for t in sorted((root / "data" / "tables").glob("*.parquet"))}
 
 
 def _full_copy(root: Path, target: Path) -> dict[str, pa.Table]:
@@ -178,19 +197,65 @@ def _loose(table: pa.Table) -> pa.Table:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_changes_incremental_equals_full(tmp_path: Path, seed: int) -> None:
+def test_random_changes_incremental_equals_full(tmp_path: Path, seed: int,
+                                                small_parts: None) -> None:
     rng = random.Random(seed)
     root = _project(tmp_path / "inc", rng)
     compute(load_project(root))
-    for step in range(5):
+    for step in range(6):
         change = rng.choice(CHANGES) if step else _append_day
         change(root, rng, step)
+        before = _part_inodes(root)
         results = {r.name: r for r in compute(load_project(root))}
         what = f"seed {seed}, step {step}: {change.__name__}"
-        if change is _append_day:  # only the newest snapshots are recomputed
+        if change is _append_day:  # only the newest snapshots are recomputed and written
             assert results["events_1d"].mode == "incremental", what
             assert results["score_shop_score"].mode == "incremental", what
+            for table, inodes in _part_inodes(root).items():
+                kept = [s for s, ino in inodes.items() if before[table].get(s) == ino]
+                assert 0 in kept and len(kept) >= len(inodes) - 2, (what, table)
         _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), what)
+
+
+def test_appends_past_a_part_keep_the_old_parts_and_equal_full(tmp_path: Path,
+                                                               small_parts: None) -> None:
+    """Day after day: each run writes a new part or rewrites the newest one, never the
+    base; a removed late file deletes rows from parts in the middle, a definition change
+    rewrites the table whole; every state equals a full recompute."""
+    rng = random.Random(5)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    base = {t: i[0] for t, i in _part_inodes(root).items()}
+    for step in range(4):
+        _append_day(root, rng, step)
+        compute(load_project(root))
+        assert {t: i[0] for t, i in _part_inodes(root).items()} == base, step
+    counts = {t: len(i) for t, i in _part_inodes(root).items()}
+    assert min(counts.values()) >= 3, counts
+    _late_file(root, rng, 9)
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "late file")
+    for name in ("new1.parquet", "late9.parquet"):
+        (root / "data" / "events" / name).unlink()
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "files removed")
+    defs = root / "metrics" / "defs.yaml"
+    defs.write_text(defs.read_text().replace("window: 3d}", "window: 4d}"))
+    results = {r.name: r.mode for r in compute(load_project(root))}
+    assert results["events_1d"] == results["score_shop_score"] == "full"
+    assert results["visits_1d"] == "up to date"
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "definition change")
+
+
+def test_a_ranged_run_replaces_only_its_snapshots(tmp_path: Path, small_parts: None) -> None:
+    rng = random.Random(8)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    _rewrite_old_rows(root, rng, 1)
+    first = EPOCH.date() + timedelta(days=4)
+    compute(load_project(root), ComputeOptions(start=first, end=first + timedelta(days=3)))
+    compute(load_project(root))  # the rest of the change, outside the range
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "ranged, then plain")
 
 
 def test_late_file_recomputes_from_its_oldest_row(tmp_path: Path) -> None:
@@ -238,6 +303,73 @@ def test_nothing_changed_reads_no_data(tmp_path: Path,
     assert compute(load_project(root), ComputeOptions(full=True))[0].mode == "full"
 
 
+def test_without_an_atomic_exchange_the_two_renames_give_the_same_tables(
+        tmp_path: Path, small_parts: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tally.catalog.store import fsutil
+
+    monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)  # as where renameat2 is not
+    rng = random.Random(6)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    _append_day(root, rng, 0)
+    _late_file(root, rng, 1)
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "two renames")
+    assert not list((root / "data" / "tables").glob(".tally-tmp-*"))
+
+
+CRASHING_RUN = """
+import sys
+from tally.catalog.compute.runner import compute
+from tally.catalog.spec.loading import load_project
+compute(load_project(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("point", ["compute-before-rename#2", "compute-after-rename#4"])
+def test_an_incremental_run_killed_mid_way_leaves_whole_tables(tmp_path: Path, point: str
+                                                                ) -> None:
+    """Killed between its table swaps, an incremental run leaves every table whole (old or
+    new); the next run gives what an uninterrupted one gives."""
+    rng = random.Random(12)
+    root = _project(tmp_path / "inc", rng)
+    compute(load_project(root))
+    _append_day(root, rng, 0)
+    env = {**os.environ, "TALLY_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", CRASHING_RUN, str(root)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr  # killed where aimed
+    for table in (root / "data" / "tables").glob("*.parquet"):
+        assert pq.read_table(table).num_rows > 20, table.name
+    compute(load_project(root))
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), point)
+    assert not list((root / "data").rglob(".tally-tmp-*"))
+
+
+NO_CHANGE_RUN = """
+import sys
+from tally.cli.main import main
+try:
+    main(["--project", sys.argv[1], "compute"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = ("duckdb", "pyarrow", "numpy", "pandas", "feast")
+print("IMPORTED", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_nothing_changed_imports_no_data_library(tmp_path: Path) -> None:
+    """The whole `tally compute` command with nothing changed, in a fresh process: it
+    says so and exits 0 without importing DuckDB, Arrow, numpy, pandas or Feast."""
+    root = _project(tmp_path / "p", random.Random(4))
+    compute(load_project(root))
+    proc = subprocess.run([sys.executable, "-c", NO_CHANGE_RUN, str(root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "every table is up to date" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
 @pytest.fixture(scope="module")
 def spark_session():
     from tally.catalog.sql.engines import check_spark_available
@@ -256,7 +388,8 @@ def spark_session():
     session.stop()
 
 
-def test_spark_incremental_equals_full(spark_session: object, tmp_path: Path) -> None:
+def test_spark_incremental_equals_full(spark_session: object, tmp_path: Path,
+                                       small_parts: None) -> None:
     rng = random.Random(11)
     root = _project(tmp_path / "inc", rng, spark=True)
     compute(load_project(root))

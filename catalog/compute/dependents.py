@@ -23,11 +23,11 @@ from tally.catalog.compute.session import (
     TableResult,
     definition_hash,
     source_path,
-    write_table,
+    write_query,
+    write_rows,
 )
-from tally.catalog.errors import DataError
+from tally.catalog.errors import DataError, TallyError
 from tally.catalog.spec.tables import TableSpec
-from tally.catalog.sql.duck import connect, parquet_scan
 from tally.catalog.sql.engines import first_line
 
 
@@ -62,7 +62,7 @@ class DependentTables(ComputeSession):
             return self._up_to_date(spec, out)
         if self.progress:
             self.progress(spec.name, 0, 1)
-        engine = self._engine([out.parent, *[Path(p).parent for _, p in column_inputs.values()]])
+        engine = self._engine()
         query = derived_query(project, spec.features, entity_key=entity_key,
                               group_paths=group_paths, column_inputs=column_inputs,
                               group_of=group_of, dialect=engine.dialect)
@@ -106,9 +106,8 @@ class DependentTables(ComputeSession):
                        if m.type == "column" and m.source == name]
             query = digest_query(source, self.project.entities[source.entity].join_key,
                                  metrics, path, "duckdb")
-            con = connect([Path(path).parent])
             try:
-                rows = con.execute(query.sql("duckdb")).fetchall()
+                rows = self._duckdb().con.execute(query.sql("duckdb")).fetchall()
             except Exception as exc:  # duckdb raises a family of its own errors
                 raise DataError(f"reading source {name} ({path}): {first_line(exc)}") from None
             self._column_digests[name] = digest_of(rows)
@@ -121,48 +120,40 @@ class DependentTables(ComputeSession):
     def _write_computed(self, engine: Any, query: exp.Expression | str, out: Path, key: str,
                         spec: TableSpec, since: int, inputs: TableInputs) -> TableResult:
         """Write a table computed from other tables (derived, score): whole, or its
-        snapshots from `since` on merged with the older rows kept."""
-        from tally.catalog.sql.engines import write_arrow_table
-
+        snapshots from `since` on into its parts, the older parts kept."""
         sql = query if isinstance(query, str) else query.sql(engine.dialect)
         fingerprints = {"inputs": generations(self.state, inputs.tables),
                         "column_files": self._column_files(inputs),
                         "column_digests": {name: self._column_digest(name)
                                            for name in inputs.column_sources}}
+        keep = None
         if since != WHOLE:
-            sql = snapshots_from(sql, since, engine.dialect)
-        if engine.dialect == "duckdb":
-            if since != WHOLE:
-                sql = (f"SELECT * FROM {parquet_scan(out)} WHERE epoch_us(event_timestamp) "
-                       f"< {int(since)} UNION ALL BY NAME {sql}")
-            result = self._write_whole(engine.con, f"SELECT * FROM ({sql})", out, key, spec)
-            result.mode = "full" if since == WHOLE else "incremental"
-        else:
-            try:
-                table = engine.to_arrow(sql)
-            except Exception as exc:  # duckdb and pyspark/py4j raise many types
-                raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
-            keep = (since, KEEP_ALL_AFTER) if since != WHOLE else None
-            write_arrow_table(table, out, key, keep)
-            result = TableResult(spec.name, spec.kind, 0, None, 0.0, out,
-                                 "full" if since == WHOLE else "incremental")
+            sql, keep = snapshots_from(sql, since, engine.dialect), (since, KEEP_ALL_AFTER)
+        newest = self._newest_input_us(inputs)
+        try:
+            if engine.dialect == "duckdb":
+                write_query(engine.con, sql, out, key, spec, keep, newest)
+            else:
+                write_rows(engine.to_arrow(sql), out, key, spec, keep, newest)
+        except TallyError:
+            raise
+        except Exception as exc:  # duckdb and pyspark/py4j raise many types
+            raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
         if self.progress:
             self.progress(spec.name, 1, 1)
-        result.since_us, result.fingerprints = since, fingerprints
-        return result
+        return TableResult(spec.name, spec.kind, 0, None, 0.0, out,
+                           "full" if since == WHOLE else "incremental", since_us=since,
+                           fingerprints=fingerprints)
 
-    def _write_whole(self, con: Any, select_sql: str, out: Path, key: str,
-                     spec: TableSpec) -> TableResult:
-        """Write a table computed whole (derived, score) and report it."""
-        try:
-            write_table(con, select_sql, out, f'"{key}", event_timestamp')
-        except Exception as exc:
-            raise DataError(f"computing {spec.name}: {first_line(exc)}") from None
-        return TableResult(spec.name, spec.kind, 0, None, 0.0, out, "full")
+    def _newest_input_us(self, inputs: TableInputs) -> int | None:
+        """The newest snapshot of the input tables (their state, written earlier in this
+        run): where a whole write's newest part starts."""
+        newest = [int(self.state[t]["newest_us"]) for t in inputs.tables
+                  if self.state.get(t, {}).get("newest_us") is not None]
+        return max(newest) if newest else None
 
     def _compute_score(self, spec: TableSpec) -> TableResult:
-        from tally.catalog.scores.plans import input_paths, score_query
-        from tally.catalog.sql.engines import DuckDBEngine
+        from tally.catalog.scores.plans import score_query
 
         score = self.project.scores[spec.features[0]]
         out = spec.path(self.project)
@@ -174,9 +165,8 @@ class DependentTables(ComputeSession):
         if self.progress:
             self.progress(spec.name, 0, 1)
         query = score_query(self.project, score, self.specs)
-        con = connect([out.parent, *input_paths(self.project, score, self.specs)])
         key = self.project.entities[score.entity].join_key
-        return self._write_computed(DuckDBEngine(con), query, out, key, spec, since, inputs)
+        return self._write_computed(self._duckdb(), query, out, key, spec, since, inputs)
 
     def _score_inputs(self, spec: TableSpec) -> TableInputs:
         from tally.catalog.scores.plans import input_tables

@@ -21,11 +21,10 @@ from tally.catalog.compute.session import (
     day_us,
     definition_hash,
     source_path,
-    write_table,
+    write_query,
 )
 from tally.catalog.errors import DataError, TallyError
 from tally.catalog.spec.tables import TableSpec
-from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.sql.engines import first_line
 
 
@@ -60,7 +59,7 @@ class FunnelTables(ComputeSession):
         out.parent.mkdir(parents=True, exist_ok=True)
         if self._funnel_unchanged(spec):
             return self._up_to_date(spec, out)
-        engine = self._engine([out.parent, *[Path(p).parent for p in paths.values()]])
+        engine = self._engine()
         if engine.dialect != "spark":
             self._require_times(engine, plan, paths)
         low, high = self._funnel_range(plan)
@@ -76,10 +75,10 @@ class FunnelTables(ComputeSession):
         query = funnel_query(project, plan, paths=paths, low=low, high=high,
                              dialect=engine.dialect)
         if engine.dialect == "spark":
-            self._write_spark(engine, query, out, plan.entity_key, spec.name, keep)
+            self._write_spark(engine, query, out, plan.entity_key, spec.name, keep, None)
         else:
             self._write_funnel_duckdb(engine.con, query.sql("duckdb"), out, plan.entity_key,
-                                      spec.name, keep)
+                                      spec, keep)
         if self.progress:
             self.progress(spec.name, 1, 1)
         return TableResult(spec.name, spec.kind, 0, None, 0.0, out,
@@ -96,17 +95,12 @@ class FunnelTables(ComputeSession):
             require_time_columns(engine.con, source,
                                  source_relation(source, paths[name], "duckdb"), paths[name])
 
-    def _write_funnel_duckdb(self, con: Any, new_sql: str, out: Path, key: str, name: str,
-                             keep: tuple[int, int] | None) -> None:
-        if keep:
-            old = (f"SELECT * FROM {parquet_scan(out)} WHERE epoch_us(event_timestamp) < "
-                   f"{keep[0]} OR epoch_us(event_timestamp) > {keep[1]}")
-            select_sql = f"SELECT * FROM ({old}) UNION ALL BY NAME SELECT * FROM ({new_sql})"
-        else:
-            select_sql = f"SELECT * FROM ({new_sql})"
+    def _write_funnel_duckdb(self, con: Any, new_sql: str, out: Path, key: str,
+                             spec: TableSpec, keep: tuple[int, int] | None) -> None:
+        """The whole table, or (keep) its snapshots in keep's bounds, the other parts kept."""
         try:
-            write_table(con, select_sql, out, f'"{key}", event_timestamp')
+            write_query(con, new_sql, out, key, spec, keep, None)
         except TallyError:
             raise
         except Exception as exc:  # duckdb raises a family of its own errors
-            raise DataError(f"computing funnel {name}: {first_line(exc)}") from None
+            raise DataError(f"computing funnel {spec.name}: {first_line(exc)}") from None

@@ -10,7 +10,8 @@ lock, so a killed run leaves the previous table.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tally.catalog.compute.dependents import DependentTables
@@ -33,18 +34,29 @@ from tally.catalog.compute.session import (
     day_us,
     definition_hash,
     source_path,
-    write_table,
+    table_span,
+    write_query,
+    write_rows,
 )
 from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec
-from tally.catalog.sql.duck import parquet_scan
 from tally.catalog.sql.engines import first_line
+from tally.catalog.sql.parts import write_full
 from tally.catalog.store.fsutil import clean_temp_files, project_lock
 from tally.catalog.store.paths import TABLES_DIR
 from tally.catalog.store.runlog import Run, Stopwatch, append_run, now, table_run
 
 __all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
+
+
+KIND_ORDER = {"group": 0, "funnel": 0, "derived": 1, "score": 2}  # tables after the ones they read
+
+
+@dataclass(frozen=True)
+class TableKind:
+    compute: Callable[[TableSpec], TableResult]
+    fresh: Callable[[TableSpec], bool]  # up to date, judged without reading data
 
 
 class Computer(DependentTables, FunnelTables):
@@ -67,8 +79,8 @@ class Computer(DependentTables, FunnelTables):
         for spec in list(self.specs.values()):
             if spec.kind == "derived" and spec.name in names:
                 names.update(self._input_groups(spec))
-        order = {"group": 0, "funnel": 0, "derived": 1, "score": 2}
-        return sorted((self.specs[n] for n in names), key=lambda s: (order[s.kind], s.name))
+        return sorted((self.specs[n] for n in names),
+                      key=lambda s: (KIND_ORDER[s.kind], s.name))
 
     def sources_read(self, tables: list[TableSpec]) -> list[str]:
         """Every source the tables read: scanned groups, column inputs of derived metrics,
@@ -114,14 +126,7 @@ class Computer(DependentTables, FunnelTables):
             clean_temp_files(self.project.root / TABLES_DIR)
             for spec in tables:
                 started, watch = time.perf_counter(), Stopwatch()
-                if spec.kind == "group":
-                    result = self._compute_group(spec)
-                elif spec.kind == "funnel":
-                    result = self._compute_funnel(spec)
-                elif spec.kind == "score":
-                    result = self._compute_score(spec)
-                else:
-                    result = self._compute_derived(spec)
+                result = self._kinds()[spec.kind].compute(spec)
                 result.seconds = time.perf_counter() - started
                 results.append(result)
                 self._record(spec, result)
@@ -142,7 +147,7 @@ class Computer(DependentTables, FunnelTables):
         out.parent.mkdir(parents=True, exist_ok=True)
         if self._group_unchanged(spec):
             return self._up_to_date(spec, out)
-        engine = self._engine([Path(src_path).parent, out.parent])
+        engine = self._engine()
         key = project.entities[group.entity].join_key
         digest = self._digest(engine, source, key, plan, src_path)
         files: list[list[Any]] | None = file_fingerprint(project, source)
@@ -173,7 +178,7 @@ class Computer(DependentTables, FunnelTables):
         if keep_old:
             keep = ((replace_from if not ranged else low) * plan.bucket_us,
                     high * plan.bucket_us if self.options.end else KEEP_ALL_AFTER)
-        rows = self._write_group(engine, plan, src_path, low, high, key, spec.name, out, keep)
+        rows = self._write_group(engine, plan, src_path, (low, high), key, spec, keep)
         if self.progress:
             self.progress(spec.name, total, total)
         return TableResult(spec.name, spec.kind, rows, total, 0.0, out,
@@ -191,15 +196,16 @@ class Computer(DependentTables, FunnelTables):
             high = min(high, plan.position_of(day_us(self.options.end)) // g * g)
         return low, high
 
-    def _write_group(self, engine: Any, plan: Any, src_path: str, low: int, high: int,
-                     key: str, name: str, out: Path, keep: tuple[int, int] | None) -> int:
+    def _write_group(self, engine: Any, plan: Any, src_path: str, span: tuple[int, int],
+                     key: str, spec: TableSpec, keep: tuple[int, int] | None) -> int:
+        low, high = span
+        out, newest = spec.path(self.project), high * plan.bucket_us
         if engine.dialect == "spark":
             query = group_query(self.project, plan, path=src_path, low=low, high=high,
                                 dialect="spark")
-            return self._write_spark(engine, query, out, key, name, keep)
-        if not self._kernel_write(engine.con, plan, src_path, low, high, key, name, out,
-                                  keep):
-            self._write_group_sql(engine.con, plan, src_path, low, high, key, name, out, keep)
+            return self._write_spark(engine, query, out, key, spec.name, keep, newest)
+        if not self._kernel_write(engine.con, plan, src_path, span, key, spec, keep):
+            self._write_group_sql(engine.con, plan, src_path, span, key, spec, keep)
         return 0
 
     def _group_unchanged(self, spec: TableSpec) -> bool:
@@ -234,69 +240,68 @@ class Computer(DependentTables, FunnelTables):
                             f"{first_line(exc)}") from None
         return digest_of(rows)
 
-    def _write_group_sql(self, con: Any, plan: Any, src_path: str, low: int, high: int,
-                         key: str, name: str, out: Path, keep: tuple[int, int] | None) -> None:
-        """The whole group as one DuckDB query (plans.group_query), merged in SQL with the
-        kept rows of the previous table outside `keep` when given."""
+    def _write_group_sql(self, con: Any, plan: Any, src_path: str, span: tuple[int, int],
+                         key: str, spec: TableSpec, keep: tuple[int, int] | None) -> None:
+        """The whole group as one DuckDB query (plans.group_query); with `keep`, its rows
+        replace that range of the table's parts (catalog/sql/parts.py)."""
+        low, high = span
         new_sql = group_query(self.project, plan, path=src_path, low=low, high=high).sql(
             "duckdb")
-        if keep:
-            old = (f"SELECT * FROM {parquet_scan(out)} WHERE "
-                   f"epoch_us(event_timestamp) < {keep[0]} OR "
-                   f"epoch_us(event_timestamp) > {keep[1]}")
-            select_sql = f"SELECT * FROM ({old}) UNION ALL BY NAME SELECT * FROM ({new_sql})"
-        else:
-            select_sql = f"SELECT * FROM ({new_sql})"
         try:
-            write_table(con, select_sql, out, f'"{key}", event_timestamp')
+            write_query(con, new_sql, spec.path(self.project), key, spec, keep,
+                        high * plan.bucket_us)
         except TallyError:
             raise
         except Exception as exc:
-            raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
+            raise DataError(f"computing {spec.name} from {src_path}: {first_line(exc)}"
+                            ) from None
 
-    def _kernel_write(self, con: Any, plan: Any, src_path: str, low: int, high: int,
-                      key: str, name: str, out: Path, keep: tuple[int, int] | None) -> bool:
-        """Compute and write the group through the columnar kernel (catalog/kernel.py),
-        merged with the kept rows outside `keep` when given; False when it declines
-        (partial types it does not handle, or a merged table that would not fit in memory)
-        and the SQL plan should run instead."""
+    def _kernel_write(self, con: Any, plan: Any, src_path: str, span: tuple[int, int],
+                      key: str, spec: TableSpec, keep: tuple[int, int] | None) -> bool:
+        """Compute and write the group through the columnar kernel (catalog/kernel.py):
+        the whole table chunk by chunk, or the range `keep` into the table's parts; False
+        when it declines (partial types it does not handle, or new rows that would not fit
+        in memory) and the SQL plan should run instead."""
         import pyarrow as pa
         from tally.catalog.compute.kernel import fits_in_memory, prepare_group
-        from tally.catalog.sql.engines import write_arrow_chunks, write_arrow_table
 
+        low, high = span
+        out = spec.path(self.project)
         parts = partial_plan(self.project, plan, path=src_path, low=low, high=high)
         try:
             run = prepare_group(con, parts, plan, low=low, high=high)
             if run is None:
                 return False
             if keep is None:
-                write_arrow_chunks(run.tables(key), out, key)
+                write_full(run.tables(key), out, key, table_span(spec), high * plan.bucket_us)
             elif fits_in_memory(run):
-                write_arrow_table(pa.concat_tables(list(run.tables(key))), out, key, keep)
+                write_rows(pa.concat_tables(list(run.tables(key))), out, key, spec, keep, None)
             else:
                 return False
             return True
         except TallyError:
             raise
         except Exception as exc:  # duckdb raises a family of its own errors
-            raise DataError(f"computing {name} from {src_path}: {first_line(exc)}") from None
+            raise DataError(f"computing {spec.name} from {src_path}: {first_line(exc)}"
+                            ) from None
 
     def up_to_date(self, tables: list[TableSpec]) -> bool:
         """Whether every table is up to date, judged without reading any data: source files,
         definitions and input tables all as they were when it was computed."""
-        for spec in tables:
-            if spec.kind == "group":
-                fresh = self._group_unchanged(spec)
-            elif spec.kind == "funnel":
-                fresh = self._funnel_unchanged(spec)
-            elif spec.kind == "derived":
-                inputs = self._derived_inputs(spec, self._input_groups(spec))
-                fresh = self._changed_from(spec, inputs) is None
-            else:
-                fresh = self._changed_from(spec, self._score_inputs(spec)) is None
-            if not fresh:
-                return False
-        return True
+        kinds = self._kinds()
+        return all(kinds[spec.kind].fresh(spec) for spec in tables)
+
+    def _kinds(self) -> dict[str, TableKind]:
+        """How each kind of table is computed and judged up to date: a new kind of table
+        adds its entry here (and its rank in `KIND_ORDER`)."""
+        return {
+            "group": TableKind(self._compute_group, self._group_unchanged),
+            "funnel": TableKind(self._compute_funnel, self._funnel_unchanged),
+            "derived": TableKind(self._compute_derived, lambda spec: self._changed_from(
+                spec, self._derived_inputs(spec, self._input_groups(spec))) is None),
+            "score": TableKind(self._compute_score, lambda spec: self._changed_from(
+                spec, self._score_inputs(spec)) is None),
+        }
 
     def unchanged(self, tables: list[TableSpec]) -> list[TableResult]:
         """The results of a run that found every table up to date (see `up_to_date`)."""

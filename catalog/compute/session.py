@@ -17,12 +17,19 @@ from tally.catalog.errors import DataError
 from tally.catalog.spec.models import FUNNEL_KEYS, Metric
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, read_state, table_specs, tables_by_feature
-from tally.catalog.sql.duck import connect, parquet_scan, sql_ident, sql_string
+from tally.catalog.sql.duck import allowed_paths_for, connect
 from tally.catalog.sql.engines import first_line
-from tally.catalog.store.fsutil import atomic_write_text, replacing
+from tally.catalog.sql.parts import (
+    ROW_GROUP_SIZE,
+    part_span_us,
+    replace_range,
+    table_statistics,
+    write_full,
+)
+from tally.catalog.store.fsutil import atomic_write_text
 from tally.catalog.store.paths import DUCKDB_SPILL_DIR, TABLE_STATS_FILE
 
-PLAN_VERSION = "2"  # 2: state records source fingerprints and table generations
+PLAN_VERSION = "3"  # 2: source fingerprints and table generations; 3: tables are parts
 KEEP_ALL_AFTER = 1 << 62  # an upper bound of `keep` that keeps no old row after `low`
 UP_TO_DATE = "up to date"
 Progress = Callable[[str, int, int], None]
@@ -95,10 +102,41 @@ def source_path(project: Project, source_name: str) -> str:
     return str(path)
 
 
-def write_table(con: Any, select_sql: str, path: Path, order: str) -> None:
-    with replacing(path, ".parquet", crash_name="compute-") as tmp:
-        con.execute(f"COPY ({select_sql} ORDER BY {order}) TO {sql_string(str(tmp))} "
-                    "(FORMAT parquet, ROW_GROUP_SIZE 122880)")
+def table_span(spec: TableSpec) -> int:
+    """The span of the table's parts (catalog/sql/parts.py), from its grain."""
+    grain = spec.grain.total_seconds() if spec.grain else 86_400
+    return part_span_us(int(grain * 1_000_000))
+
+
+def write_rows(table: Any, out: Path, key: str, spec: TableSpec,
+               keep: tuple[int, int] | None, newest_us: int | None) -> int:
+    """Write an Arrow table of new rows: the whole table (keep None), or the snapshots
+    between keep's bounds, every other row of the table kept."""
+    if keep is None:
+        table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
+        return write_full(iter([table]), out, key, table_span(spec), newest_us)
+    lo, hi = keep
+    return replace_range(table, out, key, table_span(spec), lo,
+                         None if hi >= KEEP_ALL_AFTER else hi)
+
+
+def write_query(con: Any, select_sql: str, out: Path, key: str, spec: TableSpec,
+                keep: tuple[int, int] | None, newest_us: int | None) -> int:
+    """Write a DuckDB query's rows (whole or between keep's bounds, as `write_rows`); a
+    whole table streams, sorted by key and time, a batch at a time."""
+    if keep is not None:
+        return write_rows(con.sql(select_sql).to_arrow_table(), out, key, spec, keep, None)
+    ordered = con.sql(f'SELECT * FROM ({select_sql}) ORDER BY "{key}", event_timestamp')
+    reader = ordered.to_arrow_reader(ROW_GROUP_SIZE)
+
+    def chunks() -> Any:
+        import pyarrow as pa
+
+        yield reader.schema.empty_table()  # the schema, should there be no rows
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
+
+    return write_full(chunks(), out, key, table_span(spec), newest_us)
 
 
 class ComputeSession:
@@ -113,12 +151,13 @@ class ComputeSession:
         self.state = read_state(project, TABLE_STATS_FILE)
         self._spill = project.root / DUCKDB_SPILL_DIR
         self._spark: Any = None
+        self._duck: Any = None
         self._column_digests: dict[str, Any] = {}
 
-    def _engine(self, allowed: list[Path]) -> Any:
-        """The project's engine (tally.yaml `engine:`): DuckDB limited to `allowed`, or the
-        one SparkSession of this run."""
-        from tally.catalog.sql.engines import DuckDBEngine, SparkEngine, project_engine
+    def _engine(self) -> Any:
+        """The project's engine (tally.yaml `engine:`): the run's DuckDB connection, or
+        the one SparkSession of this run."""
+        from tally.catalog.sql.engines import SparkEngine, project_engine
 
         if project_engine(self.project.root) == "spark":
             if self._spark is None:
@@ -126,7 +165,17 @@ class ComputeSession:
 
                 self._spark = SparkEngine(dict(load_config(self.project.root).config.spark_conf))
             return self._spark
-        return DuckDBEngine(connect(allowed, temp_directory=self._spill))
+        return self._duckdb()
+
+    def _duckdb(self) -> Any:
+        """The run's one DuckDB connection (each costs tens of milliseconds), limited to the
+        project's sources and its tables (`duck.allowed_paths_for`)."""
+        from tally.catalog.sql.engines import DuckDBEngine
+
+        if self._duck is None:
+            self._duck = DuckDBEngine(connect(allowed_paths_for(self.project),
+                                              temp_directory=self._spill))
+        return self._duck
 
     def _input_groups(self, spec: TableSpec) -> set[str]:
         groups: set[str] = set()
@@ -146,16 +195,14 @@ class ComputeSession:
                            fingerprints=fingerprints or {})
 
     def _write_spark(self, engine: Any, query: exp.Expression, out: Path, key: str,
-                     name: str, keep: tuple[int, int] | None) -> int:
-        """Run on Spark, collect as Arrow, write one sorted parquet file atomically (see
-        catalog/engines.py for why one file rather than Spark's folder of parts)."""
-        from tally.catalog.sql.engines import write_arrow_table
-
+                     name: str, keep: tuple[int, int] | None, newest_us: int | None) -> int:
+        """Run on Spark, collect as Arrow, write the parts (catalog/sql/parts.py) with
+        pyarrow (catalog/sql/engines.py says why not Spark's own writer)."""
         try:
             table = engine.to_arrow(query)
         except Exception as exc:  # pyspark/py4j raise many types
             raise DataError(f"computing {name} on Spark: {first_line(exc)}") from None
-        return int(write_arrow_table(table, out, key, keep))
+        return write_rows(table, out, key, self.specs[name], keep, newest_us)
 
     def _record(self, spec: TableSpec, result: TableResult) -> None:
         """Read the written table once for its statistics (rows included) into the state,
@@ -172,25 +219,25 @@ class ComputeSession:
                 entry.pop(name, None)
         self.state[spec.name] = entry
         atomic_write_text(self.project.root / TABLE_STATS_FILE,
-                          json.dumps(self.state, indent=2, sort_keys=True))
+                          json.dumps(self.state, sort_keys=True))  # C encoder: fast
 
     def _statistics(self, spec: TableSpec, result: TableResult) -> dict[str, Any]:
-        con = connect(None)
-        nulls = ", ".join(f"avg(CASE WHEN {sql_ident(f)} IS NULL THEN 1.0 ELSE 0.0 END)"
-                          for f in spec.features)
-        row = con.execute(f"SELECT count(*), max(event_timestamp), max(epoch_us(event_timestamp))"
-                          f", {nulls} FROM {parquet_scan(result.path)}").fetchall()[0]
-        result.rows = int(row[0])
+        """From the parts' footers (catalog/sql/parts.py): no data read."""
+        stats = table_statistics(result.path, list(spec.features))
+        result.rows = stats.rows
+        newest = (datetime.fromtimestamp(stats.newest_us / 1e6, UTC).isoformat()
+                  if stats.newest_us is not None else None)
         entry = {
             "path": result.path.relative_to(self.project.root).as_posix(),
             "kind": spec.kind,
             "rows": result.rows,
-            "newest_snapshot": row[1].isoformat() if row[1] is not None else None,
-            "null_fraction": {f: (float(v) if v is not None else None)
-                              for f, v in zip(spec.features, row[3:], strict=True)},
+            "newest_snapshot": newest,
+            "newest_us": stats.newest_us,
+            "null_fraction": {f: (stats.nulls[f] / stats.rows if stats.rows else None)
+                              for f in spec.features},
             "definition_hash": definition_hash(self.project, spec),
             "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        if result.bucket_us and row[2] is not None:
-            entry["last_position"] = int(row[2]) // result.bucket_us
+        if result.bucket_us and stats.newest_us is not None:
+            entry["last_position"] = stats.newest_us // result.bucket_us
         return entry

@@ -13,6 +13,7 @@ from tally.catalog.contracts.results import EXAMPLES, RuleResult, fetch_rows, id
 from tally.catalog.spec.models import Metric
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import table_of
+from tally.catalog.sql.parts import table_exists
 
 
 @dataclass
@@ -53,7 +54,7 @@ def check_expectations(project: Project, metric_names: Iterable[str] | None = No
             report = MetricReport(name, metric.owner, table.name)
             reports.append(report)
             path = table.path(project)
-            if not path.is_file():
+            if not table_exists(path):
                 report.skipped = f"{path.relative_to(project.root)} not computed yet"
                 continue
             if con is None:

@@ -39,7 +39,9 @@ class TableSpec:
         return (*self.features, *self.extra_columns)
 
     def path(self, project: Project) -> Path:
-        """Where the table is; for a column table, the source file itself."""
+        """Where the table is: a folder `<name>.parquet` of parts by snapshot range, which
+        every parquet reader takes as one table (its layout: tally.catalog.sql.parts); for
+        a column table, the source file itself."""
         if self.kind == "column" and self.source:
             return project.root / project.sources[self.source].path
         return project.root / TABLES_DIR / f"{self.name}.parquet"

@@ -2,12 +2,12 @@
 project config (`engine:` in tally.yaml, see catalog/config.py and docs/spark.md).
 
 Both engines take the same sqlglot trees (catalog/plans.py) rendered in their dialect and
-write the same table: one parquet file, microsecond UTC timestamps, sorted by key and
-event_timestamp, written to a temp file beside the target and renamed into place.
+write the same table: a folder of parquet parts by snapshot range (catalog/sql/parts.py),
+microsecond UTC timestamps, each part sorted by key and event_timestamp, swapped in whole.
 
-Spark writes a folder of part files; Tally instead collects the result to the driver as
-Arrow (`DataFrame.toArrow()`) and writes one parquet file with pyarrow, so DuckDB readers,
-contracts and Feast's FileSource read the table exactly as DuckDB's. Metric tables hold
+Spark writes a folder of part files of its own; Tally instead collects the result to the
+driver as Arrow (`DataFrame.toArrow()`) and writes the parts with pyarrow, so DuckDB
+readers, contracts and Feast's FileSource read the table exactly as DuckDB's. Metric tables hold
 one row per (entity, snapshot), far smaller than the sources Spark scans; docs/spark.md
 says when that choice stops fitting. pyspark is imported only when the engine is spark.
 """
@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-from tally.catalog.errors import DataError, TallyError
+from tally.catalog.errors import TallyError
 
-ROW_GROUP_SIZE = 122_880
 SPARK_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",  # timestamps are UTC, as in DuckDB and Feast
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -150,59 +148,18 @@ def project_engine(root: Path) -> str:
     return load_config(root).config.engine
 
 
-def write_arrow_chunks(chunks: Iterator[Any], path: Path, key: str) -> int:
-    """Write tables already in key and event_timestamp order, one after another, as one
-    parquet file, atomically (a chunk at a time in memory). Returns the row count."""
+def write_arrow_table(table: Any, path: Path, key: str) -> int:
+    """Write `table` as one parquet file sorted by key and event_timestamp, atomically
+    (what the compute bench's write floor measures; computed tables are folders of parts,
+    catalog/sql/parts.py). Returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tally.catalog.sql.parts import ROW_GROUP_SIZE, dictionary_columns
     from tally.catalog.store.fsutil import replacing
 
-    rows = 0
-    writer = None
-    with replacing(path, ".parquet", crash_name="compute-") as tmp:
-        try:
-            for chunk in chunks:
-                chunk = chunk.cast(pa.schema([f.with_nullable(True) for f in chunk.schema]))
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, chunk.schema, coerce_timestamps="us",
-                                              use_dictionary=_dictionary_columns(chunk, key))
-                writer.write_table(chunk, row_group_size=ROW_GROUP_SIZE)
-                rows += chunk.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            raise DataError(f"{path}: nothing to write")
-    return rows
-
-
-def _dictionary_columns(table: Any, key: str) -> list[str]:
-    """Dictionaries only where values repeat (keys, snapshot times): on metric columns they
-    double the write time for a file a fifth smaller."""
-    return [c for c in (key, "event_timestamp", "created_timestamp") if c in table.column_names]
-
-
-def write_arrow_table(table: Any, path: Path, key: str, keep_outside: tuple[int, int] | None
-                      = None) -> int:
-    """Write `table` (plus, with `keep_outside=(lo_us, hi_us)`, the rows of the existing
-    table at `path` outside lo..hi) as one parquet file sorted by key and event_timestamp,
-    atomically. Fields are nullable, as DuckDB writes them. Returns the row count."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))  # as DuckDB
-    if keep_outside is not None and path.exists():
-        old = pq.read_table(path)
-        stamps = pc.cast(old.column("event_timestamp"), pa.int64())
-        lo, hi = keep_outside
-        old = old.filter(pc.or_(pc.less(stamps, lo), pc.greater(stamps, hi)))
-        try:
-            old = old.select(table.column_names).cast(table.schema)
-        except (KeyError, ValueError, pa.ArrowInvalid) as exc:
-            raise DataError(f"{path}: the existing table does not match the new rows "
-                            f"({first_line(exc)}); recompute it with `full`",
-                            mentions=("full",)) from None
-        table = pa.concat_tables([old, table])
     table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
-    return write_arrow_chunks(iter([table]), path, key)
+    with replacing(path, ".parquet", crash_name="compute-") as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, coerce_timestamps="us",
+                       use_dictionary=dictionary_columns(table, key))
+    return int(table.num_rows)

@@ -116,6 +116,48 @@ def rename_over(tmp: Path, path: Path, *, crash_name: str = "") -> None:
     crash_point(f"{crash_name}after-rename")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(done == 0)
+
+
+def swap_in_folder(tmp: Path, path: Path, *, crash_name: str = "") -> None:
+    """Put the finished folder `tmp` at `path` (a folder or file, or nothing yet) so that
+    readers see the old one or the new one, never a mix: one atomic exchange where the
+    system has it (Linux), else two renames with a moment in between where `path` is
+    missing. The old content is removed after."""
+    import shutil
+
+    crash_point(f"{crash_name}before-rename")
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+    elif not _exchange(tmp, path):
+        old = temp_path_beside(path)
+        old.unlink()  # only its fresh name is wanted
+        os.rename(path, old)
+        os.rename(tmp, path)
+        tmp = old
+    fsync_dir(path.parent)
+    crash_point(f"{crash_name}after-rename")
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 @contextlib.contextmanager
 def replacing(path: Path, suffix: str = "", *, crash_name: str = "") -> Iterator[Path]:
     """A fresh temp file beside `path` for a writer to fill; renamed over `path` when the

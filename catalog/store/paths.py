@@ -9,7 +9,7 @@ from pathlib import Path, PurePath
 METRICS_DIR = "metrics"  # the definition files
 CONFIG_FILE = "tally.yaml"  # the optional project config (spec.config)
 DATA_DIR = Path("data")  # source data of the example project
-TABLES_DIR = DATA_DIR / "tables"  # computed tables, one parquet file per TableSpec
+TABLES_DIR = DATA_DIR / "tables"  # computed tables: a folder of parts each (sql.parts)
 
 STATE_DIR = Path(".tally")
 LOCK_FILE = STATE_DIR / "lock"  # the project write lock (store.fsutil.project_lock)
