@@ -30,7 +30,8 @@ def test_compute_json_then_incremental(small_project: Path,
     assert first.code == 0, first.stderr
     rows = {r["table"]: r for r in json.loads(first.stdout)}
     assert set(rows) == {"commerce_orders_1d", "crm_logins_1d", "marketing_sends_1d",
-                         "derived_account_1d", "score_net_adoption_score"}
+                         "funnel_quote_to_close_30d", "derived_account_1d",
+                         "score_net_adoption_score"}
     assert all(r["mode"] == "full" for r in rows.values())
     table = small_project / "data" / "tables" / "crm_logins_1d.parquet"
     before = pq.read_table(table)
@@ -118,10 +119,11 @@ def test_the_gate_covers_every_source_compute_reads() -> None:
     from tally.catalog.spec.loading import load_project
 
     computer = Computer(load_project(REPO))
-    # groups scan three sources; derived metrics read two column sources; renewals only
-    # feeds a column view that Feast serves from the file, so compute never reads it
+    # groups scan three sources; the funnel its two step sources; derived metrics read two
+    # column sources; renewals only feeds a column view that Feast serves from the file,
+    # so compute never reads it
     assert computer.sources_read(computer.selected()) == [
-        "commerce_orders", "crm_licenses", "crm_logins", "marketing_contracts",
-        "marketing_sends"]
+        "billing_events", "commerce_orders", "crm_events", "crm_licenses", "crm_logins",
+        "marketing_contracts", "marketing_sends"]
     only = Computer(load_project(REPO), ComputeOptions(metrics=["commerce_gmv_30d"]))
     assert only.sources_read(only.selected()) == ["commerce_orders"]
