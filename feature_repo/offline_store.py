@@ -40,7 +40,6 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
-from tally.feature_repo.offline_store_fetch import read_rows
 from tally.feature_repo.offline_store_sql import (
     MIN_ALIGNED_US,
     ROW,
@@ -48,10 +47,10 @@ from tally.feature_repo.offline_store_sql import (
     aligned_grain,
     dedup_sql,
     equality_sql,
+    fetched_sql,
     latest_sql,
     literal,
     range_sql,
-    rows_sql,
 )
 from tally.feature_repo.offline_store_write import (
     append_rows,
@@ -219,13 +218,10 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Ta
 def _range_rows(con: Any, plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
                 hi: str | None, names: list[str]) -> pa.Table:
     """The range plan's rows (`ROW`, `__f0`, ...): on one parquet file, the join finds row
-    numbers and the features are read after; on a folder or glob, the join carries them."""
-    if not os.path.isfile(plan.path):
-        return _arrow(con.sql(range_sql(plan, relation, ts_col, lo, hi))).select([ROW, *names])
-    found = _arrow(con.sql(rows_sql(plan, relation, ts_col, lo, hi)))
-    values = read_rows(plan.path, [src for src, _ in plan.features],
-                       found.column("__r").to_numpy())
-    return pa.table([found.column(ROW), *values.columns], names=[ROW, *names])
+    numbers and the same query reads the winners' features; on a folder or glob, the join
+    carries them."""
+    sql = fetched_sql if os.path.isfile(plan.path) else range_sql
+    return _arrow(con.sql(sql(plan, relation, ts_col, lo, hi))).select([ROW, *names])
 
 
 def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str

@@ -184,6 +184,19 @@ def rows_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
             f"GROUP BY e.{q(ROW)}")
 
 
+def fetched_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
+                hi: str | None) -> str:
+    """rows_sql's winners joined back to the file on the row number for their features, in
+    one query: the join of the ttl range carries 3 columns, and the features are read in
+    DuckDB's parallel scan, probing a hash table of the winners only."""
+    feats = ", ".join(f"f.{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in
+                      enumerate(plan.features))
+    return (f"WITH w AS ({rows_sql(plan, relation, ts_col, lo, hi)}) "
+            f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
+            f"{literal(plan.path)}, file_row_number = true) f "
+            f"JOIN w ON f.file_row_number = w.__r")
+
+
 def dedup_sql(relation: str, n_features: int) -> str:
     """One row per entity row of an equality result: the newest created timestamp."""
     feats = ", ".join(q(f"__f{i}") for i in range(n_features))
