@@ -93,11 +93,16 @@ def _grain_of(con: Any, plan: ViewPlan, limit: int | None) -> int | None:
     return next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
 
 
-def _source(plan: ViewPlan) -> str:
+def _source(plan: ViewPlan, row_numbers: bool = False) -> str:
+    """The table's keys and times as `__k0.., __ts, __c`, then its features `__f0..` or,
+    with `row_numbers` (one parquet file), the file row number `__r` instead."""
     cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
     cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
     cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
                 "NULL::TIMESTAMPTZ AS __c")
+    if row_numbers:
+        return (f"(SELECT {', '.join(cols)}, file_row_number AS __r FROM "
+                f"read_parquet({literal(plan.path)}, file_row_number = true))")
     cols += [f"{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in enumerate(plan.features)]
     return f"(SELECT {', '.join(cols)} FROM {reader(plan.path)})"
 
@@ -135,14 +140,17 @@ def _window(plan: ViewPlan, t: str) -> list[str]:
 
 
 def equality_sql(plan: ViewPlan, relation: str, ts_col: str, grain: int,
-                 lo: str | None, hi: str | None) -> str:
-    """Entity rows whose snapshot at floor(t, grain) exists and is within ttl. May hold
-    several rows per entity row when the table repeats (key, timestamp); `__c` decides."""
-    feats = ", ".join(f"f.{q(f'__f{i}')}" for i in range(len(plan.features)))
+                 lo: str | None, hi: str | None, row_numbers: bool = False) -> str:
+    """Entity rows whose snapshot at floor(t, grain) exists and is within ttl, with its
+    features (or, with `row_numbers`, its file row number `__r`). May hold several rows
+    per entity row when the table repeats (key, timestamp); `__c` decides."""
+    values = "f.__r" if row_numbers else ", ".join(
+        f"f.{q(f'__f{i}')}" for i in range(len(plan.features)))
     on = " AND ".join([*_key_match(plan), "f.__ts = e.__fl", "f.__ts <= e.__t",
                        *_window(plan, "e.__t")])
-    return (f"SELECT e.{q(ROW)}, f.__c, {feats} FROM {_entity(plan, relation, ts_col, grain)} e "
-            f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on}")
+    return (f"SELECT e.{q(ROW)}, f.__c{', ' + values if values else ''} "
+            f"FROM {_entity(plan, relation, ts_col, grain)} e JOIN (SELECT * FROM "
+            f"{_source(plan, row_numbers)} f WHERE {_bounds(plan, lo, hi)}) f ON {on}")
 
 
 def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
@@ -169,39 +177,29 @@ def _order_key(plan: ViewPlan) -> str:
 def rows_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
              hi: str | None) -> str:
     """The range plan without the features: per entity row, the file row number of the
-    newest row in [t - ttl, t] (`__r`). The features are read afterwards by row number,
-    so the join carries 3 columns instead of all of them."""
+    newest row in [t - ttl, t] (`__r`). The features are read afterwards by row number
+    (fetch_sql), so the join carries 3 columns instead of all of them."""
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
-    cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
-    cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
-    cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
-                "NULL::TIMESTAMPTZ AS __c")
-    source = (f"(SELECT {', '.join(cols)}, file_row_number AS __r FROM "
-              f"read_parquet({literal(plan.path)}, file_row_number = true))")
     return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
             f"FROM {_entity(plan, relation, ts_col, None)} e "
-            f"JOIN (SELECT * FROM {source} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
-            f"GROUP BY e.{q(ROW)}")
+            f"JOIN (SELECT * FROM {_source(plan, True)} f WHERE {_bounds(plan, lo, hi)}) f "
+            f"ON {on} GROUP BY e.{q(ROW)}")
 
 
-def fetched_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
-                hi: str | None) -> str:
-    """rows_sql's winners joined back to the file on the row number for their features, in
-    one query: the join of the ttl range carries 3 columns, and the features are read in
-    DuckDB's parallel scan, probing a hash table of the winners only."""
+def fetch_sql(plan: ViewPlan, winners: str) -> str:
+    """The features of each winner (`ROW`, `__r` rows of `winners`), read in one parallel
+    scan of the file that probes a hash table of the winners only."""
     feats = ", ".join(f"f.{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in
                       enumerate(plan.features))
-    return (f"WITH w AS ({rows_sql(plan, relation, ts_col, lo, hi)}) "
-            f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
+    return (f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
             f"{literal(plan.path)}, file_row_number = true) f "
-            f"JOIN w ON f.file_row_number = w.__r")
+            f"JOIN {winners} w ON f.file_row_number = w.__r")
 
 
-def dedup_sql(relation: str, n_features: int) -> str:
+def dedup_sql(relation: str, columns: list[str]) -> str:
     """One row per entity row of an equality result: the newest created timestamp."""
-    feats = ", ".join(q(f"__f{i}") for i in range(n_features))
-    return (f"SELECT {q(ROW)}, {feats} FROM {relation} QUALIFY row_number() OVER "
-            f"(PARTITION BY {q(ROW)} ORDER BY __c DESC NULLS LAST) = 1")
+    return (f"SELECT {', '.join(q(c) for c in [ROW, *columns])} FROM {relation} QUALIFY "
+            f"row_number() OVER (PARTITION BY {q(ROW)} ORDER BY __c DESC NULLS LAST) = 1")
 
 
 def latest_sql(path: str, keys: list[str], features: list[str], timestamp: str,
