@@ -1,8 +1,8 @@
 """Tally's DuckDB offline store for Feast, named in feature_store.yaml as
 `tally.feature_repo.offline_store.TallyDuckDBOfflineStore`.
 
-It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), one
-query per feature view, and assembles the columns in the entity frame's order with
+It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), a range
+join and a fetch per feature view, and assembles the columns in the entity frame's order with
 Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
 rule: newest row with t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
 
@@ -41,12 +41,8 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
 from tally.feature_repo.offline_store_sql import (
-    MIN_ALIGNED_US,
     ROW,
     ViewPlan,
-    aligned_grain,
-    dedup_sql,
-    equality_sql,
     fetch_sql,
     latest_sql,
     literal,
@@ -183,57 +179,24 @@ def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
 
 def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Table:
     """One feature view's columns, in entity order (`__f0`, `__f1`, ...). On one parquet
-    file both plans find winning file row numbers and the features are read once, for the
-    winners; on a folder or glob the joins carry the features."""
+    file the range join finds each entity row's winning file row number and a second
+    query reads the winners' features; on a folder or glob the join carries them."""
     con.register("__tally_entities", entities)
     stamps = entities.column(ts_col)
     lo = hi = None
     if entities.num_rows:
         lo, hi = _stamp(pc.min(stamps).as_py()), _stamp(pc.max(stamps).as_py())
     names = [f"__f{i}" for i in range(len(plan.features))]
-    single = os.path.isfile(plan.path)
-    values = ["__r"] if single else names
-    parts: list[pa.Table] = []
-    rest: str | None = "__tally_entities"
-    grain = aligned_grain(con, plan)
-    if grain and grain >= MIN_ALIGNED_US and (not plan.ttl or plan.ttl.total_seconds() > 0):
-        eq = _equality_rows(con, plan, ts_col, grain, (lo, hi), values, single)
-        parts.append(eq)
-        rest = _leftovers(con, entities, eq.column(ROW).to_numpy())
-    if rest is not None:
-        sql = rows_sql if single else range_sql
-        parts.append(_arrow(con.sql(sql(plan, rest, ts_col, lo, hi))).select([ROW, *values]))
-    found = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
-    if single:
-        con.register("__tally_winners", found)
+    if os.path.isfile(plan.path):
+        winners = _arrow(con.sql(rows_sql(plan, "__tally_entities", ts_col, lo, hi)))
+        con.register("__tally_winners", winners)
         found = _arrow(con.sql(fetch_sql(plan, "__tally_winners"))).select([ROW, *names])
         con.unregister("__tally_winners")
+    else:
+        found = _arrow(con.sql(range_sql(plan, "__tally_entities", ts_col, lo, hi))).select(
+            [ROW, *names])
     con.unregister("__tally_entities")
     return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
-
-
-def _equality_rows(con: Any, plan: ViewPlan, ts_col: str, grain: int,
-                   bounds: tuple[str | None, str | None], values: list[str], single: bool
-                   ) -> pa.Table:
-    """The aligned plan's rows (`ROW` and `values`), one per matched entity row."""
-    eq = _arrow(con.sql(equality_sql(plan, "__tally_entities", ts_col, grain, *bounds,
-                                     row_numbers=single)))
-    rows = eq.column(ROW).to_numpy()
-    if len(np.unique(rows)) != len(rows):  # repeated (key, timestamp): created decides
-        con.register("__tally_eq", eq)
-        eq = _arrow(con.sql(dedup_sql("__tally_eq", values)))
-        con.unregister("__tally_eq")
-    return eq.select([ROW, *values])
-
-
-def _leftovers(con: Any, entities: pa.Table, matched_rows: np.ndarray) -> str | None:
-    """The relation of the entity rows the aligned plan left unmatched, if any."""
-    matched = np.zeros(entities.num_rows, dtype=bool)
-    matched[matched_rows] = True
-    if matched.all():
-        return None
-    con.register("__tally_rest", entities.filter(pa.array(~matched)))
-    return "__tally_rest"
 
 
 def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str

@@ -5,16 +5,12 @@ newest feature row of the same key with ``t - ttl <= event_timestamp <= t`` (no 
 bound when ttl is 0), ties on event_timestamp broken by the newest created timestamp;
 else null.
 
-Two plans, chosen per view from the table's layout:
-
-* **aligned** (Tally's own tables: every event_timestamp is a multiple of the grain G):
-  no feature row lies strictly between ``floor(t, G)`` and ``t``, so the snapshot at
-  ``floor(t, G)`` is the answer whenever it exists and is within ttl. That is an
-  equality hash join on ``(key, floor)``. The entity rows it leaves unmatched (the
-  entity had no snapshot that day) go to the range plan.
-* **range**: a hash join on the key with the ttl range predicate, reduced to one row per
-  entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash
-  aggregate; cheaper than sorting for ``row_number()``).
+One plan, a hash join on the key with the ttl range predicate, reduced to one row per
+entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash aggregate;
+cheaper than sorting for ``row_number()``). On one parquet file the join carries file row
+numbers and the winners' features are read by a second query (``rows_sql`` then
+``fetch_sql``); on a folder or glob it carries the features (``range_sql``).
+docs/offline_store.md says why (an equality plan for grain-aligned tables measured slower).
 
 Every identifier is quoted; paths and literals go through ``literal``.
 """
@@ -24,13 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 ROW = "__tally_row"
-US_PER = {"7d": 7 * 86_400_000_000, "1d": 86_400_000_000, "12h": 43_200_000_000,
-          "6h": 21_600_000_000, "1h": 3_600_000_000}
-MIN_ALIGNED_US = 3_600_000_000  # an equality join on a finer grain would rarely match
-LAYOUT_SAMPLE = 100_000  # rows read first by the layout check
 
 
 def q(name: str) -> str:
@@ -62,37 +53,6 @@ class ViewPlan:
     filter_created: bool = False
 
 
-_layout_cache: dict[tuple[str, int, int, str], int | None] = {}
-
-
-def aligned_grain(con: Any, plan: ViewPlan) -> int | None:
-    """The largest grain (us) every event_timestamp of the table is a multiple of, if
-    it is at least an hour; cached per file version. Reads one column."""
-    try:
-        st = os.stat(plan.path)
-        key = (plan.path, st.st_mtime_ns, st.st_size, plan.timestamp)
-    except OSError:
-        return None
-    if os.path.isdir(plan.path):
-        return None
-    if key in _layout_cache:
-        return _layout_cache[key]
-    grain = _grain_of(con, plan, LAYOUT_SAMPLE)  # irregular tables fail on a sample
-    if grain is not None:
-        grain = _grain_of(con, plan, None)
-    _layout_cache[key] = grain
-    return grain
-
-
-def _grain_of(con: Any, plan: ViewPlan, limit: int | None) -> int | None:
-    ts = f"epoch_us({q(plan.timestamp)}::TIMESTAMPTZ)"
-    checks = ", ".join(f"bool_and({ts} % {us} = 0)" for us in US_PER.values())
-    rows = f"(SELECT {q(plan.timestamp)} FROM {reader(plan.path)} LIMIT {int(limit)})" if (
-        limit) else reader(plan.path)
-    row = con.sql(f"SELECT {checks} FROM {rows}").fetchall()[0]
-    return next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
-
-
 def _source(plan: ViewPlan, row_numbers: bool = False) -> str:
     """The table's keys and times as `__k0.., __ts, __c`, then its features `__f0..` or,
     with `row_numbers` (one parquet file), the file row number `__r` instead."""
@@ -107,12 +67,9 @@ def _source(plan: ViewPlan, row_numbers: bool = False) -> str:
     return f"(SELECT {', '.join(cols)} FROM {reader(plan.path)})"
 
 
-def _entity(plan: ViewPlan, relation: str, ts_col: str, grain: int | None) -> str:
+def _entity(plan: ViewPlan, relation: str, ts_col: str) -> str:
     cols = [q(ROW)] + [f"{q(ent)} AS {q(f'__k{i}')}" for i, (_, ent) in enumerate(plan.keys)]
     cols.append(f"{q(ts_col)}::TIMESTAMPTZ AS __t")
-    if grain:
-        cols.append(f"make_timestamptz(epoch_us({q(ts_col)}::TIMESTAMPTZ) // {grain} * {grain})"
-                    " AS __fl")
     return f"(SELECT {', '.join(cols)} FROM {relation})"
 
 
@@ -139,20 +96,6 @@ def _window(plan: ViewPlan, t: str) -> list[str]:
     return preds
 
 
-def equality_sql(plan: ViewPlan, relation: str, ts_col: str, grain: int,
-                 lo: str | None, hi: str | None, row_numbers: bool = False) -> str:
-    """Entity rows whose snapshot at floor(t, grain) exists and is within ttl, with its
-    features (or, with `row_numbers`, its file row number `__r`). May hold several rows
-    per entity row when the table repeats (key, timestamp); `__c` decides."""
-    values = "f.__r" if row_numbers else ", ".join(
-        f"f.{q(f'__f{i}')}" for i in range(len(plan.features)))
-    on = " AND ".join([*_key_match(plan), "f.__ts = e.__fl", "f.__ts <= e.__t",
-                       *_window(plan, "e.__t")])
-    return (f"SELECT e.{q(ROW)}, f.__c{', ' + values if values else ''} "
-            f"FROM {_entity(plan, relation, ts_col, grain)} e JOIN (SELECT * FROM "
-            f"{_source(plan, row_numbers)} f WHERE {_bounds(plan, lo, hi)}) f ON {on}")
-
-
 def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
               hi: str | None) -> str:
     """The newest row in [t - ttl, t] per entity row, ties broken by created timestamp."""
@@ -160,7 +103,7 @@ def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
                        for i in range(len(plan.features)))
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     inner = (f"SELECT e.{q(ROW)}, arg_max({{{fields}}}, (f.__ts, f.__c)) AS __v "
-             f"FROM {_entity(plan, relation, ts_col, None)} e "
+             f"FROM {_entity(plan, relation, ts_col)} e "
              f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
              f"GROUP BY e.{q(ROW)}")
     outs = ", ".join(f"__v.{q(f'f{i}')} AS {q(f'__f{i}')}" for i in range(len(plan.features)))
@@ -181,7 +124,7 @@ def rows_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
     (fetch_sql), so the join carries 3 columns instead of all of them."""
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
-            f"FROM {_entity(plan, relation, ts_col, None)} e "
+            f"FROM {_entity(plan, relation, ts_col)} e "
             f"JOIN (SELECT * FROM {_source(plan, True)} f WHERE {_bounds(plan, lo, hi)}) f "
             f"ON {on} GROUP BY e.{q(ROW)}")
 
@@ -194,12 +137,6 @@ def fetch_sql(plan: ViewPlan, winners: str) -> str:
     return (f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
             f"{literal(plan.path)}, file_row_number = true) f "
             f"JOIN {winners} w ON f.file_row_number = w.__r")
-
-
-def dedup_sql(relation: str, columns: list[str]) -> str:
-    """One row per entity row of an equality result: the newest created timestamp."""
-    return (f"SELECT {', '.join(q(c) for c in [ROW, *columns])} FROM {relation} QUALIFY "
-            f"row_number() OVER (PARTITION BY {q(ROW)} ORDER BY __c DESC NULLS LAST) = 1")
 
 
 def latest_sql(path: str, keys: list[str], features: list[str], timestamp: str,
