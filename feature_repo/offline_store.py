@@ -1,8 +1,8 @@
 """Tally's DuckDB offline store for Feast, named in feature_store.yaml as
 `tally.feature_repo.offline_store.TallyDuckDBOfflineStore`.
 
-It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), one
-query per feature view, and assembles the columns in the entity frame's order with
+It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), a range
+join and a fetch per feature view, and assembles the columns in the entity frame's order with
 Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
 rule: newest row with t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
 
@@ -40,16 +40,13 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
-from tally.feature_repo.offline_store_fetch import read_rows
 from tally.feature_repo.offline_store_sql import (
-    MIN_ALIGNED_US,
     ROW,
     ViewPlan,
-    aligned_grain,
-    dedup_sql,
-    equality_sql,
+    fetch_sql,
     latest_sql,
     literal,
+    parquet_files,
     range_sql,
     rows_sql,
 )
@@ -182,50 +179,27 @@ def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
 
 
 def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Table:
-    """One feature view's columns, in entity order (`__f0`, `__f1`, ...)."""
+    """One feature view's columns, in entity order (`__f0`, `__f1`, ...). The range join
+    finds each entity row's winning row id (file and row number) and a second query reads
+    the winners' features; past MAX_ROW_FILES files the join carries them."""
     con.register("__tally_entities", entities)
-    relation = "__tally_entities"
     stamps = entities.column(ts_col)
     lo = hi = None
     if entities.num_rows:
         lo, hi = _stamp(pc.min(stamps).as_py()), _stamp(pc.max(stamps).as_py())
     names = [f"__f{i}" for i in range(len(plan.features))]
-    grain = aligned_grain(con, plan)
-    parts: list[pa.Table] = []
-    rest: str | None = relation
-    if grain and grain >= MIN_ALIGNED_US and (not plan.ttl or plan.ttl.total_seconds() > 0):
-        eq = _arrow(con.sql(equality_sql(plan, relation, ts_col, grain, lo, hi)))
-        rows = eq.column(ROW).to_numpy()
-        if len(np.unique(rows)) != len(rows):  # repeated (key, timestamp): created decides
-            con.register("__tally_eq", eq)
-            eq = _arrow(con.sql(dedup_sql("__tally_eq", len(names))))
-            con.unregister("__tally_eq")
-            rows = eq.column(ROW).to_numpy()
-        parts.append(eq.select([ROW, *names]))
-        matched = np.zeros(entities.num_rows, dtype=bool)
-        matched[rows] = True
-        if matched.all():
-            rest = None
-        else:
-            con.register("__tally_rest", entities.filter(pa.array(~matched)))
-            rest = "__tally_rest"
-    if rest is not None:
-        parts.append(_range_rows(con, plan, rest, ts_col, lo, hi, names))
+    files = parquet_files(plan.path)
+    if files:
+        winners = _arrow(con.sql(rows_sql(plan, files, "__tally_entities", ts_col, lo, hi)))
+        con.register("__tally_winners", winners)
+        found = _arrow(con.sql(fetch_sql(plan, files, "__tally_winners"))).select(
+            [ROW, *names])
+        con.unregister("__tally_winners")
+    else:
+        found = _arrow(con.sql(range_sql(plan, "__tally_entities", ts_col, lo, hi))).select(
+            [ROW, *names])
     con.unregister("__tally_entities")
-    found = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
     return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
-
-
-def _range_rows(con: Any, plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
-                hi: str | None, names: list[str]) -> pa.Table:
-    """The range plan's rows (`ROW`, `__f0`, ...): on one parquet file, the join finds row
-    numbers and the features are read after; on a folder or glob, the join carries them."""
-    if not os.path.isfile(plan.path):
-        return _arrow(con.sql(range_sql(plan, relation, ts_col, lo, hi))).select([ROW, *names])
-    found = _arrow(con.sql(rows_sql(plan, relation, ts_col, lo, hi)))
-    values = read_rows(plan.path, [src for src, _ in plan.features],
-                       found.column("__r").to_numpy())
-    return pa.table([found.column(ROW), *values.columns], names=[ROW, *names])
 
 
 def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str

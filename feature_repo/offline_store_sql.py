@@ -5,16 +5,14 @@ newest feature row of the same key with ``t - ttl <= event_timestamp <= t`` (no 
 bound when ttl is 0), ties on event_timestamp broken by the newest created timestamp;
 else null.
 
-Two plans, chosen per view from the table's layout:
-
-* **aligned** (Tally's own tables: every event_timestamp is a multiple of the grain G):
-  no feature row lies strictly between ``floor(t, G)`` and ``t``, so the snapshot at
-  ``floor(t, G)`` is the answer whenever it exists and is within ttl. That is an
-  equality hash join on ``(key, floor)``. The entity rows it leaves unmatched (the
-  entity had no snapshot that day) go to the range plan.
-* **range**: a hash join on the key with the ttl range predicate, reduced to one row per
-  entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash
-  aggregate; cheaper than sorting for ``row_number()``).
+One plan, a hash join on the key with the ttl range predicate, reduced to one row per
+entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash aggregate;
+cheaper than sorting for ``row_number()``). On one parquet file the join carries file row
+numbers and the winners' features are read by a second query (``rows_sql`` then
+``fetch_sql``). A folder (a computed table's parts) or a glob of up to ``MAX_ROW_FILES``
+files takes the same plan, each file's row numbers offset by its place in the list
+(``parquet_files``); beyond that, the join carries the features (``range_sql``).
+docs/offline_store.md says why (an equality plan for grain-aligned tables measured slower).
 
 Every identifier is quoted; paths and literals go through ``literal``.
 """
@@ -25,13 +23,10 @@ import glob
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 ROW = "__tally_row"
-US_PER = {"7d": 7 * 86_400_000_000, "1d": 86_400_000_000, "12h": 43_200_000_000,
-          "6h": 21_600_000_000, "1h": 3_600_000_000}
-MIN_ALIGNED_US = 3_600_000_000  # an equality join on a finer grain would rarely match
-LAYOUT_SAMPLE = 100_000  # rows read first by the layout check
+FILE_SHIFT = 40  # a row id is (file index << FILE_SHIFT) + the file's row number
+MAX_ROW_FILES = 512  # more files than this: the join carries the features instead
 
 
 def q(name: str) -> str:
@@ -50,6 +45,16 @@ def reader(path: str) -> str:
     return f"read_parquet({literal(path)})"
 
 
+def parquet_files(path: str) -> list[str] | None:
+    """The files a path reads, in a fixed order (a file; a folder's parquet files; a
+    glob's matches), or None when there are none or more than MAX_ROW_FILES."""
+    if os.path.isfile(path):
+        return [path]
+    pattern = os.path.join(path, "**", "*.parquet") if os.path.isdir(path) else path
+    files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+    return files if 0 < len(files) <= MAX_ROW_FILES else None
+
+
 @dataclass(frozen=True)
 class ViewPlan:
     """What the SQL needs to know about one feature view."""
@@ -63,58 +68,25 @@ class ViewPlan:
     filter_created: bool = False
 
 
-_layout_cache: dict[tuple[Any, ...], int | None] = {}
-
-
-def _version(path: str) -> tuple[Any, ...]:
-    """What changes when a file, or any parquet file of a folder (a table of parts), does."""
-    st = os.stat(path)
-    if not os.path.isdir(path):
-        return (st.st_mtime_ns, st.st_size)
-    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-    return (st.st_ino, *((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files))
-
-
-def aligned_grain(con: Any, plan: ViewPlan) -> int | None:
-    """The largest grain (us) every event_timestamp of the table is a multiple of, if
-    it is at least an hour; cached per file (or folder) version. Reads one column."""
-    try:
-        key = (plan.path, plan.timestamp, *_version(plan.path))
-    except OSError:
-        return None
-    if key in _layout_cache:
-        return _layout_cache[key]
-    grain = _grain_of(con, plan, LAYOUT_SAMPLE)  # irregular tables fail on a sample
-    if grain is not None:
-        grain = _grain_of(con, plan, None)
-    _layout_cache[key] = grain
-    return grain
-
-
-def _grain_of(con: Any, plan: ViewPlan, limit: int | None) -> int | None:
-    ts = f"epoch_us({q(plan.timestamp)}::TIMESTAMPTZ)"
-    checks = ", ".join(f"bool_and({ts} % {us} = 0)" for us in US_PER.values())
-    rows = f"(SELECT {q(plan.timestamp)} FROM {reader(plan.path)} LIMIT {int(limit)})" if (
-        limit) else reader(plan.path)
-    row = con.sql(f"SELECT {checks} FROM {rows}").fetchall()[0]
-    return next((us for us, ok in zip(US_PER.values(), row, strict=True) if ok), None)
-
-
-def _source(plan: ViewPlan) -> str:
+def _source(plan: ViewPlan, files: list[str] | None = None) -> str:
+    """The table's keys and times as `__k0.., __ts, __c`, then its features `__f0..` or,
+    given its `files`, a row id `__r` instead (file index and row number, FILE_SHIFT)."""
     cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
     cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
     cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
                 "NULL::TIMESTAMPTZ AS __c")
+    if files:
+        return "(" + " UNION ALL ".join(
+            f"SELECT {', '.join(cols)}, file_row_number + {i << FILE_SHIFT} AS __r "
+            f"FROM read_parquet({literal(file)}, file_row_number = true)"
+            for i, file in enumerate(files)) + ")"
     cols += [f"{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in enumerate(plan.features)]
     return f"(SELECT {', '.join(cols)} FROM {reader(plan.path)})"
 
 
-def _entity(plan: ViewPlan, relation: str, ts_col: str, grain: int | None) -> str:
+def _entity(plan: ViewPlan, relation: str, ts_col: str) -> str:
     cols = [q(ROW)] + [f"{q(ent)} AS {q(f'__k{i}')}" for i, (_, ent) in enumerate(plan.keys)]
     cols.append(f"{q(ts_col)}::TIMESTAMPTZ AS __t")
-    if grain:
-        cols.append(f"make_timestamptz(epoch_us({q(ts_col)}::TIMESTAMPTZ) // {grain} * {grain})"
-                    " AS __fl")
     return f"(SELECT {', '.join(cols)} FROM {relation})"
 
 
@@ -141,17 +113,6 @@ def _window(plan: ViewPlan, t: str) -> list[str]:
     return preds
 
 
-def equality_sql(plan: ViewPlan, relation: str, ts_col: str, grain: int,
-                 lo: str | None, hi: str | None) -> str:
-    """Entity rows whose snapshot at floor(t, grain) exists and is within ttl. May hold
-    several rows per entity row when the table repeats (key, timestamp); `__c` decides."""
-    feats = ", ".join(f"f.{q(f'__f{i}')}" for i in range(len(plan.features)))
-    on = " AND ".join([*_key_match(plan), "f.__ts = e.__fl", "f.__ts <= e.__t",
-                       *_window(plan, "e.__t")])
-    return (f"SELECT e.{q(ROW)}, f.__c, {feats} FROM {_entity(plan, relation, ts_col, grain)} e "
-            f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on}")
-
-
 def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
               hi: str | None) -> str:
     """The newest row in [t - ttl, t] per entity row, ties broken by created timestamp."""
@@ -159,7 +120,7 @@ def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
                        for i in range(len(plan.features)))
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     inner = (f"SELECT e.{q(ROW)}, arg_max({{{fields}}}, (f.__ts, f.__c)) AS __v "
-             f"FROM {_entity(plan, relation, ts_col, None)} e "
+             f"FROM {_entity(plan, relation, ts_col)} e "
              f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
              f"GROUP BY e.{q(ROW)}")
     outs = ", ".join(f"__v.{q(f'f{i}')} AS {q(f'__f{i}')}" for i in range(len(plan.features)))
@@ -173,29 +134,32 @@ def _order_key(plan: ViewPlan) -> str:
     return f"epoch_us(f.__ts)::HUGEINT * {2**64} + {created}"
 
 
-def rows_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
-             hi: str | None) -> str:
-    """The range plan without the features: per entity row, the file row number of the
-    newest row in [t - ttl, t] (`__r`). The features are read afterwards by row number,
-    so the join carries 3 columns instead of all of them."""
+def rows_sql(plan: ViewPlan, files: list[str], relation: str, ts_col: str,
+             lo: str | None, hi: str | None) -> str:
+    """The range plan without the features: per entity row, the row id of the newest row
+    in [t - ttl, t] (`__r`). The features are read afterwards by row id (fetch_sql), so
+    the join carries 3 columns instead of all of them."""
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
-    cols = [f"{q(src)} AS {q(f'__k{i}')}" for i, (src, _) in enumerate(plan.keys)]
-    cols.append(f"{q(plan.timestamp)}::TIMESTAMPTZ AS __ts")
-    cols.append(f"{q(plan.created)}::TIMESTAMPTZ AS __c" if plan.created else
-                "NULL::TIMESTAMPTZ AS __c")
-    source = (f"(SELECT {', '.join(cols)}, file_row_number AS __r FROM "
-              f"read_parquet({literal(plan.path)}, file_row_number = true))")
     return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
-            f"FROM {_entity(plan, relation, ts_col, None)} e "
-            f"JOIN (SELECT * FROM {source} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
-            f"GROUP BY e.{q(ROW)}")
+            f"FROM {_entity(plan, relation, ts_col)} e "
+            f"JOIN (SELECT * FROM {_source(plan, files)} f WHERE {_bounds(plan, lo, hi)}) f "
+            f"ON {on} GROUP BY e.{q(ROW)}")
 
 
-def dedup_sql(relation: str, n_features: int) -> str:
-    """One row per entity row of an equality result: the newest created timestamp."""
-    feats = ", ".join(q(f"__f{i}") for i in range(n_features))
-    return (f"SELECT {q(ROW)}, {feats} FROM {relation} QUALIFY row_number() OVER "
-            f"(PARTITION BY {q(ROW)} ORDER BY __c DESC NULLS LAST) = 1")
+def fetch_sql(plan: ViewPlan, files: list[str], winners: str) -> str:
+    """The features of each winner (`ROW`, `__r` rows of `winners`), read by one parallel
+    scan per file that probes a hash table of that file's winners only."""
+    feats = ", ".join(f"f.{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in
+                      enumerate(plan.features))
+    scans = []
+    for i, file in enumerate(files):
+        low, high = i << FILE_SHIFT, (i + 1) << FILE_SHIFT
+        mine = (f"(SELECT {q(ROW)}, __r - {low} AS __r FROM {winners} "
+                f"WHERE __r >= {low} AND __r < {high})")
+        scans.append(f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
+                     f"{literal(file)}, file_row_number = true) f "
+                     f"JOIN {mine} w ON f.file_row_number = w.__r")
+    return " UNION ALL ".join(scans)
 
 
 def latest_sql(path: str, keys: list[str], features: list[str], timestamp: str,

@@ -42,20 +42,40 @@ class Change:
 OFFLINE_STORE_TYPE = "tally.feature_repo.offline_store.TallyDuckDBOfflineStore"
 # what projects made before Tally installed under the one import name `tally` say
 LEGACY_OFFLINE_STORE_TYPE = "feature_repo.offline_store.TallyDuckDBOfflineStore"
+SPARK_STORE_TYPE = "tally.feature_repo.spark_store.TallySparkOfflineStore"
+
+
+def _offline_store_types(text: str) -> list[tuple[int, str]]:
+    """(line number, value) of each `type:` key inside the top-level `offline_store:`."""
+    found, inside = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        content = line.split("#")[0].rstrip()
+        if content and not content[0].isspace():
+            inside = content.startswith("offline_store:")
+        elif inside and content.strip().startswith("type:"):
+            found.append((number, content.split(":", 1)[1].strip().strip("'\"")))
+    return found
 
 
 def check_repo_yaml(repo: Path) -> None:
-    """Refuse a feature_store.yaml Feast cannot load for a reason Tally knows the fix of."""
+    """Refuse a feature_store.yaml Feast cannot load, or would serve wrongly, for a reason
+    Tally knows the fix of."""
     path = repo / "feature_store.yaml"
     if not path.is_file():
         raise RegistryError(f"{path} is missing; `tally init` writes one")
-    for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
-        if line.split("#")[0].strip() == f"type: {LEGACY_OFFLINE_STORE_TYPE}":
+    for number, value in _offline_store_types(path.read_text("utf-8", errors="replace")):
+        where = f"{path}, line {number}, key offline_store.type: "
+        if value == LEGACY_OFFLINE_STORE_TYPE:
             raise RegistryError(
-                f"{path}, line {number}, key offline_store.type: "
-                f"{LEGACY_OFFLINE_STORE_TYPE} is the name Tally's offline store had before "
-                f"Tally installed under the one import name `tally`; change it to "
+                f"{where}{LEGACY_OFFLINE_STORE_TYPE} is the name Tally's offline store had "
+                f"before Tally installed under the one import name `tally`; change it to "
                 f"{OFFLINE_STORE_TYPE}")
+        if value == "spark":
+            raise RegistryError(
+                f"{where}Feast's stock Spark store returns training frames out of the "
+                f"entity frame's order and repeats duplicate entity rows; change `spark` to "
+                f"{SPARK_STORE_TYPE} (the same store, keeping order; its spark_conf and "
+                f"other keys stay as they are)")
 
 
 def open_store(project: Project) -> Any:

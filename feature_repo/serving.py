@@ -15,9 +15,6 @@ from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec, table_specs, tables_by_feature
 from tally.catalog.store.runlog import Run, Stopwatch, append_run, now
 from tally.feature_repo.entity_rows import TIMESTAMP, check_entity_frame
-from tally.feature_repo.offline_store_sql import (
-    ROW as SPARK_ROW,  # the row number the offline store keeps
-)
 from tally.feature_repo.plain_output import PlainWhenPiped
 from tally.feature_repo.readiness import registered_features, require_applied, require_computed
 from tally.feature_repo.registry import open_store
@@ -91,16 +88,9 @@ def training_frame(entity_df: pd.DataFrame | str | Path, model: str | None = Non
                             for ref in refs])
     store = open_store(proj)
     require_applied(store, refs)
-    spark = store.config.offline_store.type == "spark"
-    # Feast's Spark store neither keeps row order nor duplicate entity rows apart
-    if spark and isinstance(frame, pd.DataFrame):
-        frame = frame.assign(**{SPARK_ROW: range(len(frame))})
+    # both of Tally's offline stores return rows in entity order, duplicates kept
     job = store.get_historical_features(entity_df=frame, features=refs)
     result: pd.DataFrame = job.to_df()
-    if spark and isinstance(frame, pd.DataFrame):
-        result = result.drop_duplicates(SPARK_ROW).sort_values(SPARK_ROW).drop(
-            columns=SPARK_ROW)
-        frame = frame.drop(columns=SPARK_ROW)
     if isinstance(frame, pd.DataFrame):
         order = list(frame.columns) + [r.split(":", 1)[1] for r in refs]
         result = result[[c for c in order if c in result.columns]]

@@ -209,19 +209,6 @@ def test_sql_entity_frame(repo, tmp_path):
     _same(ours, _stock(root, store, frame))
 
 
-def test_aligned_plan_is_used_for_daily_tables(repo):
-    from tally.feature_repo.offline_store import _view_plans, connect
-    from tally.feature_repo.offline_store_sql import aligned_grain
-
-    root, store = repo
-    plans = _view_plans(store.config, [store.get_feature_view("daily"),
-                                       store.get_feature_view("raw")],
-                        ["daily:trips", "raw:speed"], False, False)
-    con = connect()
-    assert aligned_grain(con, plans[0]) == 86_400_000_000
-    assert aligned_grain(con, plans[1]) is None
-
-
 def test_pull_latest_and_materialize_match_stock(repo):
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore

@@ -91,3 +91,42 @@ def test_aligned_shape_matches_stock(tmp_path):
     assert ours["rid"].tolist() == entities["rid"].tolist()
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
     assert ours["t1_f1"].notna().mean() > 0.5
+
+
+@pytest.mark.parametrize("max_files", [512, 1])
+def test_tables_of_several_files_match_stock(tmp_path, monkeypatch, max_files):
+    """A table that is a folder of files (a computed table's parts, or a producer's
+    folder): rows are found by file and row number across the files (or, past
+    MAX_ROW_FILES files, by the join that carries the features), so a restated row in one
+    file beats its older twin in another, exactly as the stock store decides."""
+    import numpy as np
+    from tally.feature_repo import offline_store_sql
+
+    monkeypatch.setattr(offline_store_sql, "MAX_ROW_FILES", max_files)
+
+    data = generate_irregular(tmp_path / "irregular", 20_000, 10_000)
+    _, single, _ = _both(data, irregular=True)
+    for v, _n in VIEWS:
+        table = pq.read_table(data / f"{v}.parquet")
+        order = np.random.default_rng(5).permutation(table.num_rows)
+        (data / f"{v}.parquet").unlink()
+        folder = data / f"{v}.parquet"
+        folder.mkdir()
+        for i, rows in enumerate(np.array_split(order, 3)):
+            pq.write_table(table.take(rows), folder / f"part-{i}.parquet")
+    entities, ours, stock = _both(data, irregular=True)
+    assert ours["rid"].tolist() == entities["rid"].tolist()
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+    pd.testing.assert_frame_equal(ours, single)
+
+
+def test_row_ids_name_each_file_of_a_folder(tmp_path):
+    from tally.feature_repo.offline_store_sql import parquet_files
+
+    folder = tmp_path / "t.parquet"
+    folder.mkdir()
+    for name in ("part-2.parquet", "part-1.parquet", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert parquet_files(str(folder)) == [str(folder / "part-1.parquet"),
+                                          str(folder / "part-2.parquet")]
+    assert parquet_files(str(tmp_path / "none*.parquet")) is None

@@ -23,6 +23,7 @@ from tests.helpers import REPO
 from tests.test_compute_semantics import DEFINITIONS, EPOCH, write_semantics_data
 
 DAY = timedelta(days=1)
+SPARK_STORE = "tally.feature_repo.spark_store.TallySparkOfflineStore"
 AS_OF = "2025-03-25T00:00:00Z"
 
 CONTRACTS = """
@@ -77,7 +78,7 @@ def _feature_store_yaml(engine: str) -> str:
         return (REPO / "feature_repo" / "feature_store.yaml").read_text()
     conf = "".join(f"    {k}: \"{v}\"\n" for k, v in SPARK_CONF.items())
     return ("project: tally_spark_test\nprovider: local\nregistry: data/registry.db\n"
-            f"offline_store:\n  type: spark\n  spark_conf:\n{conf}"
+            f"offline_store:\n  type: {SPARK_STORE}\n  spark_conf:\n{conf}"
             "online_store:\n  type: sqlite\n  path: data/online_store.db\n"
             "entity_key_serialization_version: 3\n")
 
@@ -204,6 +205,75 @@ def test_training_frames_and_online_features_identical(projects: dict[str, Path]
         pd.testing.assert_series_equal(sparked[column].astype("float64"),
                                        duck[column].astype("float64"), check_names=True)
     assert online["spark"] == online["duckdb"]
+
+
+def _direct_frame(root: Path, entity_df: object) -> pd.DataFrame:
+    """Feast's own get_historical_features on the project's store, no Tally code above it."""
+    from tally.feature_repo.registry import open_store
+    from tally.feature_repo.serving import feature_refs
+
+    project = load_project(root)
+    store = open_store(project)
+    refs = feature_refs(project, "shop_model", None)
+    frame: pd.DataFrame = store.get_historical_features(entity_df=entity_df,
+                                                        features=refs).to_df()
+    return frame
+
+
+def _comparable(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    out = frame[columns].reset_index(drop=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype(
+        "datetime64[us, UTC]")
+    return out.astype({c: "float64" for c in columns if c not in ("event_timestamp",)})
+
+
+def test_direct_feast_call_keeps_entity_order_and_duplicates(
+        projects: dict[str, Path], spark) -> None:
+    """FeatureStore.get_historical_features itself, on a Spark project: one row per entity
+    row, in the entity frame's order, as the DuckDB store gives (Feast's stock Spark store
+    returns them in no order and repeats entity rows that tie)."""
+    from tally.catalog.pipeline import Gate
+    from tally.feature_repo.registry import apply
+
+    for root in projects.values():
+        apply(load_project(root), Gate(as_of=AS_OF, allow_violations=True))
+    rows = _entity_rows()
+    rows = pd.concat([rows, rows.iloc[10:40]]).sample(frac=1, random_state=3)
+    rows = rows.reset_index(drop=True)  # shuffled, with 33 repeated (key, time) rows
+    assert rows.duplicated(["shop_id", "event_timestamp"]).sum() >= 33
+    duck = _direct_frame(projects["duckdb"], rows)
+    assert len(duck) == len(rows) and duck["ev_count_3d"].notna().sum() > 20
+    columns = list(duck.columns)
+    assert (duck[["shop_id", "label"]].to_numpy() == rows[["shop_id", "label"]].to_numpy()
+            ).all()
+    spark.createDataFrame(rows).createOrReplaceTempView("tally_test_entities")
+    entity_frames = {"pandas": rows, "spark": spark.createDataFrame(rows),
+                     "spark sql": "SELECT * FROM tally_test_entities"}
+    for kind, entity_df in entity_frames.items():
+        sparked = _direct_frame(projects["spark"], entity_df)
+        assert sorted(sparked.columns) == sorted(columns), kind
+        pd.testing.assert_frame_equal(_comparable(sparked, columns),
+                                      _comparable(duck, columns), obj=kind)
+    assert list(rows.columns) == ["shop_id", "event_timestamp", "label"]  # not modified
+
+
+def test_stock_spark_type_is_refused_with_file_line_and_the_new_type(
+        projects: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.helpers import invoke
+
+    root = tmp_path / "old"
+    shutil.copytree(projects["spark"] / "metrics", root / "metrics")
+    shutil.copy(projects["spark"] / "tally.yaml", root / "tally.yaml")
+    (root / "feature_repo").mkdir()
+    text = (projects["spark"] / "feature_repo" / "feature_store.yaml").read_text()
+    (root / "feature_repo" / "feature_store.yaml").write_text(
+        text.replace(f"type: {SPARK_STORE}", "type: spark"))
+    line = text.splitlines().index(f"  type: {SPARK_STORE}") + 1
+    result = invoke(["--project", str(root), "plan"], capsys)
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert f"feature_store.yaml, line {line}, key offline_store.type" in result.stderr
+    assert f"change `spark` to {SPARK_STORE}" in result.stderr
 
 
 def test_spark_without_pyspark_or_java_names_the_extra(tmp_path: Path, monkeypatch) -> None:
