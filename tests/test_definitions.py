@@ -29,7 +29,7 @@ def test_example_project_validates_without_importing_feast() -> None:
 def test_example_project_covers_the_domain() -> None:
     project = load_project(REPO)
     types = {m.type for m in project.metrics.values()}
-    assert types == {"aggregate", "column", "derived"}
+    assert types == {"aggregate", "column", "derived", "funnel"}
     assert {"churn_risk", "expansion_forecast"} <= set(project.models)
     shared = set(project.models["churn_risk"].features) & set(
         project.models["expansion_forecast"].features)

@@ -127,8 +127,13 @@ def projects(spark, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 def _loose(table: pa.Table) -> pa.Table:
-    """Nullability flags aside (DuckDB infers some NOT NULLs, Spark others)."""
-    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+    """Nullability flags aside (DuckDB infers some NOT NULLs, Spark others), rows in key and
+    time order (a table of parts holds them by span, then key)."""
+    table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+    if "event_timestamp" not in table.column_names:
+        return table
+    return table.sort_by([(table.column_names[0], "ascending"),
+                          ("event_timestamp", "ascending")])
 
 
 def test_metric_tables_identical(projects: dict[str, Path]) -> None:
