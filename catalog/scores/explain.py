@@ -279,21 +279,13 @@ def _draw_missing(ax: Any, i: int, running: float, policy: str) -> None:
 
 def plot_explanation(explanation: Explanation, out: Path | str) -> Path:
     """The waterfall chart of explanation_figure, written atomically as a PNG."""
-    import matplotlib.pyplot as plt
-    from tally.catalog.store.fsutil import temp_path_beside
+    from tally.catalog.store.fsutil import write_figure
 
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"{out}: give a .png file name", option="plot")
     fig = explanation_figure(explanation)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(out, ".png")
-    try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_figure(fig, out)
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tally.catalog.errors import UsageError
 from tally.catalog.search.funnel_report import FunnelReport, StepReach
-from tally.catalog.store.fsutil import replacing
+from tally.catalog.store.fsutil import write_figure
 
 BAR = "#2f5597"
 DROP = "#e8b4b3"
@@ -70,16 +70,9 @@ def funnel_figure(report: FunnelReport) -> Any:
 
 def plot_funnel(report: FunnelReport, out: Path | str) -> Path:
     """Write the chart as a PNG (atomically); a UsageError for another file type."""
-    import matplotlib.pyplot as plt
 
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"{out}: give a .png file name", option="plot")
     fig = funnel_figure(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with replacing(out, ".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return write_figure(fig, out)

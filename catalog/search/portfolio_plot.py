@@ -7,7 +7,7 @@ from typing import Any
 
 from tally.catalog.errors import UsageError
 from tally.catalog.search.portfolio import Portfolio
-from tally.catalog.store.fsutil import replacing
+from tally.catalog.store.fsutil import write_figure
 
 COST_COLOURS = (("compute+storage", "#2f5597"), ("serving", "#4c9f70"),
                 ("maintenance", "#c0504d"))
@@ -60,10 +60,4 @@ def plot_portfolio(report: Portfolio, out: Path | str) -> Path:
                  f"{report.sharing_saved:,.2f} {report.currency}, unused features cost "
                  f"{report.unused_cost:,.2f}", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with replacing(out, ".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return write_figure(fig, out)

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tally.catalog.errors import LockTimeoutError, TallyError, UsageError
 from tally.catalog.store.paths import (
@@ -169,6 +170,18 @@ def replacing(path: Path, suffix: str = "", *, crash_name: str = "") -> Iterator
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # gone after the rename; left only when the writer failed
+
+
+def write_figure(fig: Any, out: Path) -> Path:
+    """A matplotlib figure saved as PNG at `out` (temp file, then rename), then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with replacing(out, ".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return out
 
 
 def temp_path_beside(path: Path, suffix: str = "") -> Path:
