@@ -44,7 +44,8 @@ from tally.feature_repo.offline_store_sql import ViewPlan, rows_sql
 def winners(v):
     plan = ViewPlan(f"{D}/{v}.parquet", [("account_id", "account_id")], "event_timestamp",
                     "created_timestamp", [], timedelta(days=30))
-    t = con.sql(rows_sql(plan, "e", "event_timestamp", None, None)).to_arrow_table()
+    sql = rows_sql(plan, [plan.path], "e", "event_timestamp", None, None)
+    t = con.sql(sql).to_arrow_table()
     return t.column("__tally_row").to_numpy(), t.column("__r").to_numpy()
 """
 
@@ -140,12 +141,14 @@ def read_rows(path, names, rows):  # the previous plan's step 2: pyarrow, row gr
     return pa.concat_tables(parts).take(pa.array(back))
 def previous(v):
     p, names = plan(v)
-    found = con.sql(rows_sql(p, "e", "event_timestamp", None, None)).to_arrow_table()
+    sql = rows_sql(p, [p.path], "e", "event_timestamp", None, None)
+    found = con.sql(sql).to_arrow_table()
     return found.column("__tally_row"), read_rows(p.path, names, found.column("__r").to_numpy())
 def shipped(v):
     p, _ = plan(v)
-    con.register("w", con.sql(rows_sql(p, "e", "event_timestamp", None, None)).to_arrow_table())
-    return con.sql(fetch_sql(p, "w")).to_arrow_table()
+    sql = rows_sql(p, [p.path], "e", "event_timestamp", None, None)
+    con.register("w", con.sql(sql).to_arrow_table())
+    return con.sql(fetch_sql(p, [p.path], "w")).to_arrow_table()
 t0 = time.perf_counter()
 found = [FETCH(v) for v in VIEWS]
 OUT = {"s": time.perf_counter() - t0, "sum": None}
