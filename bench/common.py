@@ -73,9 +73,9 @@ def median_runs(code: str, *args: str, repeat: int = 3, timer: str | None = None
     return statistics.median(seconds), max(r.peak_mb for r in runs), runs
 
 
-def write_section(name: str, markdown: str) -> None:
+def write_section(name: str, markdown: str, command: str | None = None) -> None:
     """Replace (or add) the section of `name` in docs/benchmarks.md (print it when not
-    RECORD)."""
+    RECORD); `command` is the bench command that writes it, when not `name` itself."""
     if not RECORD:
         print(f"## {name} (not recorded)\n\n{markdown.strip()}")
         return
@@ -88,7 +88,7 @@ def write_section(name: str, markdown: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     loads = " / ".join(f"{a:.1f}, {b:.1f}, {c:.1f}" for a, b, c in (LOAD_AT_START,
                                                                    os.getloadavg()))
-    block = (f"{begin}\n## {name}\n\n`python -m bench {name}` on {stamp}; machine: "
+    block = (f"{begin}\n## {name}\n\n`python -m bench {command or name}` on {stamp}; machine: "
              f"{machine()}; load average (1, 5, 15 min) at the start / end: {loads}."
              f"\n\n{markdown.strip()}\n{end}")
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)

@@ -243,7 +243,8 @@ def run(size: str) -> None:
               "(see docs/compute.md).\n\n" + run_incremental(size))
     write_section(f"compute --size {size}", text)
     print(text)
-    write_section(f"compute funnels --size {size}", run_funnels(size, source))
+    write_section(f"compute funnels --size {size}", run_funnels(size, source),
+                  command=f"compute --size {size}")
 
 
 INCREMENTAL_SETUP = """
