@@ -290,3 +290,13 @@ def test_corpus_base_registers_and_its_cases_are_distinct(
     contents = [c if isinstance(c, bytes) else c.encode() for c, _, _, _ in CASES.values()]
     assert len(set(contents)) == len(contents)
     assert len(CASES) >= 30
+
+
+def test_a_same_column_missing_from_a_shared_source_is_one_problem(
+        example_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both steps read marketing_sends: the missing `same` column is reported once."""
+    content, _, _, _ = CASES["funnel_same_missing"]
+    bad = tmp_path / "same.yaml"
+    bad.write_text(str(content))
+    result = invoke(["--project", str(example_project), "register", str(bad)], capsys)
+    assert result.code == 1 and result.stderr.count("metrics[0].same") == 1, result.stderr

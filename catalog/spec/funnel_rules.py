@@ -54,7 +54,9 @@ def _check_step(c: Checks, d: Definition, index: int, entity_known: bool) -> Non
     known = set(source.contract.columns) if source.contract and source.contract.columns else None
     what = f"the columns of source {source.name}'s contract"
     c.check_sql(d, ("steps", index, "filter"), step.filter, known, what)
-    if metric.same is not None and known is not None and metric.same not in known:
+    first_of_source = [s.source for s in metric.steps or []].index(step.source) == index
+    if (metric.same is not None and known is not None and metric.same not in known
+            and first_of_source):  # one problem per source, however many steps read it
         c.add(d, ("same",), f"column {metric.same!r} is not among {what} (step {index + 1}); "
               "`same` must name a column every step's source has")
 
