@@ -294,9 +294,12 @@ def test_corpus_base_registers_and_its_cases_are_distinct(
 
 def test_a_same_column_missing_from_a_shared_source_is_one_problem(
         example_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Both steps read marketing_sends: the missing `same` column is reported once."""
-    content, _, _, _ = CASES["funnel_same_missing"]
+    """Both steps read crm_logins: the missing `same` column is reported once."""
+    content = funnel_with('source: marketing_sends, filter: "emails > 0"',
+                          'source: crm_logins, filter: "seconds > 9"').replace(
+        "    within: 7d\n", "    within: 7d\n    same: campaign_ref\n")
     bad = tmp_path / "same.yaml"
-    bad.write_text(str(content))
+    bad.write_text(content)
     result = invoke(["--project", str(example_project), "register", str(bad)], capsys)
-    assert result.code == 1 and result.stderr.count("metrics[0].same") == 1, result.stderr
+    assert result.code == 1 and "'campaign_ref' is not among" in result.stderr, result.stderr
+    assert result.stderr.count("metrics[0].same") == 1, result.stderr
