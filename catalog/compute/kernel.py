@@ -27,7 +27,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,17 @@ def layout(keys: pa.Array, key_change: np.ndarray, b: np.ndarray, plan: GroupPla
     distinct_keys = keys.take(pa.array(np.flatnonzero(key_change)))
     return Layout(reach + int(length.sum()), cell_slot, row_slot, row_pos,
                   key_of_cell[starts][row_island], key_of_cell, distinct_keys)
+
+
+def rows_split_at(lay: Layout, split_us: int, bucket_us: int) -> Layout:
+    """The output rows with snapshots before `split_us` first, then the others, each in key
+    and snapshot order: a writer then routes the two runs to their parts by slicing."""
+    later = lay.row_pos * bucket_us >= split_us
+    if later.all() or not later.any():
+        return lay
+    order = np.argsort(later, kind="stable")
+    return replace(lay, row_slot=lay.row_slot[order], row_pos=lay.row_pos[order],
+                   row_key=lay.row_key[order])
 
 
 SEGMENT = 1024  # slots per running-total segment (at least the widest window)
@@ -426,8 +437,10 @@ class GroupRun:
                                                     self._distinct_keys)
         return self._occurrences[i]
 
-    def tables(self, key_name: str, workers: int | None = None) -> Iterator[pa.Table]:
-        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk.
+    def tables(self, key_name: str, workers: int | None = None, split_us: int | None = None
+               ) -> Iterator[pa.Table]:
+        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk
+        (with `split_us`, each chunk's rows before it come first, see `rows_split_at`).
         Chunks are computed on `workers` threads (numpy and Arrow release the GIL), at most
         that many ahead of the one being consumed, so memory stays bounded."""
         workers = workers or min(4, os.cpu_count() or 1)
@@ -438,22 +451,23 @@ class GroupRun:
                                                       strict=True)]
         if workers == 1 or len(spans) == 1:
             for lo, hi in spans:
-                yield self._chunk(lo, hi, key_name)
+                yield self._chunk(lo, hi, key_name, split_us)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: deque[Future[pa.Table]] = deque()
             for lo, hi in spans:
-                pending.append(pool.submit(self._chunk, lo, hi, key_name))
+                pending.append(pool.submit(self._chunk, lo, hi, key_name, split_us))
                 if len(pending) > workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
-    def _chunk(self, lo: int, hi: int, key_name: str) -> pa.Table:
+    def _chunk(self, lo: int, hi: int, key_name: str, split_us: int | None) -> pa.Table:
         plan, parts = self.plan, self.parts
-        b = self.b[lo:hi]
-        lay = layout(self.keys.slice(lo, hi - lo), self.key_change[lo:hi], b, plan, self.low,
-                     self.high)
+        lay = layout(self.keys.slice(lo, hi - lo), self.key_change[lo:hi], self.b[lo:hi],
+                     plan, self.low, self.high)
+        if split_us is not None:
+            lay = rows_split_at(lay, split_us, plan.bucket_us)
         windows = Windows(lay.row_slot, lay.size, max(plan.windows.values()))
         dense = _Dense(self.cells.slice(lo, hi - lo), lay, windows.size)
         stamps = pa.array(lay.row_pos * plan.bucket_us, type=pa.int64()).cast(
