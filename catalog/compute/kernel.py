@@ -178,7 +178,7 @@ class Windows:
             self._running[id(dense)] = (running, totals)
         running, totals = self._running[id(dense)]
         head, tail, crossed = self._read(w)
-        out = running[tail]
+        out: np.ndarray = running[tail]
         out -= running[head]
         out += totals[crossed]
         out.flags.writeable = False

@@ -273,9 +273,9 @@ class Computer(DependentTables, FunnelTables):
             if run is None:
                 return False
             if keep is None:
-                span, newest = table_span(spec), high * plan.bucket_us
-                write_full(run.tables(key, split_us=newest_span_start(newest, span)), out, key,
-                           span, newest)
+                part_span, newest = table_span(spec), high * plan.bucket_us
+                split_us = newest_span_start(newest, part_span)
+                write_full(run.tables(key, split_us=split_us), out, key, part_span, newest)
             elif fits_in_memory(run):
                 write_rows(pa.concat_tables(list(run.tables(key))), out, key, spec, keep, None)
             else:
