@@ -16,7 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tally.catalog.compute.kernel import CHUNK_CELLS, Windows, group_table, round_like_duckdb
+from tally.catalog.compute.kernel import (
+    CHUNK_CELLS,
+    Windows,
+    group_table,
+    prepare_group,
+    round_like_duckdb,
+)
 from tally.catalog.compute.plans import group_query, partial_plan, plan_group
 from tally.catalog.spec.loading import load_project
 
@@ -36,6 +42,10 @@ METRICS = [
     ("users_b", "count_distinct", "user_id", "kind = 'b'", "7d"),
     ("nothing", "sum", "value", "kind = 'zzz'", "3d"),
     ("nothing_min", "min", "value", "kind = 'zzz'", "36h"),
+    # same definitions as n_rows and mean under other names: shared, but only per window
+    ("n_rows_again", "count", "*", None, "3d"),
+    ("n_rows_week", "count", "*", None, "7d"),
+    ("mean_3d", "avg", "value", None, "3d"),
 ]
 EPOCH = datetime(2025, 3, 1, tzinfo=UTC)
 
@@ -141,6 +151,45 @@ def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int,
         assert kernel.num_rows == sql.num_rows
         assert (kernel.num_rows > 0) == (seed != 0)
         _same(kernel, sql)
+
+
+@pytest.mark.parametrize("chunk_cells", [CHUNK_CELLS, 7], ids=["one-chunk", "chunks-of-7"])
+def test_split_chunks_put_rows_before_the_split_first(tmp_path: Path, chunk_cells: int
+                                                      ) -> None:
+    """With split_us (where a full write's base part ends), each chunk holds its rows
+    before it first, then the rest, each run in key and snapshot order; the rows are the
+    same as without it."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "defs.yaml").write_text(_definitions("text"))
+    path = tmp_path / "data" / "events.parquet"
+    pq.write_table(_events(random.Random(1), True), path)
+    project = load_project(tmp_path)
+    plan = plan_group(project, project.groups()[0])
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    lo, hi = con.sql(f"SELECT min(epoch_us(ts)), max(epoch_us(ts)) FROM '{path}'").fetchall()[0]
+    low, high = plan.snapshot_bounds(lo, hi)
+    split_us = (low + high) // 2 * plan.bucket_us
+    parts = partial_plan(project, plan, path=str(path), low=low, high=high)
+    run = prepare_group(con, parts, plan, low=low, high=high, chunk_cells=chunk_cells)
+    assert run is not None
+    plain = list(run.tables("shop_id"))
+    split = list(run.tables("shop_id", split_us=split_us))
+    order = [("shop_id", "ascending"), ("event_timestamp", "ascending")]
+    crossed = 0
+    for before, after in zip(plain, split, strict=True):
+        stamps = after.column("event_timestamp").cast(pa.int64()).to_numpy()
+        later = stamps >= split_us
+        assert not (later[:-1] & ~later[1:]).any()  # never an earlier row after a later one
+        crossed += int(later.any() and not later.all())
+        first = after.slice(0, int((~later).sum()))
+        rest = after.slice(first.num_rows)
+        for run_rows in (first, rest):
+            stamp_keys = run_rows.select(["shop_id", "event_timestamp"])
+            assert stamp_keys.equals(stamp_keys.sort_by(order))
+        _same(after.sort_by(order), before)
+    assert crossed > 0
 
 
 def test_kernel_hands_text_extremes_to_the_sql_plan(tmp_path: Path) -> None:

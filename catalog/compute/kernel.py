@@ -27,7 +27,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,17 @@ def layout(keys: pa.Array, key_change: np.ndarray, b: np.ndarray, plan: GroupPla
                   key_of_cell[starts][row_island], key_of_cell, distinct_keys)
 
 
+def rows_split_at(lay: Layout, split_us: int, bucket_us: int) -> Layout:
+    """The output rows with snapshots before `split_us` first, then the others, each in key
+    and snapshot order: a writer then routes the two runs to their parts by slicing."""
+    later = lay.row_pos * bucket_us >= split_us
+    if later.all() or not later.any():
+        return lay
+    order = np.argsort(later, kind="stable")
+    return replace(lay, row_slot=lay.row_slot[order], row_pos=lay.row_pos[order],
+                   row_key=lay.row_key[order])
+
+
 SEGMENT = 1024  # slots per running-total segment (at least the widest window)
 
 
@@ -152,10 +163,11 @@ class Windows:
         return self._reads[w]
 
     def total(self, dense: np.ndarray, w: int) -> np.ndarray:
-        """sum(dense[s - w : s]) for every output slot s (`dense` has `size` slots)."""
+        """sum(dense[s - w : s]) for every output slot s (`dense` has `size` slots);
+        read-only, since it is cached and shared."""
         key = (id(dense), w)
         if key in self._results:
-            return self._results[key].copy()
+            return self._results[key]
         if id(dense) not in self._running:
             running = np.empty(self.size + 1, dtype=dense.dtype)
             np.cumsum(dense.reshape(self.segments, self.segment), axis=1,
@@ -166,12 +178,12 @@ class Windows:
             self._running[id(dense)] = (running, totals)
         running, totals = self._running[id(dense)]
         head, tail, crossed = self._read(w)
-        out = running[tail]
+        out: np.ndarray = running[tail]
         out -= running[head]
         out += totals[crossed]
+        out.flags.writeable = False
         self._results[key] = out
-        copied: np.ndarray = out.copy()
-        return copied
+        return out
 
     def extreme(self, dense: np.ndarray, w: int, op: np.ufunc) -> np.ndarray:
         """op.reduce(dense[s - w : s]) for every output slot s (op: fmin or maximum)."""
@@ -216,22 +228,25 @@ def round_like_duckdb(values: np.ndarray) -> np.ndarray:
     """round(x, ROUND_DIGITS) exactly as DuckDB gives it: x * 10^d rounded to the nearest
     whole number as if computed exactly (halves away from zero), then / 10^d; the input
     itself where that is not finite. Where the rounded product lands on a half, the sign of
-    its exact error decides."""
+    its exact error decides. One comparison finds both rare cases: the distance to the
+    nearest whole number is 0.5 on a half and NaN where the product is not finite."""
     modifier = 10.0 ** ROUND_DIGITS
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = values * modifier
         whole = np.rint(scaled)  # halves to even: the only place it differs from DuckDB
-        np.subtract(scaled, whole, out=scaled)  # now the distance, |.| <= 0.5
-        half = np.flatnonzero(np.abs(scaled) == 0.5)
-        if len(half):
+        np.subtract(scaled, whole, out=scaled)
+        np.abs(scaled, out=scaled)  # now the distance, <= 0.5, or NaN
+        ordinary = scaled < 0.5
+        special = np.flatnonzero(~ordinary) if not ordinary.all() else None
+        if special is not None:
+            half = special[scaled[special] == 0.5]
             product = values[half] * modifier
             sign = np.sign(product)
-            below = np.trunc(product)  # the whole number nearer zero
             error = _product_error(values[half], modifier) * sign
-            whole[half] = below + sign * (error >= 0)  # above or exactly on it: away
+            whole[half] = np.trunc(product) + sign * (error >= 0)  # on or above it: away
         whole /= modifier
-    bad = ~np.isfinite(whole)
-    if bad.any():
+    if special is not None:
+        bad = special[np.isnan(scaled[special])]
         whole[bad] = values[bad]
     return whole
 
@@ -290,6 +305,7 @@ class _Dense:
         total = windows.total(self.summed(name), w)
         if ("nan", name) not in self._made:
             return total
+        total = total.copy()
         nan, pos, neg = (windows.total(self._made[(label, name)], w)
                          for label in ("nan", "+inf", "-inf"))
         total[pos > 0] = np.inf
@@ -421,8 +437,10 @@ class GroupRun:
                                                     self._distinct_keys)
         return self._occurrences[i]
 
-    def tables(self, key_name: str, workers: int | None = None) -> Iterator[pa.Table]:
-        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk.
+    def tables(self, key_name: str, workers: int | None = None, split_us: int | None = None
+               ) -> Iterator[pa.Table]:
+        """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk
+        (with `split_us`, each chunk's rows before it come first, see `rows_split_at`).
         Chunks are computed on `workers` threads (numpy and Arrow release the GIL), at most
         that many ahead of the one being consumed, so memory stays bounded."""
         workers = workers or min(4, os.cpu_count() or 1)
@@ -433,55 +451,64 @@ class GroupRun:
                                                       strict=True)]
         if workers == 1 or len(spans) == 1:
             for lo, hi in spans:
-                yield self._chunk(lo, hi, key_name)
+                yield self._chunk(lo, hi, key_name, split_us)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: deque[Future[pa.Table]] = deque()
             for lo, hi in spans:
-                pending.append(pool.submit(self._chunk, lo, hi, key_name))
+                pending.append(pool.submit(self._chunk, lo, hi, key_name, split_us))
                 if len(pending) > workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
-    def _chunk(self, lo: int, hi: int, key_name: str) -> pa.Table:
+    def _chunk(self, lo: int, hi: int, key_name: str, split_us: int | None) -> pa.Table:
         plan, parts = self.plan, self.parts
-        b = self.b[lo:hi]
-        lay = layout(self.keys.slice(lo, hi - lo), self.key_change[lo:hi], b, plan, self.low,
-                     self.high)
+        lay = layout(self.keys.slice(lo, hi - lo), self.key_change[lo:hi], self.b[lo:hi],
+                     plan, self.low, self.high)
+        if split_us is not None:
+            lay = rows_split_at(lay, split_us, plan.bucket_us)
         windows = Windows(lay.row_slot, lay.size, max(plan.windows.values()))
         dense = _Dense(self.cells.slice(lo, hi - lo), lay, windows.size)
         stamps = pa.array(lay.row_pos * plan.bucket_us, type=pa.int64()).cast(
             pa.timestamp("us", tz="UTC"))
         columns: dict[str, Any] = {key_name: lay.distinct_keys.take(pa.array(lay.row_key)),
                                    "event_timestamp": stamps, "created_timestamp": stamps}
+        made: dict[tuple[Any, ...], Any] = {}  # metrics that differ only by name share
         for i, metric in enumerate(parts.metrics):
             w = plan.windows[metric.name]
-            agg, uses = metric.aggregation, parts.uses.get(i, {})
-            if agg in ("count", "sum"):
-                total = dense.total(windows, uses["sum"], w)
-                columns[metric.name] = (total.astype(np.int64) if agg == "count" else
-                                        round_like_duckdb(total.astype(np.float64)))
-            elif agg == "avg":
-                total = dense.total(windows, uses["sum"], w).astype(np.float64)
-                count = dense.total(windows, uses["count"], w)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    value = round_like_duckdb(total / np.maximum(count, 1))
-                columns[metric.name] = pa.array(value, mask=count == 0)
-            elif agg in ("min", "max"):
-                name = uses[agg]
-                values, op = dense.extreme(name, agg)
-                found = windows.total(dense.present(name), w)
-                array = pa.array(windows.extreme(values, w, op), mask=found == 0)
-                kind = self.cells.schema.field(name).type
-                columns[metric.name] = array.cast(kind) if pa.types.is_timestamp(kind) \
-                    else array
-            else:  # count_distinct
-                first_key = int(self.key_of_cell[lo]) if hi > lo else 0
-                last_key = int(self.key_of_cell[hi - 1]) if hi > lo else -1
-                occ = self._occ(i).of_keys(first_key, last_key)
-                columns[metric.name] = _distinct_counts(occ, b, lay, w)
+            uses = parts.uses.get(i, {})
+            same = (metric.aggregation, tuple(sorted(uses.items())), w)
+            if metric.aggregation == "count_distinct" or same not in made:
+                made[same] = self._column(i, w, dense, windows, lay, lo, hi)
+            columns[metric.name] = made[same]
         return pa.table(columns)
+
+    def _column(self, i: int, w: int, dense: _Dense, windows: Windows, lay: Layout, lo: int,
+                hi: int) -> Any:
+        """Metric i's values at the chunk's output rows (cells lo..hi)."""
+        agg, uses = self.parts.metrics[i].aggregation, self.parts.uses.get(i, {})
+        if agg in ("count", "sum"):
+            total = dense.total(windows, uses["sum"], w)
+            return (total.astype(np.int64) if agg == "count" else
+                    round_like_duckdb(total.astype(np.float64, copy=False)))
+        if agg == "avg":
+            total = dense.total(windows, uses["sum"], w).astype(np.float64)
+            count = dense.total(windows, uses["count"], w)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = round_like_duckdb(total / np.maximum(count, 1))
+            return pa.array(value, mask=count == 0)
+        if agg in ("min", "max"):
+            name = uses[agg]
+            values, op = dense.extreme(name, agg)
+            found = windows.total(dense.present(name), w)
+            array = pa.array(windows.extreme(values, w, op), mask=found == 0)
+            kind = self.cells.schema.field(name).type
+            return array.cast(kind) if pa.types.is_timestamp(kind) else array
+        first_key = int(self.key_of_cell[lo]) if hi > lo else 0  # count_distinct
+        last_key = int(self.key_of_cell[hi - 1]) if hi > lo else -1
+        occ = self._occ(i).of_keys(first_key, last_key)
+        return _distinct_counts(occ, self.b[lo:hi], lay, w)
 
 
 def prepare_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high: int,

@@ -42,7 +42,7 @@ from tally.catalog.errors import DataError, LookupFailedError, TallyError
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import TableSpec
 from tally.catalog.sql.engines import first_line
-from tally.catalog.sql.parts import write_full
+from tally.catalog.sql.parts import newest_span_start, write_full
 from tally.catalog.store.fsutil import clean_temp_files, project_lock
 from tally.catalog.store.paths import TABLES_DIR
 from tally.catalog.store.runlog import Run, Stopwatch, append_run, now, table_run
@@ -273,7 +273,9 @@ class Computer(DependentTables, FunnelTables):
             if run is None:
                 return False
             if keep is None:
-                write_full(run.tables(key), out, key, table_span(spec), high * plan.bucket_us)
+                part_span, newest = table_span(spec), high * plan.bucket_us
+                split_us = newest_span_start(newest, part_span)
+                write_full(run.tables(key, split_us=split_us), out, key, part_span, newest)
             elif fits_in_memory(run):
                 write_rows(pa.concat_tables(list(run.tables(key))), out, key, spec, keep, None)
             else:

@@ -258,10 +258,13 @@ class PartsWriter:
         starts = (stamps // self.span) * self.span
         if self.base_end is not None:
             starts = np.where(stamps < self.base_end, 0, starts)
+        if (starts[1:] >= starts[:-1]).all():  # runs in part order: slices, no copies
+            cuts = np.flatnonzero(starts[1:] != starts[:-1]) + 1
+            for first, end in zip(np.r_[0, cuts], np.r_[cuts, len(starts)], strict=True):
+                self._file(int(starts[first])).add(chunk.slice(first, end - first))
+            return
         for start in np.unique(starts):
-            rows = chunk if len(starts) and (starts == start).all() else chunk.filter(
-                pa.array(starts == start))
-            self._file(int(start)).add(rows)
+            self._file(int(start)).add(chunk.filter(pa.array(starts == start)))
 
     def _file(self, start: int) -> _PartFile:
         if start not in self.files:
