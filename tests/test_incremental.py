@@ -1,6 +1,6 @@
 """Incremental compute against a full recompute: random appends, late files in a glob,
 rewritten and removed files; after each change the incremental tables (groups, derived,
-score) equal a `--full` recompute of the same data, table for table, on DuckDB and on
+score, a funnel) equal a `--full` recompute of the same data, table for table, on DuckDB and on
 Spark. And a run with nothing changed reads no data."""
 
 from __future__ import annotations
@@ -49,6 +49,17 @@ metrics:
      expression: "ev_count_3d / nullif(visits_4d, 0)"}
   - {name: ev_times_level, description: d, owner: o@x.com, type: derived,
      expression: ev_per_visit * level}
+  - name: a_visit_b
+    description: d
+    owner: o@x.com
+    type: funnel
+    entity: shop
+    steps:
+      - {source: events, filter: "kind = 'a'"}
+      - {source: visits, filter: "true"}
+      - {source: events, filter: "kind = 'b'"}
+    within: 2d
+    window: 4d
 scores:
   - name: shop_score
     entity: shop
@@ -58,6 +69,7 @@ scores:
       - {metric: ev_per_visit, weight: 0.6}
       - {metric: ev_sum_7d, weight: 0.3, normalize: minmax}
       - {metric: visits_4d, weight: 0.1, direction: lower_is_better}
+      - {metric: a_visit_b, weight: 0.2}
     bands: {low: [0, 50], high: [50, 100]}
 """
 EPOCH = datetime(2025, 3, 1, tzinfo=UTC)
@@ -184,8 +196,8 @@ def _full_copy(root: Path, target: Path) -> dict[str, pa.Table]:
 def _assert_same(incremental: dict[str, pa.Table], full: dict[str, pa.Table], what: str
                  ) -> None:
     assert sorted(incremental) == sorted(full) == [
-        "derived_shop_1d.parquet", "events_1d.parquet", "score_shop_score.parquet",
-        "visits_1d.parquet"], what
+        "derived_shop_1d.parquet", "events_1d.parquet", "funnel_a_visit_b.parquet",
+        "score_shop_score.parquet", "visits_1d.parquet"], what
     for name, table in full.items():
         assert incremental[name].num_rows > 20, (what, name)
         assert _loose(incremental[name]).equals(_loose(table)), (what, name)

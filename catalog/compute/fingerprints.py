@@ -69,10 +69,12 @@ def _columns_read(metrics: list[Metric]) -> list[str]:
 
 
 def digest_query(source: Source, key: str, metrics: list[Metric], path: str,
-                 dialect: str) -> exp.Select:
-    """The day digest of a source (module docstring), one row per day with rows."""
+                 dialect: str, columns: list[str] | None = None) -> exp.Select:
+    """The day digest of a source (module docstring), one row per day with rows; over the
+    columns the metrics read, or the `columns` given."""
     ts = epoch_us(col(source.timestamp_field), dialect)
-    hashed = [col(key), col(source.timestamp_field), *map(col, _columns_read(metrics))]
+    read = _columns_read(metrics) if columns is None else sorted(set(columns))
+    hashed = [col(key), col(source.timestamp_field), *map(col, read)]
     return (exp.select(
         exp.Alias(this=op(exp.IntDiv, ts, num(DAY_US)), alias="__day"),
         exp.Count(this=exp.Star()), exp.Min(this=ts.copy()), exp.Max(this=ts.copy()),

@@ -17,7 +17,6 @@ from typing import Any
 from tally.catalog.compute.dependents import DependentTables
 from tally.catalog.compute.fingerprints import (
     Digest,
-    digest_of,
     digest_query,
     earliest_change,
     file_fingerprint,
@@ -221,24 +220,8 @@ class Computer(DependentTables, FunnelTables):
     def _digest(self, engine: Any, source: Any, key: str, plan: Any, path: str) -> Digest:
         """The source's day digest (catalog/compute/fingerprints.py): one scan."""
         metrics = [self.project.metrics[m] for m in plan.group.metrics]
-        query = digest_query(source, key, metrics, path, engine.dialect)
-        if engine.dialect != "spark":
-            from tally.catalog.sql.relations import source_relation
-            from tally.catalog.sql.timestamps import require_time_columns
-
-            require_time_columns(engine.con, source, source_relation(source, path, "duckdb"),
-                                 path)
-        try:
-            if engine.dialect == "spark":
-                table = engine.to_arrow(query)
-                rows = list(zip(*[table.column(i).to_pylist()
-                                  for i in range(table.num_columns)], strict=True))
-            else:
-                rows = engine.con.execute(query.sql("duckdb")).fetchall()
-        except Exception as exc:  # duckdb and pyspark/py4j raise many types
-            raise DataError(f"reading source {source.name} ({path}): "
-                            f"{first_line(exc)}") from None
-        return digest_of(rows)
+        return self._read_digest(engine, source, path,
+                                 digest_query(source, key, metrics, path, engine.dialect))
 
     def _write_group_sql(self, con: Any, plan: Any, src_path: str, span: tuple[int, int],
                          key: str, spec: TableSpec, keep: tuple[int, int] | None) -> None:

@@ -177,6 +177,29 @@ class ComputeSession:
                                               temp_directory=self._spill))
         return self._duck
 
+    def _read_digest(self, engine: Any, source: Any, path: str,
+                     query: exp.Select) -> dict[str, list[int]]:
+        """Run a day-digest query (catalog/compute/fingerprints.py) over one source."""
+        from tally.catalog.compute.fingerprints import digest_of
+
+        if engine.dialect != "spark":
+            from tally.catalog.sql.relations import source_relation
+            from tally.catalog.sql.timestamps import require_time_columns
+
+            require_time_columns(engine.con, source, source_relation(source, path, "duckdb"),
+                                 path)
+        try:
+            if engine.dialect == "spark":
+                table = engine.to_arrow(query)
+                rows = list(zip(*[table.column(i).to_pylist()
+                                  for i in range(table.num_columns)], strict=True))
+            else:
+                rows = engine.con.execute(query.sql("duckdb")).fetchall()
+        except Exception as exc:  # duckdb and pyspark/py4j raise many types
+            raise DataError(f"reading source {source.name} ({path}): "
+                            f"{first_line(exc)}") from None
+        return digest_of(rows)
+
     def _input_groups(self, spec: TableSpec) -> set[str]:
         groups: set[str] = set()
         for name in spec.features:
