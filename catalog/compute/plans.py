@@ -20,7 +20,7 @@ from sqlglot import exp
 from tally.catalog.spec.models import Metric, Source
 from tally.catalog.spec.project import MetricGroup, Project
 from tally.catalog.spec.sqlcheck import check_expression
-from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.relations import latest_column_rows, source_relation
 from tally.catalog.sql.trees import alias, col, fn, ident, num, op, table_relation
 
 US = 1_000_000
@@ -469,26 +469,6 @@ def _snapshot_base(entity_key: str, groups: list[str], group_paths: dict[str, st
     return ctes
 
 
-def _latest_source_rows(project: Project, source: Source, path: str, column: str,
-                        dialect: str) -> exp.Select:
-    """One row per (entity, timestamp) of a column metric's source (ties: newest created
-    timestamp) as __k, __ts, __v."""
-    join_key = project.entities[source.entity].join_key
-    created = source.created_timestamp_field
-    order = [exp.Ordered(this=col(created), desc=True)] if created else []
-    if dialect == "spark" and not order:  # Spark's row_number() needs an order
-        order = [exp.Ordered(this=col(source.timestamp_field))]
-    return (exp.select(alias(col(join_key), "__k"),
-                       alias(exp.Cast(this=col(source.timestamp_field),
-                                      to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
-                       alias(col(column), "__v"))
-            .from_(source_relation(source, path, dialect))
-            .qualify(exp.EQ(this=exp.Window(
-                this=exp.RowNumber(), partition_by=[col(join_key), col(source.timestamp_field)],
-                order=exp.Order(expressions=order) if order else None),
-                expression=num(1))))
-
-
 def _within_ttl(project: Project, metric_name: str, rows: str, current: str
                 ) -> exp.Expr:
     """Whether the column row found in `rows` may serve the snapshot of `current`."""
@@ -551,7 +531,8 @@ def derived_query(project: Project, names: tuple[str, ...], *, entity_key: str,
     for i, metric_name in enumerate(leaf for leaf in leaves if leaf in column_inputs):
         source, path = column_inputs[metric_name]
         column = project.metrics[metric_name].sql
-        ctes.append((f"__c{i}", _latest_source_rows(project, source, path, column, dialect)))
+        join_key = project.entities[source.entity].join_key
+        ctes.append((f"__c{i}", latest_column_rows(join_key, source, path, column, dialect)))
         ctes += _join_column_input(project, metric_name, i, current, entity_key, dialect)
         current = f"__j{i}"
     for depth, layer in enumerate(derived_layers(project, names)):

@@ -32,7 +32,7 @@ from tally.catalog.errors import DataError
 from tally.catalog.spec.models import Score, ScoreComponent
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import SNAPSHOT_KINDS, TableSpec, tables_by_feature
-from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.relations import latest_column_rows
 from tally.catalog.sql.trees import alias, col, fn, ident, num, op, table_relation
 from tally.catalog.store.paths import is_glob
 
@@ -187,17 +187,7 @@ def _column_segment(project: Project, metric: str, name: str) -> tuple[exp.Selec
     path = project.root / source.path
     if not is_glob(source.path) and not path.exists():
         raise DataError(f"source {source.name}: data file {path} does not exist")
-    created = source.created_timestamp_field
-    latest = exp.Window(this=exp.RowNumber(),
-                        partition_by=[col(key), col(source.timestamp_field)],
-                        order=exp.Order(expressions=[exp.Ordered(this=col(created), desc=True)])
-                        if created else None)
-    rows = (exp.select(alias(col(key), "__k"),
-                       alias(exp.Cast(this=col(source.timestamp_field),
-                                      to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
-                       alias(col(spec.sql), "__v"))
-            .from_(source_relation(source, str(path), "duckdb"))
-            .qualify(exp.EQ(this=latest, expression=num(1))))
+    rows = latest_column_rows(key, source, str(path), spec.sql, "duckdb")
     ttl = project.ttl_of(metric)
     valid: exp.Expr = exp.Not(this=exp.Is(this=col("__ts", name), expression=exp.Null()))
     if ttl is not None:

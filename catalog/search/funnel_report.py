@@ -21,7 +21,7 @@ from tally.catalog.spec.models import Metric
 from tally.catalog.spec.moments import parse_moment
 from tally.catalog.spec.project import Project
 from tally.catalog.spec.tables import funnel_step_column, table_of
-from tally.catalog.sql.relations import source_relation
+from tally.catalog.sql.relations import latest_column_rows
 from tally.catalog.sql.trees import alias, col, table_relation
 from tally.catalog.store.paths import is_glob
 
@@ -171,18 +171,13 @@ def _column_rows(project: Project, name: str, key: str, snapshot: exp.Expr) -> e
     path = project.root / source.path
     if not is_glob(source.path) and not path.exists():
         raise DataError(f"source {source.name}: data file {path} does not exist")
-    ts = exp.Cast(this=col(source.timestamp_field), to=exp.DataType.build("TIMESTAMPTZ"))
-    order = [exp.Ordered(this=ts.copy(), desc=True)]
-    if source.created_timestamp_field:
-        order.append(exp.Ordered(this=col(source.created_timestamp_field), desc=True))
-    newest = exp.Window(this=exp.RowNumber(), partition_by=[col(key)],
-                        order=exp.Order(expressions=order))
-    before: exp.Expr = exp.LT(this=ts.copy(), expression=snapshot.copy())
-    ttl = project.ttl_of(name)
-    value: exp.Expr = col(spec.sql)
-    rows = (exp.select(alias(col(key), "__k"), alias(value, "__v"), alias(ts, "__ts"))
-            .from_(source_relation(source, str(path), "duckdb")).where(before)
+    newest = exp.Window(this=exp.RowNumber(), partition_by=[col("__k")],
+                        order=exp.Order(expressions=[exp.Ordered(this=col("__ts"), desc=True)]))
+    rows = (exp.select("__k", "__v", "__ts")
+            .from_(latest_column_rows(key, source, str(path), spec.sql, "duckdb").subquery("__l"))
+            .where(exp.LT(this=col("__ts"), expression=snapshot.copy()))
             .qualify(exp.EQ(this=newest, expression=exp.Literal.number(1))))
+    ttl = project.ttl_of(name)
     if ttl is None:
         return exp.select("__k", "__v").from_(rows.subquery("__n"))
     fresh = exp.GTE(this=col("__ts"), expression=exp.Sub(

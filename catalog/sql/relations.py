@@ -44,3 +44,25 @@ def nanosecond_zoned_columns(source: Source, path: str) -> list[str]:
     return [n for n in names if n in schema.names
             and pa.types.is_timestamp(schema.field(n).type)
             and schema.field(n).type.unit == "ns" and schema.field(n).type.tz is not None]
+
+
+def latest_column_rows(join_key: str, source: Source, path: str, column: str,
+                       dialect: str) -> exp.Select:
+    """A column metric's source as one row per (entity, timestamp), ties broken by the
+    newest created timestamp: `__k, __ts, __v`. Every reader of column metrics (derived
+    inputs, score segments, funnel segments) starts from these rows."""
+    from tally.catalog.sql.trees import alias, col, num
+
+    created = source.created_timestamp_field
+    order = [exp.Ordered(this=col(created), desc=True)] if created else []
+    if dialect == "spark" and not order:  # Spark's row_number() needs an order
+        order = [exp.Ordered(this=col(source.timestamp_field))]
+    return (exp.select(alias(col(join_key), "__k"),
+                       alias(exp.Cast(this=col(source.timestamp_field),
+                                      to=exp.DataType.build("TIMESTAMPTZ")), "__ts"),
+                       alias(col(column), "__v"))
+            .from_(source_relation(source, path, dialect))
+            .qualify(exp.EQ(this=exp.Window(
+                this=exp.RowNumber(), partition_by=[col(join_key), col(source.timestamp_field)],
+                order=exp.Order(expressions=order) if order else None),
+                expression=num(1))))
