@@ -77,8 +77,9 @@ class FunnelTables(ComputeSession):
         previous = self.state.get(spec.name, {})
         same = previous.get("definition_hash") == definition_hash(project, spec)
         reuse = same and out.exists() and not self.options.full
-        digests = None if ranged else self._funnel_digests(engine, plan, paths)
         files = None if ranged else self._funnel_files(plan)
+        digests = None if files is None else self._funnel_digests(
+            engine, plan, paths, files, previous if same else {})
         if digests is not None and reuse and "digests" in previous:
             changed = self._funnel_changed(previous["digests"], digests)
             if changed is None and "files" in previous:  # files touched, rows the same
@@ -115,11 +116,16 @@ class FunnelTables(ComputeSession):
         if self.progress:
             self.progress(spec.name, 1, 1)
 
-    def _funnel_digests(self, engine: Any, plan: FunnelPlan,
-                        paths: dict[str, str]) -> dict[str, Any]:
-        """Each step source's day digest over the columns the funnel reads."""
+    def _funnel_digests(self, engine: Any, plan: FunnelPlan, paths: dict[str, str],
+                        files: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+        """Each step source's day digest over the columns the funnel reads; a source whose
+        files are as they were keeps the digest of the last run (no scan)."""
+        old_files, old_digests = previous.get("files") or {}, previous.get("digests") or {}
         out = {}
         for name in plan.sources:
+            if name in old_digests and old_files.get(name) == files[name]:
+                out[name] = old_digests[name]
+                continue
             source = self.project.sources[name]
             columns = {plan.metric.same} if plan.metric.same else set()
             for step in plan.metric.steps or []:
