@@ -41,7 +41,8 @@ class _NoOnDemandViews:
         return []
 
 
-def _both(data: Path, irregular: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _jobs(data: Path, irregular: bool) -> tuple[pd.DataFrame, list]:
+    """The entity frame, and the training-frame jobs of Tally's store and the stock one."""
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
     from feast.repo_config import RepoConfig
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
@@ -53,11 +54,16 @@ def _both(data: Path, irregular: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
                         offline_store={"type": "duckdb"},
                         online_store={"type": "sqlite", "path": str(data / "o.db")},
                         entity_key_serialization_version=3, repo_path=str(data))
+    return entities, [store.get_historical_features(config, views, refs, entities.copy(),
+                                                    _NoOnDemandViews(), "shapes")
+                      for store in (TallyDuckDBOfflineStore, DuckDBOfflineStore)]
+
+
+def _both(data: Path, irregular: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = [store.get_historical_features(config, views, refs, entities.copy(),
-                                             _NoOnDemandViews(), "shapes").to_df()
-               for store in (TallyDuckDBOfflineStore, DuckDBOfflineStore)]
+        entities, jobs = _jobs(data, irregular)
+        out = [job.to_df() for job in jobs]
     ours = out[0]
     stock = out[1].sort_values("rid", kind="stable").reset_index(drop=True)[ours.columns]
     return entities, ours, stock
@@ -130,3 +136,46 @@ def test_row_ids_name_each_file_of_a_folder(tmp_path):
     assert parquet_files(str(folder)) == [str(folder / "part-1.parquet"),
                                           str(folder / "part-2.parquet")]
     assert parquet_files(str(tmp_path / "none*.parquet")) is None
+
+
+def _split_by_key(data: Path, parts: int) -> None:
+    """Each table as a folder of `parts` files, file i holding the keys = i mod parts."""
+    import pyarrow.compute as pc
+
+    for v, _n in VIEWS:
+        table = pq.read_table(data / f"{v}.parquet")
+        (data / f"{v}.parquet").unlink()
+        (data / f"{v}.parquet").mkdir()
+        for i in range(parts):
+            keep = pc.equal(pc.bit_wise_and(table.column("account_id"), parts - 1), i)
+            pq.write_table(table.filter(keep), data / f"{v}.parquet" / f"part-{i}.parquet")
+
+
+def test_files_without_winners_and_frames_without_any_match_stock(tmp_path):
+    """The winners' features are read file by file: files holding no winner are skipped,
+    and a frame with no winner at all still gets every column, typed as in the table."""
+    import pyarrow as pa
+
+    data = generate_irregular(tmp_path / "irregular", 20_000, 10_000)
+    _split_by_key(data, 4)
+    entities = pq.read_table(data / "entities.parquet")
+    one_file = entities.filter(pa.compute.equal(pa.compute.bit_wise_and(
+        entities.column("account_id"), 3), 1))
+    pq.write_table(one_file, data / "entities.parquet")
+    frame, ours, stock = _both(data, irregular=True)
+    assert ours["rid"].tolist() == frame["rid"].tolist()
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+    assert ours["t1_f1"].notna().mean() > 0.3
+
+    nobody = one_file.set_column(1, "account_id", pa.array(
+        [-1 - i for i in range(one_file.num_rows)], pa.int64()))
+    pq.write_table(nobody, data / "entities.parquet")
+    frame, ours, stock = _both(data, irregular=True)
+    features = [c for c in ours.columns if c.startswith("t")]
+    assert ours[features].isna().all().all() and len(ours) == len(frame)
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+    table_types = pq.read_schema(data / "t1.parquet" / "part-0.parquet")
+    _, (job, _) = _jobs(data, irregular=True)
+    served = job.to_arrow().schema
+    assert [served.field(f"t1_f{j}").type for j in range(1, 6)] == [
+        table_types.field(f"t1_f{j}").type for j in range(1, 6)]  # int32 stays int32
