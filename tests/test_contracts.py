@@ -393,7 +393,7 @@ def test_unique_on_ordered_data_equals_the_hash_count(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """Counting repeats only among tied values of a key column in order gives the same
     result (counts and examples) as the hash count over every row, in and out of order."""
-    import tally.catalog.contracts.checks as contracts
+    import tally.catalog.contracts.ordered as contracts
 
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "logins.yaml").write_text(UNIQUE_CONTRACT)

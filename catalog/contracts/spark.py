@@ -1,6 +1,6 @@
-"""Contracts on Spark: the same rules as catalog/contracts.py, run through a SparkSession.
+"""Contracts on Spark: the same rules as catalog/contracts/rules.py, through a SparkSession.
 
-catalog/contracts.py writes each rule once, as DuckDB SQL over `read_parquet(...)`.
+contracts/rules.py writes each rule once, as DuckDB SQL over `read_parquet(...)`.
 `SparkConnection` stands in for the DuckDB connection there: it parses that SQL with
 sqlglot and renders it for Spark (read_parquet -> parquet.`path`, row(...) -> struct(...),
 QUALIFY -> a window column in a subquery), and reports column types under DuckDB's names,
@@ -22,11 +22,11 @@ QUALIFY_COLUMN = "__tally_qualify"
 
 
 class SparkQueryError(duckdb.Error):
-    """A Spark failure, as the DuckDB error contracts.py already reports as unreadable."""
+    """A Spark failure, as the DuckDB error source_check.py already reports as unreadable."""
 
 
 def duck_type(field_type: Any) -> str:
-    """A Spark column type under the DuckDB name contracts.TYPES judges."""
+    """A Spark column type under the DuckDB name rules.TYPES judges."""
     name = type(field_type).__name__
     return {
         "ByteType": "TINYINT", "ShortType": "SMALLINT", "IntegerType": "INTEGER",
@@ -39,7 +39,7 @@ def duck_type(field_type: Any) -> str:
 
 
 def to_spark_sql(sql: str) -> str:
-    """DuckDB SQL of contracts.py rendered for Spark."""
+    """DuckDB SQL of contracts/rules.py rendered for Spark."""
     tree = parse_one(sql, read="duckdb")
 
     def rewrite(node: exp.Expression) -> exp.Expression:
@@ -93,7 +93,7 @@ class _Result:
 
 
 class SparkConnection:
-    """The part of a DuckDB connection contracts.py uses: sql(...).fetchall() /
+    """The part of a DuckDB connection the contract checks use: sql(...).fetchall() /
     .to_arrow_table(), and close()."""
 
     def __init__(self, spark: Any):
