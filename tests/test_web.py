@@ -48,6 +48,8 @@ def test_entry_page_shows_owner_lineage_models_and_distribution(web_server: Serv
     assert '<a href="../model/churn_risk.html"' in body
     assert '<svg class="distribution"' in body
     assert 'id="contract-state" class="badge contract-passing"' in body
+    for shown in ("owners", "aliases", "version_count"):  # in the facts, not twice
+        assert f'id="extra-{shown}"' not in body
 
 
 def test_user_text_is_escaped_everywhere(web_server: Served) -> None:

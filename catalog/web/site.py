@@ -37,9 +37,12 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 KEY = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # an entity key that can name a file
 REPORTS: list[tuple[str, str]] = [("reuse.html", "Reuse"), ("portfolio.html", "Portfolio")]
 FACETS = ("owner", "tag", "kind", "status", "contract")
-_SHOWN_FIELDS = {"kind", "name", "description", "owner", "tags", "status", "version", "type",
-                 "entity", "source", "columns", "file", "line", "definition", "upstream",
-                 "downstream", "models", "model_count", "feast", "table", "contract", "id"}
+# card fields the entry page shows in its own places (the facts list, the badges, the
+# sections below); every other non-empty field gets a section of its own
+_SHOWN_FIELDS = {"kind", "name", "description", "owner", "owners", "tags", "aliases", "status",
+                 "version", "version_count", "type", "entity", "source", "columns", "file",
+                 "line", "definition", "upstream", "downstream", "models", "model_count",
+                 "feast", "table", "contract", "id"}
 
 
 def entry_href(kind: str, name: str) -> str:
