@@ -156,18 +156,24 @@ class Computer(DependentTables, FunnelTables):
 
     def _side_by_side(self, specs: list[TableSpec]) -> bool:
         """Whether to compute these tables at once: an incremental run (no `full`, no
-        range) on DuckDB where each was computed before with the same definition, so
-        each reads only what its changes reach (a whole table's memory stays one at a
-        time), on a machine with more than one core."""
+        range) on DuckDB, on more than one core, where each table was computed before with
+        the same definition and (groups, funnels) has the fingerprints that date a change,
+        so each reads only what its changes reach. A first or `--full` run, which holds a
+        whole table, stays one table at a time."""
         from tally.catalog.sql.engines import project_engine
 
         options = self.options
         if (options.full or options.start or options.end or (os.cpu_count() or 1) < 2
                 or project_engine(self.project.root) == "spark"):
             return False
-        return all(self.state.get(spec.name, {}).get("definition_hash")
-                   == definition_hash(self.project, spec) and spec.path(self.project).exists()
-                   for spec in specs)
+        return all(self._recorded_for_changes(spec) for spec in specs)
+
+    def _recorded_for_changes(self, spec: TableSpec) -> bool:
+        entry = self.state.get(spec.name, {})
+        dated = spec.kind not in ("group", "funnel") or (
+            "files" in entry and ("digest" in entry or "digests" in entry))
+        return (dated and entry.get("definition_hash") == definition_hash(self.project, spec)
+                and spec.path(self.project).exists())
 
     def _compute_side_by_side(self, specs: list[TableSpec]) -> Iterator[Computed]:
         """The tables computed on SIDE_BY_SIDE threads, each with a cursor of the run's
