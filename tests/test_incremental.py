@@ -229,6 +229,35 @@ def test_random_changes_incremental_equals_full(tmp_path: Path, seed: int,
         _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), what)
 
 
+def test_a_failing_table_computed_side_by_side_leaves_the_others_recorded(
+        tmp_path: Path) -> None:
+    """An incremental run computes the groups and the funnel side by side; when one of
+    them fails (an unreadable source), the others are still written and recorded, the
+    error is raised, and the run after the fix equals a full recompute."""
+    import json
+
+    from tally.catalog.errors import DataError
+
+    root = _project(tmp_path / "inc", random.Random(4))
+    compute(load_project(root))
+    state = root / ".tally" / "tables.json"
+    before = json.loads(state.read_text())
+    _append_day(root, random.Random(5), 0)
+    visits = root / "data" / "visits.parquet"
+    saved = visits.read_bytes()
+    visits.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="visits"):
+        compute(load_project(root))
+    after = json.loads(state.read_text())
+    assert after["events_1d"]["generation"] == before["events_1d"]["generation"] + 1
+    assert after["visits_1d"]["generation"] == before["visits_1d"]["generation"]
+    assert after["score_shop_score"] == before["score_shop_score"]  # its rank never ran
+    visits.write_bytes(saved)
+    results = {r.name: r.mode for r in compute(load_project(root))}
+    assert results["events_1d"] == "up to date" and results["visits_1d"] != "up to date"
+    _assert_same(_tables(root), _full_copy(root, tmp_path / "full"), "after the fix")
+
+
 def test_appends_past_a_part_keep_the_old_parts_and_equal_full(tmp_path: Path,
                                                                small_parts: None) -> None:
     """Day after day: each run writes a new part or rewrites the newest one, never the

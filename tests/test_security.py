@@ -516,3 +516,25 @@ def test_yaml_alias_bombs_and_deep_nesting_are_refused(
         assert result.code == 1 and reason in result.stderr, (name, result.stderr)
         assert f"{name}:1" in result.stderr and "Traceback" not in result.stderr
     assert tree_digest(example_project) == before
+
+
+def test_a_cursor_of_the_hardened_connection_keeps_utc_and_the_allowed_paths(
+        tmp_path: Path) -> None:
+    """A run's tables computed side by side each query through a cursor: it must read
+    naive times as UTC whatever the machine's zone, and the same paths only."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom tally.catalog.sql.duck import connect\n"
+        "con = connect([Path(sys.argv[1])])\ncur = con.cursor()\n"
+        "print(cur.execute(\"SELECT current_setting('TimeZone'), "
+        "epoch(TIMESTAMP '2025-01-01 00:00:00'::TIMESTAMPTZ)\").fetchone())\n"
+        "try:\n    cur.execute(\"SELECT * FROM read_csv('/etc/hostname')\")\n"
+        "except Exception as exc:\n    print(type(exc).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TZ": "America/New_York"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["('UTC', 1735689600.0)", "PermissionException"]

@@ -174,12 +174,15 @@ def _events(plan: FunnelPlan) -> exp.Query:
     return out
 
 
-def _deltas(plan: FunnelPlan) -> exp.Select:
+def _deltas(plan: FunnelPlan, low: int | None) -> exp.Select:
+    """The +1/-1 per (key, n) and step; with `low`, those before it summed at `low` (a
+    start's two marks fall in one island, so the sum at `low` is the count there)."""
     sums = [alias(exp.Sum(this=exp.Case(
         ifs=[exp.If(this=exp.EQ(this=col("__i"), expression=num(step)), true=col("__d"))],
         default=num(0))), f"__d{step}") for step in range(1, plan.steps + 1)]
-    return exp.select(col("__key"), col("__n"), *sums).from_("__ev").group_by(
-        col("__key"), col("__n"))
+    n: exp.Expr = col("__n") if low is None else exp.func("greatest", col("__n"), num(low))
+    return exp.select(col("__key"), alias(n, "__n"), *sums).from_("__ev").group_by(
+        col("__key"), n.copy())
 
 
 def _running(partition: list[exp.Expr], order: exp.Expr, node: exp.Expr,
@@ -193,8 +196,9 @@ def _running(partition: list[exp.Expr], order: exp.Expr, node: exp.Expr,
                                           end_side="PRECEDING" if rows_before else None))
 
 
-def _entity_rows(plan: FunnelPlan, high: int | None, dialect: str) -> Ctes:
-    """`__dense`: every (key, n) the entity has a row at, from islands of grain numbers."""
+def _entity_rows(plan: FunnelPlan, low: int | None, high: int | None, dialect: str) -> Ctes:
+    """`__dense`: every (key, n) the entity has a row at, from islands of grain numbers
+    (from `low` on: the running counts start from the deltas summed there)."""
     g = plan.grain_us
     every: exp.Query | None = None
     for index in range(len(plan.sources)):
@@ -223,11 +227,13 @@ def _entity_rows(plan: FunnelPlan, high: int | None, dialect: str) -> Ctes:
                        alias(exp.Max(this=col("__e")), "__last")).from_("__isl").group_by(
         col("__key"), col("__island"))
     stop = exp.func("least", col("__last"), col("__hi"))
+    first: exp.Expr = col("__first") if low is None else exp.func(
+        "greatest", col("__first"), num(low))
     dense = exp.select(col("__key"), alias(exp.Explode(this=exp.GenerateSeries(
-        start=col("__first"), end=stop, step=num(1))), "__n")).from_("__spans").join(
+        start=first, end=stop, step=num(1))), "__n")).from_("__spans").join(
         "__bound", join_type="cross")
     if dialect == "spark":  # Spark's sequence() fails on an empty range; DuckDB's is empty
-        dense = dense.where(exp.LTE(this=col("__first"), expression=stop.copy()))
+        dense = dense.where(exp.LTE(this=first.copy(), expression=stop.copy()))
     return [("__act", active), ("__bound", bound), ("__ends", marks), ("__flags", flagged),
             ("__isl", numbered), ("__spans", spans), ("__dense", dense)]
 
@@ -255,8 +261,8 @@ def funnel_query(project: Project, plan: FunnelPlan, *, paths: dict[str, str],
     ctes.append(("__stage1", first))
     for step in range(2, plan.steps + 1):
         ctes += _asof_stage(plan, step) if dialect == "duckdb" else _stage_ctes(plan, step)
-    ctes += [("__ev", _events(plan)), ("__deltas", _deltas(plan))]
-    ctes += _entity_rows(plan, high, dialect)
+    ctes += [("__ev", _events(plan)), ("__deltas", _deltas(plan, low))]
+    ctes += _entity_rows(plan, low, high, dialect)
     key_n = exp.and_(exp.EQ(this=col("__key", "__dense"), expression=col("__key", "__deltas")),
                      exp.EQ(this=col("__n", "__dense"), expression=col("__n", "__deltas")))
     counts = [alias(_running([col("__key", "__dense")], col("__n", "__dense"), exp.Sum(
@@ -275,5 +281,5 @@ def funnel_query(project: Project, plan: FunnelPlan, *, paths: dict[str, str],
     if low is not None:
         final = final.where(exp.GTE(this=col("__n"), expression=num(low)))
     for name, sub in ctes:
-        final = final.with_(name, as_=sub)
-    return final.order_by(col(plan.entity_key), col("event_timestamp"))
+        final = final.with_(name, as_=sub, copy=False)  # a copy each: quadratic
+    return final.order_by(col(plan.entity_key), col("event_timestamp"), copy=False)

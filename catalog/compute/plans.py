@@ -358,7 +358,7 @@ def _snapshot_kept(plan: GroupPlan, low: int, high: int) -> exp.Expr:
 
 def _with_ctes(query: exp.Select, ctes: list[tuple[str, exp.Query]]) -> exp.Select:
     for name, sub in ctes:
-        query = query.with_(name, as_=sub)
+        query = query.with_(name, as_=sub, copy=False)  # a copy each: quadratic
     return query
 
 

@@ -9,9 +9,12 @@ lock, so a killed run leaves the previous table.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from tally.catalog.compute.dependents import DependentTables
@@ -50,6 +53,8 @@ __all__ = ["ComputeOptions", "Computer", "Progress", "TableResult", "compute"]
 
 
 KIND_ORDER = {"group": 0, "funnel": 0, "derived": 1, "score": 2}  # tables after the ones they read
+SIDE_BY_SIDE = 2  # tables of one rank computed at once in an incremental run
+Computed = tuple[TableSpec, TableResult, Stopwatch]
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,7 @@ class Computer(DependentTables, FunnelTables):
         run_watch, written = Stopwatch(), []
         with project_lock(self.project.root):
             clean_temp_files(self.project.root / TABLES_DIR)
-            for spec in tables:
-                started, watch = time.perf_counter(), Stopwatch()
-                result = self._kinds()[spec.kind].compute(spec)
-                result.seconds = time.perf_counter() - started
+            for spec, result, watch in self._computed(tables):
                 results.append(result)
                 self._record(spec, result)
                 if result.mode != "skipped":
@@ -134,6 +136,73 @@ class Computer(DependentTables, FunnelTables):
             append_run(self.project.root, Run(now(), "compute", run_watch.wall, run_watch.cpu,
                                               written), lock_held=True)
         return results
+
+    def _computed(self, tables: list[TableSpec]) -> Iterator[Computed]:
+        """Each table computed, in order. The tables of one rank (`KIND_ORDER`) read none
+        of each other, so in an incremental run on DuckDB they are computed side by side
+        (`_side_by_side`): a daily run is many small queries, each on a core or two."""
+        for _, rank in groupby(tables, key=lambda spec: KIND_ORDER[spec.kind]):
+            specs = list(rank)
+            if len(specs) > 1 and self._side_by_side(specs):
+                yield from self._compute_side_by_side(specs)
+            else:
+                yield from map(self._compute_one, specs)
+
+    def _compute_one(self, spec: TableSpec) -> Computed:
+        started, watch = time.perf_counter(), Stopwatch()
+        result = self._kinds()[spec.kind].compute(spec)
+        result.seconds = time.perf_counter() - started
+        return spec, result, watch
+
+    def _side_by_side(self, specs: list[TableSpec]) -> bool:
+        """Whether to compute these tables at once: an incremental run (no `full`, no
+        range) on DuckDB, on more than one core, where each table was computed before with
+        the same definition and (groups, funnels) has the fingerprints that date a change,
+        so each reads only what its changes reach. A first or `--full` run, which holds a
+        whole table, stays one table at a time."""
+        from tally.catalog.sql.engines import project_engine
+
+        options = self.options
+        if (options.full or options.start or options.end or (os.cpu_count() or 1) < 2
+                or project_engine(self.project.root) == "spark"):
+            return False
+        return all(self._recorded_for_changes(spec) for spec in specs)
+
+    def _recorded_for_changes(self, spec: TableSpec) -> bool:
+        entry = self.state.get(spec.name, {})
+        dated = spec.kind not in ("group", "funnel") or (
+            "files" in entry and ("digest" in entry or "digests" in entry))
+        return (dated and entry.get("definition_hash") == definition_hash(self.project, spec)
+                and spec.path(self.project).exists())
+
+    def _compute_side_by_side(self, specs: list[TableSpec]) -> Iterator[Computed]:
+        """The tables computed on SIDE_BY_SIDE threads, each with a cursor of the run's
+        connection, yielded in order as they finish (the caller records each). When one
+        fails, the others still finish and are yielded; then the first failure raises."""
+        self._duckdb()  # the run's connection, made once, before the threads
+        cursors: list[Any] = []
+
+        def compute(spec: TableSpec) -> Computed:
+            cursor = self._use_cursor()
+            if cursor is not None:
+                cursors.append(cursor)
+            return self._compute_one(spec)
+
+        failure: Exception | None = None
+        try:
+            with ThreadPoolExecutor(SIDE_BY_SIDE, thread_name_prefix="tally-table") as pool:
+                for future in [pool.submit(compute, spec) for spec in specs]:
+                    try:
+                        done = future.result()
+                    except Exception as exc:  # re-raised once the others are recorded
+                        failure = failure or exc
+                        continue
+                    yield done
+        finally:
+            for cursor in cursors:
+                cursor.close()
+        if failure is not None:
+            raise failure
 
     # -- groups -----------------------------------------------------------------------
     def _compute_group(self, spec: TableSpec) -> TableResult:

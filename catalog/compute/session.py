@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -152,6 +153,7 @@ class ComputeSession:
         self._spill = project.root / DUCKDB_SPILL_DIR
         self._spark: Any = None
         self._duck: Any = None
+        self._thread = threading.local()  # a worker thread's own cursor (runner.Computer)
         self._column_digests: dict[str, Any] = {}
 
     def _engine(self) -> Any:
@@ -172,10 +174,25 @@ class ComputeSession:
         project's sources and its tables (`duck.allowed_paths_for`)."""
         from tally.catalog.sql.engines import DuckDBEngine
 
+        cursor = getattr(self._thread, "engine", None)
+        if cursor is not None:
+            return cursor
         if self._duck is None:
             self._duck = DuckDBEngine(connect(allowed_paths_for(self.project),
                                               temp_directory=self._spill))
         return self._duck
+
+    def _use_cursor(self) -> Any | None:
+        """Give this (worker) thread a cursor of the run's connection, unless it has one:
+        the same database, settings and allowed paths, with queries of its own (one
+        connection runs one query at a time). Returns a new cursor, for the caller to
+        close after the thread's last table."""
+        from tally.catalog.sql.engines import DuckDBEngine
+
+        if getattr(self._thread, "engine", None) is not None:
+            return None
+        self._thread.engine = DuckDBEngine(self._duckdb().con.cursor())
+        return self._thread.engine
 
     def _read_digest(self, engine: Any, source: Any, path: str,
                      query: exp.Select) -> dict[str, list[int]]:

@@ -423,7 +423,7 @@ def score_plan(project: Project, score: Score, specs: dict[str, TableSpec]) -> e
                        col(score.name), alias(_band(score), band_column(score)),
                        *tail).from_("__scored")
     for name, sub in ctes:
-        final = final.with_(name, as_=sub)
+        final = final.with_(name, as_=sub, copy=False)  # a copy each: quadratic
     return final
 
 

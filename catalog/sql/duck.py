@@ -87,7 +87,9 @@ def _hardening_settings(folders: list[str], files: list[str], *,
     if memory_limit is not None:
         settings.append(("memory_limit", sql_string(memory_limit)))
     return [*settings,
-            ("TimeZone", "'UTC'"),  # naive timestamps are UTC, as Feast reads them
+            # naive timestamps are UTC, as Feast reads them; GLOBAL so that the connection's
+            # cursors (a run's tables computed side by side) read them so too
+            ("GLOBAL TimeZone", "'UTC'"),
             ("allowed_directories", _sql_list(folders)),
             ("allowed_paths", _sql_list(files)),
             ("enable_external_access", "false"),  # after the two lists: they freeze with it
