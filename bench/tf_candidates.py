@@ -119,7 +119,7 @@ OUT = {"s": time.perf_counter() - t0, "sum": [checksum(*w) for w in found],
 """
 
 _FEATURES = """
-from tally.feature_repo.offline_store import fetch_winners
+from tally.feature_repo.offline_store_sql import fetch_sql
 def plan(v):
     names = [c for c in pq.read_schema(f"{D}/{v}.parquet").names if c.startswith(v + "_f")]
     return ViewPlan(f"{D}/{v}.parquet", [("account_id", "account_id")], "event_timestamp",
@@ -147,7 +147,8 @@ def previous(v):
 def shipped(v):
     p, _ = plan(v)
     sql = rows_sql(p, [p.path], "e", "event_timestamp", None, None)
-    return fetch_winners(con, p, [p.path], con.sql(sql).to_arrow_table(), ent.num_rows)
+    con.register("w", con.sql(sql).to_arrow_table())
+    return con.sql(fetch_sql(p, [p.path], "w")).to_arrow_table()
 t0 = time.perf_counter()
 found = [FETCH(v) for v in VIEWS]
 OUT = {"s": time.perf_counter() - t0, "sum": None}
@@ -160,7 +161,7 @@ CODE = {"rows, timestamps (shipped, step 1)": _SETUP + _SHIPPED + _TIMED,
         + _WARM,
         "with features: rows, then pyarrow reads them by row group (previous)":
             _SETUP + _SHIPPED + _FEATURES.replace("FETCH(", "previous("),
-        "with features: rows, then a positional join of the file with a flag per row (shipped)":
+        "with features: rows, then joined back to the file on the row number in DuckDB (shipped)":
             _SETUP + _SHIPPED + _FEATURES.replace("FETCH(", "shipped(")}
 LABELS = {"integers": "rows, integer epochs, lower bound precomputed",
           "bucketed": "rows, equality on (key, ttl bucket), entity rows doubled",

@@ -41,13 +41,12 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
 from tally.feature_repo.offline_store_sql import (
-    FILE_SHIFT,
     ROW,
     ViewPlan,
+    fetch_sql,
     latest_sql,
     literal,
     parquet_files,
-    positional_sql,
     range_sql,
     rows_sql,
 )
@@ -170,45 +169,19 @@ def _view_plans(config: RepoConfig, feature_views: list[FeatureView], feature_re
     return plans
 
 
-def _positions(n: int, rows: np.ndarray, index: np.ndarray) -> pa.Array:
-    """For each of `n` entity rows, its place in a table of winners (`index[i]` for entity
-    row `rows[i]`), null where it has none."""
+def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
+    """Put `values` (one row per entity row number in `rows`) in entity order, nulls where
+    an entity row has no match."""
     position = np.full(n, -1, dtype=np.int64)
-    position[rows] = index
-    return pa.array(position, mask=position < 0)
-
-
-def _row_count(file: str) -> int:
-    import pyarrow.parquet as pq
-
-    return int(pq.ParquetFile(file).metadata.num_rows)
-
-
-def fetch_winners(con: Any, plan: ViewPlan, files: list[str], winners: pa.Table,
-                  n: int) -> pa.Table:
-    """The features of each entity row's winning row (`ROW`, `__r` rows of `winners`; row
-    ids as in offline_store_sql) in entity order: each file that holds winners is read
-    once, in order, beside a flag per row (positional_sql)."""
-    unique, inverse = np.unique(winners.column("__r").to_numpy(), return_inverse=True)
-    bounds = np.searchsorted(unique >> FILE_SHIFT, np.arange(len(files) + 1))
-    parts = [_arrow(con.sql(positional_sql(plan, files[0], None)))]  # the column types
-    for i, file in enumerate(files):
-        if bounds[i] == bounds[i + 1]:
-            continue
-        flags = np.zeros(_row_count(file), dtype=bool)
-        flags[unique[bounds[i]:bounds[i + 1]] - (i << FILE_SHIFT)] = True
-        con.register("__tally_flags", pa.table({"w": flags}))
-        parts.append(_arrow(con.sql(positional_sql(plan, file, "__tally_flags"))))
-        con.unregister("__tally_flags")
-    found = pa.concat_tables(parts, promote_options="permissive")
-    rows = winners.column(ROW).to_numpy()
-    return found.take(_positions(n, rows, inverse.reshape(-1)))
+    position[rows] = np.arange(len(rows), dtype=np.int64)
+    index = pa.array(position, mask=position < 0)
+    return values.take(index)
 
 
 def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Table:
     """One feature view's columns, in entity order (`__f0`, `__f1`, ...). The range join
-    finds each entity row's winning row id (file and row number), then the winners'
-    features are read (fetch_winners); past MAX_ROW_FILES files the join carries them."""
+    finds each entity row's winning row id (file and row number) and a second query reads
+    the winners' features; past MAX_ROW_FILES files the join carries them."""
     con.register("__tally_entities", entities)
     stamps = entities.column(ts_col)
     lo = hi = None
@@ -218,13 +191,15 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Ta
     files = parquet_files(plan.path)
     if files:
         winners = _arrow(con.sql(rows_sql(plan, files, "__tally_entities", ts_col, lo, hi)))
-        con.unregister("__tally_entities")
-        return fetch_winners(con, plan, files, winners, entities.num_rows).select(names)
-    found = _arrow(con.sql(range_sql(plan, "__tally_entities", ts_col, lo, hi)))
+        con.register("__tally_winners", winners)
+        found = _arrow(con.sql(fetch_sql(plan, files, "__tally_winners"))).select(
+            [ROW, *names])
+        con.unregister("__tally_winners")
+    else:
+        found = _arrow(con.sql(range_sql(plan, "__tally_entities", ts_col, lo, hi))).select(
+            [ROW, *names])
     con.unregister("__tally_entities")
-    rows = found.column(ROW).to_numpy()
-    return found.select(names).take(_positions(entities.num_rows, rows,
-                                               np.arange(len(rows), dtype=np.int64)))
+    return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
 
 
 def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str

@@ -8,10 +8,9 @@ else null.
 One plan, a hash join on the key with the ttl range predicate, reduced to one row per
 entity row by ``arg_max`` over ``(event_timestamp, created_timestamp)`` (a hash aggregate;
 cheaper than sorting for ``row_number()``). On one parquet file the join carries file row
-numbers and the winners' features are read afterwards by a positional join of the file
-with a flag per row (``rows_sql`` then ``positional_sql``). A folder (a computed table's
-parts) or a glob of up to ``MAX_ROW_FILES`` files takes the same plan, each file's row
-numbers offset by its place in the list
+numbers and the winners' features are read by a second query (``rows_sql`` then
+``fetch_sql``). A folder (a computed table's parts) or a glob of up to ``MAX_ROW_FILES``
+files takes the same plan, each file's row numbers offset by its place in the list
 (``parquet_files``); beyond that, the join carries the features (``range_sql``).
 docs/offline_store.md says why (an equality plan for grain-aligned tables measured slower).
 
@@ -138,7 +137,7 @@ def _order_key(plan: ViewPlan) -> str:
 def rows_sql(plan: ViewPlan, files: list[str], relation: str, ts_col: str,
              lo: str | None, hi: str | None) -> str:
     """The range plan without the features: per entity row, the row id of the newest row
-    in [t - ttl, t] (`__r`). The features are read afterwards by row id (positional_sql), so
+    in [t - ttl, t] (`__r`). The features are read afterwards by row id (fetch_sql), so
     the join carries 3 columns instead of all of them."""
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
@@ -147,15 +146,20 @@ def rows_sql(plan: ViewPlan, files: list[str], relation: str, ts_col: str,
             f"ON {on} GROUP BY e.{q(ROW)}")
 
 
-def positional_sql(plan: ViewPlan, file: str, flags: str | None) -> str:
-    """The features of the rows of `file` that `flags` marks (a relation of one boolean
-    `w` per row of the file), in file order: a positional join, which reads the file in
-    order and hashes nothing (a hash join on the row number probed every row). Without
-    flags, no rows (the columns' types)."""
+def fetch_sql(plan: ViewPlan, files: list[str], winners: str) -> str:
+    """The features of each winner (`ROW`, `__r` rows of `winners`), read by one parallel
+    scan per file that probes a hash table of that file's winners only."""
     feats = ", ".join(f"f.{q(src)} AS {q(f'__f{i}')}" for i, (src, _) in
                       enumerate(plan.features))
-    scan = f"SELECT {feats or 'NULL AS __none'} FROM read_parquet({literal(file)}) f"
-    return f"{scan} POSITIONAL JOIN {flags} x WHERE x.w" if flags else f"{scan} LIMIT 0"
+    scans = []
+    for i, file in enumerate(files):
+        low, high = i << FILE_SHIFT, (i + 1) << FILE_SHIFT
+        mine = (f"(SELECT {q(ROW)}, __r - {low} AS __r FROM {winners} "
+                f"WHERE __r >= {low} AND __r < {high})")
+        scans.append(f"SELECT w.{q(ROW)}{', ' + feats if feats else ''} FROM read_parquet("
+                     f"{literal(file)}, file_row_number = true) f "
+                     f"JOIN {mine} w ON f.file_row_number = w.__r")
+    return " UNION ALL ".join(scans)
 
 
 def latest_sql(path: str, keys: list[str], features: list[str], timestamp: str,
