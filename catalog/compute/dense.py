@@ -22,15 +22,21 @@ class DenseColumns:
 
     def values(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A partial as numbers (timestamps as microseconds, decimals as floats) and its
-        validity; nulls become 0 so integers keep their type."""
+        validity. The numbers are the column's own buffer, whatever lies under its nulls:
+        every reader masks them with the validity."""
         column = self.cells.column(name).combine_chunks()
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
         kind = column.type
         if pa.types.is_timestamp(kind):
             column = column.cast(pa.int64())
         elif pa.types.is_decimal(kind):  # sums of integers arrive as HUGEINT (decimal)
             column = column.cast(pa.float64())
-        return column.fill_null(0).to_numpy(zero_copy_only=False), valid
+        if not column.null_count:
+            return column.to_numpy(), np.ones(len(column), dtype=bool)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        dtype = np.dtype(column.type.to_pandas_dtype())
+        data = np.frombuffer(column.buffers()[1], dtype=dtype,
+                             count=column.offset + len(column))[column.offset:]
+        return data, valid
 
     def _scatter(self, data: np.ndarray, valid: np.ndarray, fill: Any) -> np.ndarray:
         dense = np.full(self.size, fill, dtype=data.dtype) if fill else np.zeros(

@@ -64,7 +64,7 @@ def memory_budget() -> int:
         return 4 << 30
 
 
-CHUNK_CELLS = 1 << 18  # cells per chunk: whole entities, so windows never cross a chunk
+CHUNK_CELLS = 1 << 16  # cells per chunk: whole entities, so windows never cross a chunk
 
 
 class GroupRun:

@@ -97,36 +97,47 @@ class Windows:
     """Window reads at the output rows' slots, with what each window width and each dense
     column needs computed once.
 
-    Totals are running sums restarted every `segment` slots: a window spans at most two
-    segments, so its total is `tail - head`, plus the first segment's total when it
-    crosses (each sum only grows over one segment, so its rounding stays small); a window
-    starting a segment reads its head from a zero kept after the last slot. Minimums and
-    maximums come from doubling tables: level k holds op over 2**k slots, and a window is
-    op of two overlapping power-of-two spans. Results are cached per (column, width), so
-    metrics that differ only by name cost nothing more."""
+    Totals are running sums restarted every `segment` slots (a power of two), each
+    segment's sums after a zero of its own: a window spans at most two segments, so its
+    total is `tail - head`, plus the first segment's total when it crosses (each sum only
+    grows over one segment, so its rounding stays small); a window starting a segment
+    reads its head from that segment's zero. Minimums and maximums come from doubling
+    tables: level k holds op over 2**k slots, and a window is op of two overlapping
+    power-of-two spans. Results are cached per (column, width), so metrics that differ
+    only by name cost nothing more."""
 
     def __init__(self, slots: np.ndarray, size: int, widest: int):
         self.slots = slots
         self.segment = max(SEGMENT, 1 << int(widest - 1).bit_length())
+        self.shift = self.segment.bit_length() - 1
         self.size = size + (-size) % self.segment
         self.segments = self.size // self.segment
-        self._reads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._reads: dict[int, tuple[np.ndarray, ...]] = {}
         self._running: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._levels: dict[tuple[int, int], np.ndarray] = {}
         self._results: dict[tuple[int, int], np.ndarray] = {}
 
-    def _read(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat indexes of head and tail in the running sums (head: the zero after the last
-        slot when the window starts a segment) and of the crossed segment's total (a zero
-        when the window stays in one segment)."""
+    def _read(self, w: int) -> tuple[np.ndarray, ...]:
+        """Flat indexes of head and tail in the running sums (slot s sits at
+        s + s // segment + 1, after its segment's zero), and the rows whose window crosses
+        into a second segment with the segment they start in (a few: w << segment)."""
         if w not in self._reads:
-            seg = self.segment
             start, last = self.slots - w, self.slots - 1  # the window is start .. last
-            start_seg = start // seg
-            head = np.where(start % seg == 0, self.size, start - 1)
-            crossed = np.where(start_seg == last // seg, self.segments, start_seg)
-            self._reads[w] = (head, last, crossed)
+            start_seg, last_seg = start >> self.shift, last >> self.shift
+            head = start + start_seg
+            tail = last + last_seg
+            tail += 1
+            crossing = np.flatnonzero(start_seg != last_seg)
+            self._reads[w] = (head, tail, crossing, start_seg[crossing])
         return self._reads[w]
+
+    def _running_sums(self, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The running sums of each segment after a zero, flat, and each segment's total."""
+        if id(dense) not in self._running:
+            running = np.zeros((self.segments, self.segment + 1), dtype=dense.dtype)
+            np.cumsum(dense.reshape(self.segments, self.segment), axis=1, out=running[:, 1:])
+            self._running[id(dense)] = (running.reshape(-1), running[:, -1].copy())
+        return self._running[id(dense)]
 
     def total(self, dense: np.ndarray, w: int) -> np.ndarray:
         """sum(dense[s - w : s]) for every output slot s (`dense` has `size` slots);
@@ -134,19 +145,12 @@ class Windows:
         key = (id(dense), w)
         if key in self._results:
             return self._results[key]
-        if id(dense) not in self._running:
-            running = np.empty(self.size + 1, dtype=dense.dtype)
-            np.cumsum(dense.reshape(self.segments, self.segment), axis=1,
-                      out=running[:-1].reshape(self.segments, self.segment))
-            running[-1] = 0
-            totals = np.zeros(self.segments + 1, dtype=dense.dtype)
-            totals[:-1] = running[self.segment - 1:-1:self.segment]
-            self._running[id(dense)] = (running, totals)
-        running, totals = self._running[id(dense)]
-        head, tail, crossed = self._read(w)
+        running, totals = self._running_sums(dense)
+        head, tail, crossing, crossed = self._read(w)
         out: np.ndarray = running[tail]
         out -= running[head]
-        out += totals[crossed]
+        if len(crossing):
+            out[crossing] += totals[crossed]
         out.flags.writeable = False
         self._results[key] = out
         return out
