@@ -57,6 +57,8 @@ class DenseColumns:
                 data = data.astype(np.int64)
             finite = np.isfinite(data) if data.dtype.kind == "f" else None
             if finite is not None and not finite.all():
+                finite |= ~valid  # what lies under a null is never read
+            if finite is not None and not finite.all():
                 for label, hit in (("nan", np.isnan(data)), ("+inf", data == np.inf),
                                    ("-inf", data == -np.inf)):
                     self._made[(label, name)] = self._scatter(hit.astype(np.int64), valid, 0)
