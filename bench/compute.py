@@ -11,8 +11,9 @@ definitions under two names each (which share computed columns) and 20 distinct 
 
 tiny: 200k source rows, 2k accounts (runs in seconds); small: 2M source rows, 20k
 accounts, 60 days; large: 20M rows, 200k accounts, 60 days.
-Metrics: daily grain, 7- and 30-day windows (1d-30d for the distinct shape), a mix of count / sum / avg / min / max with filters
-(count_distinct is costlier by nature and has its own row). Each measurement is a fresh
+Metrics: daily grain, 7- and 30-day windows (1d-30d for the distinct shape), a mix of
+count / sum / avg / min / max with filters (count_distinct is costlier by nature and has
+its own row). Each measurement is a fresh
 subprocess; medians of 3.
 
 Funnels: a 3-step funnel (kind 0 -> 1 -> 2 within 7d, counted over 30d windows, daily)
