@@ -12,6 +12,15 @@ import pyarrow.compute as pc
 from tally.catalog.compute.windows import Layout, Windows
 
 
+def validity(array: pa.Array) -> np.ndarray | None:
+    """Where a primitive array is valid, from its bitmap (None: no nulls)."""
+    if not array.null_count:
+        return None
+    bits = np.frombuffer(array.buffers()[0], dtype=np.uint8)
+    start = array.offset
+    return np.unpackbits(bits, count=start + len(array), bitorder="little")[start:].view(bool)
+
+
 class DenseColumns:
     """Partial columns scattered into the dense layout (`size` slots), each made once."""
 
@@ -20,28 +29,29 @@ class DenseColumns:
         self._made: dict[tuple[str, str], np.ndarray] = {}
         self._ops: dict[tuple[str, str], np.ufunc] = {}
 
-    def values(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _array(self, name: str) -> pa.Array:
+        column = self.cells.column(name)  # a chunk's cells usually lie in one batch
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+    def values(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A partial as numbers (timestamps as microseconds, decimals as floats) and its
-        validity. The numbers are the column's own buffer, whatever lies under its nulls:
-        every reader masks them with the validity."""
-        column = self.cells.column(name).combine_chunks()
+        validity (None: no nulls). The numbers are the column's own buffer, whatever lies
+        under its nulls: every reader masks them with the validity."""
+        column = self._array(name)
         kind = column.type
         if pa.types.is_timestamp(kind):
             column = column.cast(pa.int64())
         elif pa.types.is_decimal(kind):  # sums of integers arrive as HUGEINT (decimal)
             column = column.cast(pa.float64())
-        if not column.null_count:
-            return column.to_numpy(), np.ones(len(column), dtype=bool)
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
         dtype = np.dtype(column.type.to_pandas_dtype())
         data = np.frombuffer(column.buffers()[1], dtype=dtype,
                              count=column.offset + len(column))[column.offset:]
-        return data, valid
+        return data, validity(column)
 
-    def _scatter(self, data: np.ndarray, valid: np.ndarray, fill: Any) -> np.ndarray:
+    def _scatter(self, data: np.ndarray, valid: np.ndarray | None, fill: Any) -> np.ndarray:
         dense = np.full(self.size, fill, dtype=data.dtype) if fill else np.zeros(
             self.size, dtype=data.dtype)
-        if valid.all():
+        if valid is None:
             dense[self.lay.cell_slot] = data
         else:
             dense[self.lay.cell_slot[valid]] = data[valid]
@@ -56,7 +66,7 @@ class DenseColumns:
             if data.dtype.kind not in "iuf":
                 data = data.astype(np.int64)
             finite = np.isfinite(data) if data.dtype.kind == "f" else None
-            if finite is not None and not finite.all():
+            if finite is not None and valid is not None and not finite.all():
                 finite |= ~valid  # what lies under a null is never read
             if finite is not None and not finite.all():
                 for label, hit in (("nan", np.isnan(data)), ("+inf", data == np.inf),
@@ -86,9 +96,9 @@ class DenseColumns:
         """1 where the partial is not null (the bucket has a value), as int64."""
         key = ("present", name)
         if key not in self._made:
-            valid = self.cells.column(name).is_valid().to_numpy(zero_copy_only=False)
+            valid = validity(self._array(name))
             dense = np.zeros(self.size, dtype=np.int64)
-            dense[self.lay.cell_slot[valid]] = 1
+            dense[self.lay.cell_slot if valid is None else self.lay.cell_slot[valid]] = 1
             self._made[key] = dense
         return self._made[key]
 
