@@ -1,4 +1,4 @@
-"""The columnar kernel (catalog/kernel.py) against the SQL plan it replaces on DuckDB (the
+"""The columnar kernel (catalog/compute/kernel.py) against the SQL plan it replaces on DuckDB (the
 plan Spark still runs), on data built to hit every edge: several islands per entity, text
 and integer keys, nulls, NaN, negative values, integer and timestamp extremes, empty
 filters, count_distinct runs, windows finer than the grain and narrowed snapshot ranges.
@@ -16,14 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tally.catalog.compute.kernel import (
-    CHUNK_CELLS,
-    Windows,
-    group_table,
-    prepare_group,
-    round_like_duckdb,
-)
+from tally.catalog.compute.kernel import CHUNK_CELLS, group_table, prepare_group
 from tally.catalog.compute.plans import group_query, partial_plan, plan_group
+from tally.catalog.compute.rounding import round_like_duckdb
+from tally.catalog.compute.windows import Windows
 from tally.catalog.spec.loading import load_project
 
 METRICS = [

@@ -113,3 +113,23 @@ def test_feast_reads_the_parts_as_one_table_in_both_stores(repo) -> None:
     assert ours["parts"]["trips"].notna().sum() > 200
     pd.testing.assert_series_equal(ours["parts"]["trips"], ours["one"]["trips"])
     pd.testing.assert_frame_equal(ours["parts"], stock, check_dtype=False)
+
+
+def test_a_part_written_chunk_by_chunk_has_whole_row_groups(tmp_path: Path) -> None:
+    """The kernel hands the writer chunks that never end on a row group's edge; the part
+    still has full row groups but for its last (not a short group after every flush),
+    and holds every row in order."""
+    import pyarrow.parquet as pq
+
+    n = 3 * parts.ROW_GROUP_SIZE + 1000
+    stamps = pa.array(np.full(n, DAY_US), type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    table = pa.table({"driver_id": np.arange(n), "event_timestamp": stamps,
+                      "created_timestamp": stamps, "trips": np.arange(n) * 0.5})
+    chunk = 65_536
+    chunks = (table.slice(i, chunk) for i in range(0, n, chunk))
+    written = tmp_path / "t.parquet"
+    assert parts.write_full(chunks, written, "driver_id", 5 * DAY_US, None) == n
+    meta = pq.ParquetFile(parts.table_files(written)[0]).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sizes == [parts.ROW_GROUP_SIZE] * 3 + [1000]
+    assert pq.read_table(written).column("driver_id").to_pylist() == list(range(n))

@@ -146,20 +146,3 @@ def project_engine(root: Path) -> str:
     from tally.catalog.spec.config import load_config
 
     return load_config(root).config.engine
-
-
-def write_arrow_table(table: Any, path: Path, key: str) -> int:
-    """Write `table` as one parquet file sorted by key and event_timestamp, atomically
-    (what the compute bench's write floor measures; computed tables are folders of parts,
-    catalog/sql/parts.py). Returns the row count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tally.catalog.sql.parts import ROW_GROUP_SIZE, dictionary_columns
-    from tally.catalog.store.fsutil import replacing
-
-    table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))  # as DuckDB
-    table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
-    with replacing(path, ".parquet", crash_name="compute-") as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, coerce_timestamps="us",
-                       use_dictionary=dictionary_columns(table, key))
-    return int(table.num_rows)

@@ -201,16 +201,23 @@ class _PartFile:
             self.pending.append(chunk)
             self.pending_rows += chunk.num_rows
             if self.pending_rows >= ROW_GROUP_SIZE:
-                self.flush()
+                self.flush(whole_groups=True)
 
-    def flush(self) -> None:
+    def flush(self, whole_groups: bool = False) -> None:
+        """Write what is pending; with `whole_groups`, only full row groups, the rest kept
+        for the next (chunks rarely end on a row group's edge, and a short group costs a
+        footer entry and a worse read for every reader)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self.pending:
             return
         chunk = _nullable(pa.concat_tables(self.pending))
-        self.pending, self.pending_rows = [], 0
+        rows = chunk.num_rows - chunk.num_rows % ROW_GROUP_SIZE if whole_groups else \
+            chunk.num_rows
+        rest = chunk.slice(rows)
+        chunk = chunk.slice(0, rows)
+        self.pending, self.pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, chunk.schema, coerce_timestamps="us",
                                            use_dictionary=dictionary_columns(chunk, self.key))
