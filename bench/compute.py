@@ -384,6 +384,18 @@ def _installed_env() -> dict[str, str]:
     return env
 
 
+def _copy(root: Path, name: str) -> Path:
+    """A copy of the computed project (sizes and modification times kept, so its state is
+    as up to date as the original's): each one-new-day rerun starts from the same state."""
+    import shutil
+
+    copy = root.with_name(f"{root.name}_{name}")
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(root, copy)
+    return copy
+
+
 def run_incremental(size: str) -> str:
     """Full run, no-change rerun and one-new-day rerun on a year of demo-shaped data."""
     root = DATA / f"compute_{size}" / "demo_year"
@@ -394,7 +406,7 @@ def run_incremental(size: str) -> str:
         "PYTHONDONTWRITEBYTECODE": "1"})
     run_in_subprocess(NO_CHANGE, str(root), env=_installed_env())  # compiles the bytecode
     same = [run_in_subprocess(NO_CHANGE, str(root), env=_installed_env()) for _ in range(3)]
-    day = run_in_subprocess(NEW_DAY, str(root))
+    days = [run_in_subprocess(NEW_DAY, str(_copy(root, f"day{i}"))) for i in range(3)]
 
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
@@ -402,7 +414,8 @@ def run_incremental(size: str) -> str:
     full_s, full_cpu = (median([float(str(r.output[k])) for r in full]) for k in ("s", "cpu"))
     same_s, same_cpu = median([r.seconds for r in same]), median(
         [float(str(r.output["cpu"])) for r in same])
-    day_s, day_cpu = float(str(day.output["s"])), float(str(day.output["cpu"]))
+    day_s, day_cpu = (median([float(str(r.output[k])) for r in days]) for k in ("s", "cpu"))
+    day = days[0]
     rows: list[list[object]] = [
         ["full run (every table, --full)", f"{full_s:.2f}", f"{full_cpu:.2f}",
          f"{max(r.peak_mb for r in full):.0f}", "1.00x", "1.00x"],
@@ -413,8 +426,9 @@ def run_incremental(size: str) -> str:
          "checkout with PYTHONDONTWRITEBYTECODE)",
          f"{cold.seconds:.2f}", f"{float(str(cold.output['cpu'])):.2f}", f"{cold.peak_mb:.0f}",
          f"{cold.seconds / full_s:.3f}x", f"{float(str(cold.output['cpu'])) / full_cpu:.3f}x"],
-        ["rerun after one new day in every source", f"{day_s:.2f}", f"{day_cpu:.2f}",
-         f"{day.peak_mb:.0f}", f"{day_s / full_s:.3f}x", f"{day_cpu / full_cpu:.3f}x"]]
+        ["rerun after one new day in every source (median of 3 copies of the project)",
+         f"{day_s:.2f}", f"{day_cpu:.2f}", f"{max(r.peak_mb for r in days):.0f}",
+         f"{day_s / full_s:.3f}x", f"{day_cpu / full_cpu:.3f}x"]]
     return (f"### incremental, {size}: a year of demo-shaped data, "
             f"{DEMO_ACCOUNTS[size]:,} accounts, {setup.output['rows']:,} source rows; "
             "4 groups, derived metrics, a score\n\n"
