@@ -28,7 +28,7 @@ from tally.catalog.compute.session import (
 )
 from tally.catalog.errors import DataError, TallyError
 from tally.catalog.spec.tables import TableSpec
-from tally.catalog.sql.engines import first_line
+from tally.catalog.sql.engines import first_line, reading_source
 
 
 class DependentTables(ComputeSession):
@@ -106,10 +106,8 @@ class DependentTables(ComputeSession):
                        if m.type == "column" and m.source == name]
             query = digest_query(source, self.project.entities[source.entity].join_key,
                                  metrics, path, "duckdb")
-            try:
+            with reading_source(name, path):
                 rows = self._duckdb().con.execute(query.sql("duckdb")).fetchall()
-            except Exception as exc:  # duckdb raises a family of its own errors
-                raise DataError(f"reading source {name} ({path}): {first_line(exc)}") from None
             self._column_digests[name] = digest_of(rows)
         return self._column_digests[name]
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
-from tally.catalog.errors import TallyError
+from tally.catalog.errors import DataError, TallyError
 
 SPARK_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",  # timestamps are UTC, as in DuckDB and Feast
@@ -43,6 +44,18 @@ class EngineUnavailableError(TallyError):
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reading_source(name: str, path: str) -> Iterator[None]:
+    """An engine's error while reading source `name` (duckdb raises a family of its own
+    errors) as one DataError naming the source and its file."""
+    try:
+        yield
+    except TallyError:
+        raise
+    except Exception as exc:
+        raise DataError(f"reading source {name} ({path}): {first_line(exc)}") from None
 
 
 class DuckDBEngine:

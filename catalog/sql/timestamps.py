@@ -32,13 +32,11 @@ def unparsable_times(column: str) -> exp.Condition:
 def require_time_columns(con: Any, source: Source, relation: exp.Expression, path: str) -> None:
     """Raise DataError when a time column of `source` (DuckDB) is not a timestamp, or when
     the source cannot be read at all (not parquet, say)."""
-    try:
+    from tally.catalog.sql.engines import reading_source
+
+    with reading_source(source.name, path):
         described = con.execute(
             exp.select("*").from_(relation.copy()).limit(0).sql("duckdb")).description
-    except Exception as exc:  # duckdb raises a family of its own errors
-        from tally.catalog.sql.engines import first_line
-
-        raise DataError(f"reading source {source.name} ({path}): {first_line(exc)}") from None
     types = {name: str(kind) for name, kind, *_ in described}
     for column in (source.timestamp_field, source.created_timestamp_field):
         if column is None or column not in types or is_time_type(types[column]):
