@@ -1,9 +1,9 @@
 """Tally's DuckDB offline store for Feast, named in feature_store.yaml as
 `tally.feature_repo.offline_store.TallyDuckDBOfflineStore`.
 
-It writes the point-in-time join's DuckDB SQL itself (see offline_store_sql.py), a range
-join and a fetch per feature view, and assembles the columns in the entity frame's order with
-Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
+It plans the point-in-time join itself (offline_store_join.py: per feature view the
+candidate plan of offline_store_scan.py, else the row-id plan of offline_store_sql.py) and
+assembles the columns in the entity frame's order with Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
 rule: newest row with t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
 
 * the entity frame may be a DataFrame or a DuckDB SQL query;
@@ -20,7 +20,7 @@ that are not parquet FileSources (Delta, Iceberg, ...), and a missing entity fra
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
@@ -40,16 +40,8 @@ from feast.infra.offline_stores.offline_store import (
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from tally.catalog.store.paths import is_glob
-from tally.feature_repo.offline_store_sql import (
-    ROW,
-    ViewPlan,
-    fetch_sql,
-    latest_sql,
-    literal,
-    parquet_files,
-    range_sql,
-    rows_sql,
-)
+from tally.feature_repo.offline_store_join import arrow_table, connect, point_in_time, stamp_sql
+from tally.feature_repo.offline_store_sql import ROW, ViewPlan, latest_sql
 from tally.feature_repo.offline_store_write import (
     append_rows,
     check_batch_columns,
@@ -64,17 +56,6 @@ class TallyDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     type: Literal["tally.feature_repo.offline_store.TallyDuckDBOfflineStore"] = (
         "tally.feature_repo.offline_store.TallyDuckDBOfflineStore"
     )
-
-
-def connect() -> Any:
-    from tally.catalog.sql.duck import connect_unrestricted
-
-    return connect_unrestricted()
-
-
-def _arrow(result: Any) -> pa.Table:
-    table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.arrow()
-    return table.read_all() if isinstance(table, pa.RecordBatchReader) else table
 
 
 # -- paths and entity frames ---------------------------------------------------------------
@@ -95,7 +76,7 @@ def entity_frame(entity_df: pd.DataFrame | str | None) -> pd.DataFrame | None:
     """A DataFrame for an entity frame given as a DataFrame or as DuckDB SQL."""
     if entity_df is None or isinstance(entity_df, pd.DataFrame):
         return entity_df
-    frame: pd.DataFrame = _arrow(connect().sql(entity_df)).to_pandas()
+    frame: pd.DataFrame = arrow_table(connect().sql(entity_df)).to_pandas()
     return frame
 
 
@@ -114,7 +95,7 @@ def entity_table(con: Any, entity_df: pd.DataFrame | str) -> tuple[pa.Table, str
     """The entity frame as Arrow, its event timestamp column as UTC timestamps, plus a
     row-number column that fixes the output order."""
     if isinstance(entity_df, str):
-        table = _arrow(con.sql(entity_df))
+        table = arrow_table(con.sql(entity_df))
     else:
         frame = entity_df
         if TIMESTAMP in frame.columns and not pd.api.types.is_datetime64_any_dtype(
@@ -165,52 +146,8 @@ def _view_plans(config: RepoConfig, feature_views: list[FeatureView], feature_re
         created = source.created_timestamp_column or None
         created = reverse.get(created, created) if created else None
         plans.append(ViewPlan(resolve_path(config, source.path), keys, ts, created, features,
-                              view.ttl or None, filter_created))
+                              view.ttl or None, filter_created, prefix))
     return plans
-
-
-def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
-    """Put `values` (one row per entity row number in `rows`) in entity order, nulls where
-    an entity row has no match."""
-    position = np.full(n, -1, dtype=np.int64)
-    position[rows] = np.arange(len(rows), dtype=np.int64)
-    index = pa.array(position, mask=position < 0)
-    return values.take(index)
-
-
-def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str) -> pa.Table:
-    """One feature view's columns, in entity order (`__f0`, `__f1`, ...). The range join
-    finds each entity row's winning row id (file and row number) and a second query reads
-    the winners' features; past MAX_ROW_FILES files the join carries them."""
-    con.register("__tally_entities", entities)
-    stamps = entities.column(ts_col)
-    lo = hi = None
-    if entities.num_rows:
-        lo, hi = _stamp(pc.min(stamps).as_py()), _stamp(pc.max(stamps).as_py())
-    names = [f"__f{i}" for i in range(len(plan.features))]
-    files = parquet_files(plan.path)
-    if files:
-        winners = _arrow(con.sql(rows_sql(plan, files, "__tally_entities", ts_col, lo, hi)))
-        con.register("__tally_winners", winners)
-        found = _arrow(con.sql(fetch_sql(plan, files, "__tally_winners"))).select(
-            [ROW, *names])
-        con.unregister("__tally_winners")
-    else:
-        found = _arrow(con.sql(range_sql(plan, "__tally_entities", ts_col, lo, hi))).select(
-            [ROW, *names])
-    con.unregister("__tally_entities")
-    return _scatter(entities.num_rows, found.column(ROW).to_numpy(), found.select(names))
-
-
-def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str
-                  ) -> pa.Table:
-    out = entities.drop_columns([ROW])
-    for plan in plans:
-        columns = run_view(con, plan, entities.select(
-            [ROW, ts_col, *dict.fromkeys(ent for _, ent in plan.keys)]), ts_col)
-        for i, (_, name) in enumerate(plan.features):
-            out = out.append_column(name, columns.column(f"__f{i}"))
-    return out
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -219,8 +156,10 @@ class TallyRetrievalJob(RetrievalJob):
 
     def __init__(self, compute: Any, full_feature_names: bool = False,
                  on_demand_feature_views: list[Any] | None = None,
-                 metadata: RetrievalMetadata | None = None):
+                 metadata: RetrievalMetadata | None = None,
+                 plans: dict[str, str] | None = None):
         self._compute = compute
+        self._plans = plans if plans is not None else {}
         self._full_feature_names = full_feature_names
         self._odfvs = on_demand_feature_views or []
         self._metadata = metadata
@@ -243,6 +182,12 @@ class TallyRetrievalJob(RetrievalJob):
     @property
     def metadata(self) -> RetrievalMetadata | None:
         return self._metadata
+
+    @property
+    def plans(self) -> dict[str, str]:
+        """Per feature view, the plan that answered its last computation ("candidates",
+        "row ids" or "payload"; docs/offline_store.md); empty until the job has run."""
+        return dict(self._plans)
 
     def persist(self, storage: Any, allow_overwrite: bool = False,
                 timeout: int | None = None) -> None:
@@ -300,8 +245,9 @@ class TallyDuckDBOfflineStore(OfflineStore):
             min_event_timestamp=pc.min(stamps).as_py() if entities.num_rows else None,
             max_event_timestamp=pc.max(stamps).as_py() if entities.num_rows else None,
         )
-        return TallyRetrievalJob(lambda: point_in_time(con, plans, entities, ts_col),
-                                 full_feature_names, [], metadata)
+        chosen: dict[str, str] = {}
+        return TallyRetrievalJob(lambda: point_in_time(con, plans, entities, ts_col, chosen),
+                                 full_feature_names, [], metadata, chosen)
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -356,20 +302,12 @@ class TallyDuckDBOfflineStore(OfflineStore):
         write_logs(data, resolve_path(config, destination.path))
 
 
-def _stamp(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return literal(value.astimezone(UTC).isoformat()) + "::TIMESTAMPTZ"
-
-
 def _pull(config: RepoConfig, source: FileSource, keys: list[str], features: list[str],
           timestamp: str, created: str | None, start: datetime | None, end: datetime | None,
           latest: bool) -> RetrievalJob:
     sql = latest_sql(resolve_path(config, source.path), keys, features, timestamp,
-                     created or None, _stamp(start), _stamp(end), latest)
-    return TallyRetrievalJob(lambda: _arrow(connect().sql(sql)))
+                     created or None, stamp_sql(start), stamp_sql(end), latest)
+    return TallyRetrievalJob(lambda: arrow_table(connect().sql(sql)))
 
 
 def _stock_historical(config: RepoConfig, feature_views: list[FeatureView],

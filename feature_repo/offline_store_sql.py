@@ -66,6 +66,7 @@ class ViewPlan:
     features: list[tuple[str, str]]  # (column in the source, output name)
     ttl: timedelta | None
     filter_created: bool = False
+    name: str = ""  # the feature view's name, as the job's `plans` reports it
 
 
 def _source(plan: ViewPlan, files: list[str] | None = None) -> str:

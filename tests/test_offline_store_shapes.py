@@ -19,16 +19,27 @@ pytest.importorskip("feast")
 from bench.training_frame import VIEWS, generate, generate_irregular  # noqa: E402
 
 
-def _views(data: Path, irregular: bool):
+def _views(data: Path, irregular: bool, keys: str = "int"):
     from feast import Entity, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float32, Float64, Int32, Int64
+    from feast.types import Float32, Float64, Int32, Int64, String
 
     types = ([Int32, Int64, Float32, Float64, Float64] if irregular else
              [Int64, Float64, Float64, Float64, Float64])
-    account = Entity(name="account", join_keys=["account_id"], value_type=ValueType.INT64)
+    if keys == "string":
+        entities = [Entity(name="account", join_keys=["account_id"],
+                           value_type=ValueType.STRING)]
+        key_fields = [Field(name="account_id", dtype=String)]
+    else:
+        entities = [Entity(name="account", join_keys=["account_id"],
+                           value_type=ValueType.INT64)]
+        key_fields = [Field(name="account_id", dtype=Int64)]
+    if keys == "two":
+        entities.append(Entity(name="region", join_keys=["region"],
+                               value_type=ValueType.INT64))
+        key_fields.append(Field(name="region", dtype=Int64))
     return [FeatureView(
-        name=v, entities=[account], ttl=timedelta(days=30),
-        schema=[Field(name="account_id", dtype=Int64)] + [
+        name=v, entities=entities, ttl=timedelta(days=30),
+        schema=key_fields + [
             Field(name=f"{v}_f{j}", dtype=types[j - 1]) for j in range(1, n + 1)],
         source=FileSource(name=f"{v}_src", path=str(data / f"{v}.parquet"),
                           timestamp_field="event_timestamp",
@@ -41,14 +52,14 @@ class _NoOnDemandViews:
         return []
 
 
-def _jobs(data: Path, irregular: bool) -> tuple[pd.DataFrame, list]:
+def _jobs(data: Path, irregular: bool, keys: str = "int") -> tuple[pd.DataFrame, list]:
     """The entity frame, and the training-frame jobs of Tally's store and the stock one."""
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
     from feast.repo_config import RepoConfig
     from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
 
     entities = pq.read_table(data / "entities.parquet").to_pandas()
-    views = _views(data, irregular)
+    views = _views(data, irregular, keys)
     refs = [f"{v.name}:{f.name}" for v in views for f in v.features]
     config = RepoConfig(project="shapes", provider="local", registry=str(data / "reg.db"),
                         offline_store={"type": "duckdb"},
@@ -59,19 +70,31 @@ def _jobs(data: Path, irregular: bool) -> tuple[pd.DataFrame, list]:
                       for store in (TallyDuckDBOfflineStore, DuckDBOfflineStore)]
 
 
-def _both(data: Path, irregular: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _both(data: Path, irregular: bool, plans: dict[str, str] | None = None,
+          keys: str = "int") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The entity frame, Tally's frame and the stock store's (in entity order); `plans`
+    gets the plan that answered each of Tally's views."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        entities, jobs = _jobs(data, irregular)
+        entities, jobs = _jobs(data, irregular, keys)
         out = [job.to_df() for job in jobs]
+    if plans is not None:
+        plans.update(jobs[0].plans)
     ours = out[0]
     stock = out[1].sort_values("rid", kind="stable").reset_index(drop=True)[ours.columns]
     return entities, ours, stock
 
 
-def test_irregular_shape_matches_stock(tmp_path):
-    data = generate_irregular(tmp_path / "irregular", 20_000, 10_000)
-    entities, ours, stock = _both(data, irregular=True)
+@pytest.mark.parametrize(("entity_rows", "plan"), [(6_000, "candidates"),
+                                                   (30_000, "row ids")])
+def test_irregular_shape_matches_stock(tmp_path, entity_rows, plan):
+    """One entity row per key (the benchmark's shape): about 1 table row in 8 is a
+    candidate, and the candidate plan answers. Five per key, at times spread over the
+    year: each key's window covers most of its rows, and the row-id plan answers."""
+    data = generate_irregular(tmp_path / "irregular", 60_000, entity_rows)
+    plans: dict[str, str] = {}
+    entities, ours, stock = _both(data, irregular=True, plans=plans)
+    assert plans == {v: plan for v, _ in VIEWS}
     assert ours["rid"].tolist() == entities["rid"].tolist()  # entity order kept
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
     kind = entities["rid"] % 100
@@ -93,24 +116,29 @@ def test_irregular_shape_matches_stock(tmp_path):
 
 def test_aligned_shape_matches_stock(tmp_path):
     data = generate("tiny", tmp_path / "aligned")
-    entities, ours, stock = _both(data, irregular=False)
+    plans: dict[str, str] = {}
+    entities, ours, stock = _both(data, irregular=False, plans=plans)
+    assert plans == {v: "row ids" for v, _ in VIEWS}  # every row is in some window
     assert ours["rid"].tolist() == entities["rid"].tolist()
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
     assert ours["t1_f1"].notna().mean() > 0.5
 
 
-@pytest.mark.parametrize("max_files", [512, 1])
-def test_tables_of_several_files_match_stock(tmp_path, monkeypatch, max_files):
+@pytest.mark.parametrize(("max_files", "entity_rows", "plan"), [
+    (512, 10_000, "row ids"), (1, 10_000, "payload"), (512, 2_000, "candidates")])
+def test_tables_of_several_files_match_stock(tmp_path, monkeypatch, max_files, entity_rows,
+                                             plan):
     """A table that is a folder of files (a computed table's parts, or a producer's
-    folder): rows are found by file and row number across the files (or, past
-    MAX_ROW_FILES files, by the join that carries the features), so a restated row in one
-    file beats its older twin in another, exactly as the stock store decides."""
+    folder): the candidate plan reads it as one table; the row-id plan finds rows by file
+    and row number across the files (or, past MAX_ROW_FILES files, by the join that
+    carries the features); so a restated row in one file beats its older twin in another,
+    exactly as the stock store decides."""
     import numpy as np
     from tally.feature_repo import offline_store_sql
 
     monkeypatch.setattr(offline_store_sql, "MAX_ROW_FILES", max_files)
 
-    data = generate_irregular(tmp_path / "irregular", 20_000, 10_000)
+    data = generate_irregular(tmp_path / "irregular", 20_000, entity_rows)
     _, single, _ = _both(data, irregular=True)
     for v, _n in VIEWS:
         table = pq.read_table(data / f"{v}.parquet")
@@ -120,7 +148,9 @@ def test_tables_of_several_files_match_stock(tmp_path, monkeypatch, max_files):
         folder.mkdir()
         for i, rows in enumerate(np.array_split(order, 3)):
             pq.write_table(table.take(rows), folder / f"part-{i}.parquet")
-    entities, ours, stock = _both(data, irregular=True)
+    plans: dict[str, str] = {}
+    entities, ours, stock = _both(data, irregular=True, plans=plans)
+    assert plans == {v: plan for v, _ in VIEWS}
     assert ours["rid"].tolist() == entities["rid"].tolist()
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
     pd.testing.assert_frame_equal(ours, single)
@@ -179,3 +209,54 @@ def test_files_without_winners_and_frames_without_any_match_stock(tmp_path):
     served = job.to_arrow().schema
     assert [served.field(f"t1_f{j}").type for j in range(1, 6)] == [
         table_types.field(f"t1_f{j}").type for j in range(1, 6)]  # int32 stays int32
+
+
+def test_candidate_plan_past_its_budget_hands_over_to_row_ids(tmp_path, monkeypatch):
+    """A table whose first rows promise few candidates but that has many: the candidate
+    stream stops at its budget and the row-id plan answers, with the same frame."""
+    from tally.feature_repo import offline_store_scan
+
+    data = generate_irregular(tmp_path / "irregular", 20_000, 2_000)
+    _, expected, _ = _both(data, irregular=True)
+    monkeypatch.setattr(offline_store_scan, "CANDIDATES_PER_ENTITY_ROW", 0)
+    monkeypatch.setattr(offline_store_scan, "MIN_CANDIDATES", 100)
+    plans: dict[str, str] = {}
+    entities, ours, stock = _both(data, irregular=True, plans=plans)
+    assert plans == {v: "row ids" for v, _ in VIEWS}
+    pd.testing.assert_frame_equal(ours, expected)
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+
+
+def _rekey(data: Path, keys: str) -> None:
+    """The tables and entity frame keyed by a string (`a<id>`), or by two columns
+    (account_id and region = account_id mod 3, a different region for 1 entity row in 5)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in [f"{v}.parquet" for v, _ in VIEWS] + ["entities.parquet"]:
+        table = pq.read_table(data / name)
+        key = table.column("account_id")
+        if keys == "string":
+            table = table.set_column(table.schema.get_field_index("account_id"), "account_id",
+                                     pc.binary_join_element_wise("a", key.cast(pa.string()), ""))
+        else:
+            region = pc.bit_wise_and(key, 3)
+            if name == "entities.parquet":
+                shift = pc.equal(pc.bit_wise_and(table.column("rid"), 7), 0).cast(pa.int64())
+                region = pc.bit_wise_and(pc.add(region, shift), 3)
+            table = table.append_column("region", region)
+        pq.write_table(table, data / name)
+
+
+@pytest.mark.parametrize("keys", ["string", "two"])
+def test_string_and_two_column_keys_match_stock(tmp_path, keys):
+    """The candidate plan joins on the entity frame's distinct keys of any type, one
+    column or several."""
+    data = generate_irregular(tmp_path / "irregular", 20_000, 2_000)
+    _rekey(data, keys)
+    plans: dict[str, str] = {}
+    entities, ours, stock = _both(data, irregular=True, plans=plans, keys=keys)
+    assert plans == {v: "candidates" for v, _ in VIEWS}
+    assert ours["rid"].tolist() == entities["rid"].tolist()
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+    assert 0.2 < ours["t1_f1"].notna().mean() < 0.6
