@@ -3,8 +3,9 @@
 
 It plans the point-in-time join itself (offline_store_join.py: per feature view the
 candidate plan of offline_store_scan.py, else the row-id plan of offline_store_sql.py) and
-assembles the columns in the entity frame's order with Arrow, never through pandas. Results are those of Feast's stock DuckDB store (Feast's
-rule: newest row with t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
+assembles the columns in the entity frame's order with Arrow, never through pandas.
+Results are those of Feast's stock DuckDB store (Feast's rule: newest row with
+t - ttl <= event_timestamp <= t, ties by created timestamp), plus:
 
 * the entity frame may be a DataFrame or a DuckDB SQL query;
 * rows come back in the entity frame's order, every entity column kept, duplicates kept;
