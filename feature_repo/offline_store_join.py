@@ -84,14 +84,16 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
     return found, "row ids" if files else "payload"
 
 
-def _entity_keys(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str
-                 ) -> dict[tuple[str, ...], EntityKeys]:
-    """A table of distinct keys per set of entity key columns the views join on."""
+def _entity_keys(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str,
+                 keys: dict[tuple[str, ...], EntityKeys]) -> None:
+    """Into `keys`, a table of distinct keys per set of entity key columns the views join
+    on (filled one by one, so that the caller drops those made before a failure)."""
     con.register("__tally_frame", entities)
     try:
-        return {cols: EntityKeys(con, "__tally_frame", list(cols), ts_col, entities.num_rows)
-                for cols in dict.fromkeys(tuple(ent for _, ent in p.keys) for p in plans)
-                if cols}
+        for cols in dict.fromkeys(tuple(ent for _, ent in p.keys) for p in plans):
+            if cols:
+                keys[cols] = EntityKeys(con, "__tally_frame", list(cols), ts_col,
+                                        entities.num_rows)
     finally:
         con.unregister("__tally_frame")
 
@@ -101,7 +103,7 @@ def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: s
     """The entity frame with every plan's features; `chosen` gets the plan that answered
     each view. Views run two at a time, each on a cursor of its own, so that one's Arrow
     and numpy work overlaps the other's scan."""
-    keys = _entity_keys(con, plans, entities, ts_col)
+    keys: dict[tuple[str, ...], EntityKeys] = {}
 
     def view(plan: ViewPlan) -> tuple[pa.Table, str]:
         cols = tuple(ent for _, ent in plan.keys)
@@ -110,6 +112,7 @@ def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: s
                             ts_col, keys.get(cols))
 
     try:
+        _entity_keys(con, plans, entities, ts_col, keys)
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(view, plans))
     finally:

@@ -26,6 +26,7 @@ docs/offline_store.md has the figures.
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -60,18 +61,20 @@ class EntityKeys:
         self.times[self.order] = ordered.column("__t").to_numpy()
         ordered = ordered.append_column("__pos", pa.array(np.arange(len(self.order))))
         con.register("__tally_sorted", ordered)
-        con.execute(
-            f"CREATE TABLE {self.table} AS SELECT {names}, min(__t) AS __tmin, "
-            "max(__t) AS __tmax, count(*)::BIGINT AS __n, min(__pos) AS __start FROM "
-            f"__tally_sorted GROUP BY {names}")
-        con.unregister("__tally_sorted")
+        try:
+            con.execute(
+                f"CREATE TABLE {self.table} AS SELECT {names}, min(__t) AS __tmin, "
+                "max(__t) AS __tmax, count(*)::BIGINT AS __n, min(__pos) AS __start FROM "
+                f"__tally_sorted GROUP BY {names}")
+        finally:
+            con.unregister("__tally_sorted")
 
     def drop(self, con: Any) -> None:
         con.execute(f"DROP TABLE IF EXISTS {self.table}")
 
 
 def ttl_us(plan: ViewPlan) -> int | None:
-    return int(plan.ttl.total_seconds()) * 1_000_000 if plan.ttl else None
+    return plan.ttl // timedelta(microseconds=1) if plan.ttl else None
 
 
 def time_bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
@@ -79,7 +82,7 @@ def time_bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
     ts = f"{q(plan.timestamp)}::TIMESTAMPTZ"
     parts = [f"{ts} <= {hi}"] if hi else []
     if lo and plan.ttl:
-        parts.append(f"{ts} >= {lo} - INTERVAL {int(plan.ttl.total_seconds())} SECOND")
+        parts.append(f"{ts} >= {lo} - INTERVAL {ttl_us(plan)} MICROSECOND")
     return " AND ".join(parts) or "TRUE"
 
 

@@ -95,20 +95,24 @@ def _key_match(plan: ViewPlan) -> list[str]:
     return [f"f.{q(f'__k{i}')} = e.{q(f'__k{i}')}" for i in range(len(plan.keys))]
 
 
+def _ttl_us(ttl: timedelta) -> int:
+    return ttl // timedelta(microseconds=1)
+
+
 def _bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
     """Row-group pruning: only feature rows that some entity row could see."""
     parts = []
     if hi:
         parts.append(f"f.__ts <= {hi}")
     if lo and plan.ttl:
-        parts.append(f"f.__ts >= {lo} - INTERVAL {int(plan.ttl.total_seconds())} SECOND")
+        parts.append(f"f.__ts >= {lo} - INTERVAL {_ttl_us(plan.ttl)} MICROSECOND")
     return " AND ".join(parts) or "TRUE"
 
 
 def _window(plan: ViewPlan, t: str) -> list[str]:
     preds = []
     if plan.ttl:
-        preds.append(f"f.__ts >= {t} - INTERVAL {int(plan.ttl.total_seconds())} SECOND")
+        preds.append(f"f.__ts >= {t} - INTERVAL {_ttl_us(plan.ttl)} MICROSECOND")
     if plan.filter_created and plan.created:
         preds.append(f"f.__c <= {t}")
     return preds

@@ -260,3 +260,79 @@ def test_string_and_two_column_keys_match_stock(tmp_path, keys):
     assert ours["rid"].tolist() == entities["rid"].tolist()
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
     assert 0.2 < ours["t1_f1"].notna().mean() < 0.6
+
+
+_LOCAL_TIME_FRAME = '''
+import sys, warnings
+from datetime import timedelta
+from pathlib import Path
+import pandas as pd, pyarrow as pa, pyarrow.parquet as pq
+warnings.simplefilter("ignore")
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64
+from feast.repo_config import RepoConfig
+from tally.feature_repo import offline_store_scan
+from tally.feature_repo.offline_store import TallyDuckDBOfflineStore
+
+d = Path(sys.argv[1])
+offline_store_scan.MAX_SHARE = float(sys.argv[2])  # 2.0: always candidates; -1: row ids
+at = pd.to_datetime(["2024-01-10 12:00:00"])  # naive: UTC, whatever the machine's zone
+pq.write_table(pa.table({"k": pa.array([1], pa.int64()),
+                         "event_timestamp": pa.array(at, pa.timestamp("us")),
+                         "f": [1.0]}), d / "t.parquet")
+key = Entity(name="a", join_keys=["k"], value_type=ValueType.INT64)
+view = FeatureView(name="v", entities=[key], ttl=timedelta(seconds=1, microseconds=500_000),
+                   schema=[Field(name="k", dtype=Int64), Field(name="f", dtype=Float64)],
+                   source=FileSource(name="s", path=str(d / "t.parquet"),
+                                     timestamp_field="event_timestamp"))
+config = RepoConfig(project="p", provider="local", registry=str(d / "r.db"),
+                    offline_store={"type": "duckdb"},
+                    online_store={"type": "sqlite", "path": str(d / "o.db")},
+                    entity_key_serialization_version=3, repo_path=str(d))
+times = ["2024-01-10 12:00:01.5", "2024-01-10 12:00:01.500001", "2024-01-10 11:59:59"]
+frame = pd.DataFrame({"k": [1, 1, 1],
+                      "event_timestamp": pd.to_datetime(times, utc=True, format="ISO8601")})
+
+class Registry:
+    def list_on_demand_feature_views(self, *args, **kwargs):
+        return []
+
+job = TallyDuckDBOfflineStore.get_historical_features(config, [view], ["v:f"], frame,
+                                                       Registry(), "p")
+print(list(job.to_df()["f"].fillna(-1)), job.plans["v"])
+'''
+
+
+@pytest.mark.parametrize(("share", "plan"), [(2.0, "candidates"), (-1.0, "row ids")])
+def test_naive_times_are_utc_and_ttl_keeps_its_microseconds(tmp_path, share, plan):
+    """On a machine whose zone is not UTC, a table's naive times are still UTC in every
+    plan (the views' DuckDB cursors inherit the connection's zone), and a ttl of 1.5 s
+    reaches exactly 1.5 s back (it was cut to whole seconds)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TZ": "America/New_York"}
+    done = subprocess.run([sys.executable, "-c", _LOCAL_TIME_FRAME, str(tmp_path), str(share)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[1.0,", "-1.0,", "-1.0]", *plan.split()]
+
+
+def test_a_failing_frame_leaves_no_key_table_behind():
+    """Key tables are dropped even when building a later one fails."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+    from tally.feature_repo.offline_store_join import connect, point_in_time
+    from tally.feature_repo.offline_store_sql import ROW, ViewPlan
+
+    con = connect()
+    entities = pa.table({"k": [1, 2], "event_timestamp": pa.array(
+        [0, 1], pa.timestamp("us", "UTC")), ROW: np.arange(2)})
+    plans = [ViewPlan("unused.parquet", [(key, key)], "event_timestamp", None, [("f", "f")],
+                      timedelta(days=1), name=name)
+             for key, name in (("k", "good"), ("missing", "bad"))]
+    with pytest.raises(duckdb.Error):
+        point_in_time(con, plans, entities, "event_timestamp")
+    assert con.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]

@@ -150,7 +150,7 @@ def connect_unrestricted() -> duckdb.DuckDBPyConnection:
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     })
-    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: its cursors read naive times so too
     with contextlib.suppress(duckdb.Error):  # refused inside Jupyter without ipywidgets
         con.execute("SET enable_progress_bar = false")
     return con
