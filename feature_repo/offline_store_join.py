@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tally.feature_repo.offline_store_scan import EntityKeys, scan_view, time_bounds
+from tally.feature_repo.offline_store_scan import EntityKeys, in_entity_order, scan_view
 from tally.feature_repo.offline_store_sql import (
     ROW,
     ViewPlan,
@@ -48,8 +48,7 @@ def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
     an entity row has no match."""
     position = np.full(n, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows), dtype=np.int64)
-    index = pa.array(position, mask=position < 0)
-    return values.take(index)
+    return in_entity_order(values, position)
 
 
 def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
@@ -64,7 +63,7 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
     if entities.num_rows:
         lo, hi = stamp_sql(pc.min(stamps).as_py()), stamp_sql(pc.max(stamps).as_py())
     if keys is not None:
-        scanned = scan_view(con, plan, keys, time_bounds(plan, lo, hi))
+        scanned = scan_view(con, plan, keys, lo, hi)
         if scanned is not None:
             return scanned, "candidates"
     con.register("__tally_entities", entities)

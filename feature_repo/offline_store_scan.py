@@ -26,12 +26,11 @@ docs/offline_store.md has the figures.
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tally.feature_repo.offline_store_sql import ROW, ViewPlan, q, reader
+from tally.feature_repo.offline_store_sql import ROW, ViewPlan, bounds, q, reader, ttl_us
 
 INT64_MIN = np.iinfo(np.int64).min
 LEAST = f"({INT64_MIN + 1}::BIGINT - 1)"  # the literal INT64_MIN would parse as a HUGEINT
@@ -49,7 +48,6 @@ class EntityKeys:
     def __init__(self, con: Any, entities: str, columns: list[str], ts_col: str,
                  rows: int):
         self.table = f"__tally_keys_{next(_NAMES)}"
-        self.columns = columns
         keys = ", ".join(f"{q(c)} AS {q(f'__k{i}')}" for i, c in enumerate(columns))
         names = ", ".join(q(f"__k{i}") for i in range(len(columns)))
         valid = " AND ".join(f"{q(c)} IS NOT NULL" for c in [*columns, ts_col])
@@ -71,19 +69,6 @@ class EntityKeys:
 
     def drop(self, con: Any) -> None:
         con.execute(f"DROP TABLE IF EXISTS {self.table}")
-
-
-def ttl_us(plan: ViewPlan) -> int | None:
-    return plan.ttl // timedelta(microseconds=1) if plan.ttl else None
-
-
-def time_bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
-    """Row-group pruning on the source: only rows that some entity row could see."""
-    ts = f"{q(plan.timestamp)}::TIMESTAMPTZ"
-    parts = [f"{ts} <= {hi}"] if hi else []
-    if lo and plan.ttl:
-        parts.append(f"{ts} >= {lo} - INTERVAL {ttl_us(plan)} MICROSECOND")
-    return " AND ".join(parts) or "TRUE"
 
 
 def _source_sql(plan: ViewPlan, time_bounds: str) -> str:
@@ -179,10 +164,17 @@ class _Winners:
         np.maximum.at(self.winner, ent[top], cand[top] + first)
 
 
-def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, time_bounds: str
+def in_entity_order(values: pa.Table, positions: np.ndarray) -> pa.Table:
+    """Per entity row, the row of `values` at its position; nulls where it is negative."""
+    return values.take(pa.array(positions, mask=positions < 0))
+
+
+def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, lo: str | None, hi: str | None
               ) -> pa.Table | None:
-    """The view's feature columns (`__f0`, ...) in entity order, or None when the table
-    has too many candidates (the row-id plan then answers)."""
+    """The view's feature columns (`__f0`, ...) in entity order, for entity times from
+    `lo` to `hi`; or None when the table has too many candidates (the row-id plan then
+    answers)."""
+    time_bounds = bounds(plan, lo, hi, f"{q(plan.timestamp)}::TIMESTAMPTZ")
     max_candidates = max(CANDIDATES_PER_ENTITY_ROW * len(keys.times), MIN_CANDIDATES)
     if _candidate_share(con, plan, keys, time_bounds) > MAX_SHARE:
         return None
@@ -200,7 +192,7 @@ def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, time_bounds: str
             return None
     schema = pa.schema([stream.schema.field(n) for n in names])
     table = pa.Table.from_batches(kept, schema=schema).combine_chunks()
-    return table.take(pa.array(winners.winner, mask=winners.winner < 0))
+    return in_entity_order(table, winners.winner)
 
 
-__all__ = ["EntityKeys", "scan_view", "time_bounds", "ttl_us"]
+__all__ = ["EntityKeys", "in_entity_order", "scan_view"]

@@ -95,24 +95,24 @@ def _key_match(plan: ViewPlan) -> list[str]:
     return [f"f.{q(f'__k{i}')} = e.{q(f'__k{i}')}" for i in range(len(plan.keys))]
 
 
-def _ttl_us(ttl: timedelta) -> int:
-    return ttl // timedelta(microseconds=1)
+def ttl_us(plan: ViewPlan) -> int | None:
+    """The view's ttl in microseconds; None for no lower bound (ttl 0 or none)."""
+    return plan.ttl // timedelta(microseconds=1) if plan.ttl else None
 
 
-def _bounds(plan: ViewPlan, lo: str | None, hi: str | None) -> str:
-    """Row-group pruning: only feature rows that some entity row could see."""
-    parts = []
-    if hi:
-        parts.append(f"f.__ts <= {hi}")
+def bounds(plan: ViewPlan, lo: str | None, hi: str | None, column: str = "f.__ts") -> str:
+    """Row-group pruning: only feature rows (event time `column`) that some entity row,
+    from `lo` to `hi`, could see."""
+    parts = [f"{column} <= {hi}"] if hi else []
     if lo and plan.ttl:
-        parts.append(f"f.__ts >= {lo} - INTERVAL {_ttl_us(plan.ttl)} MICROSECOND")
+        parts.append(f"{column} >= {lo} - INTERVAL {ttl_us(plan)} MICROSECOND")
     return " AND ".join(parts) or "TRUE"
 
 
 def _window(plan: ViewPlan, t: str) -> list[str]:
     preds = []
     if plan.ttl:
-        preds.append(f"f.__ts >= {t} - INTERVAL {_ttl_us(plan.ttl)} MICROSECOND")
+        preds.append(f"f.__ts >= {t} - INTERVAL {ttl_us(plan)} MICROSECOND")
     if plan.filter_created and plan.created:
         preds.append(f"f.__c <= {t}")
     return preds
@@ -126,7 +126,7 @@ def range_sql(plan: ViewPlan, relation: str, ts_col: str, lo: str | None,
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     inner = (f"SELECT e.{q(ROW)}, arg_max({{{fields}}}, (f.__ts, f.__c)) AS __v "
              f"FROM {_entity(plan, relation, ts_col)} e "
-             f"JOIN (SELECT * FROM {_source(plan)} f WHERE {_bounds(plan, lo, hi)}) f ON {on} "
+             f"JOIN (SELECT * FROM {_source(plan)} f WHERE {bounds(plan, lo, hi)}) f ON {on} "
              f"GROUP BY e.{q(ROW)}")
     outs = ", ".join(f"__v.{q(f'f{i}')} AS {q(f'__f{i}')}" for i in range(len(plan.features)))
     return f"SELECT {q(ROW)}, {outs} FROM ({inner})"
@@ -147,7 +147,7 @@ def rows_sql(plan: ViewPlan, files: list[str], relation: str, ts_col: str,
     on = " AND ".join([*_key_match(plan), "f.__ts <= e.__t", *_window(plan, "e.__t")])
     return (f"SELECT e.{q(ROW)}, arg_max(f.__r, {_order_key(plan)}) AS __r "
             f"FROM {_entity(plan, relation, ts_col)} e "
-            f"JOIN (SELECT * FROM {_source(plan, files)} f WHERE {_bounds(plan, lo, hi)}) f "
+            f"JOIN (SELECT * FROM {_source(plan, files)} f WHERE {bounds(plan, lo, hi)}) f "
             f"ON {on} GROUP BY e.{q(ROW)}")
 
 
