@@ -76,16 +76,19 @@ class GroupRun:
         self.con, self.parts, self.plan, self.cells = con, parts, plan, cells
         self.low, self.high = low, high
         self.keys = cells.column("__key").combine_chunks()
-        self.b = cells.column("__b").to_numpy().astype(np.int64)
+        self.b = cells.column("__b").to_numpy().astype(np.int64, copy=False)
         self.key_change = key_changes(self.keys)
-        self.key_of_cell = np.cumsum(self.key_change) - 1
-        key_starts = np.flatnonzero(self.key_change)
+        key_starts = self.key_starts = np.flatnonzero(self.key_change)
         wanted = np.arange(chunk_cells, len(self.b), chunk_cells)
         cuts = key_starts[np.minimum(np.searchsorted(key_starts, wanted), len(key_starts) - 1)]
         self.bounds = np.unique(np.r_[0, cuts[cuts > 0], len(self.b)]) if len(self.b) else \
             np.array([0, 0])
         self._distinct_keys = self.keys.take(pa.array(key_starts))
         self._occurrences: dict[int, Occurrences] = {}
+
+    def _key_index(self, cell: int) -> int:
+        """Which distinct key cell `cell` belongs to."""
+        return int(np.searchsorted(self.key_starts, cell, side="right")) - 1
 
     def output_rows(self) -> int:
         """How many rows the table will have (from the islands alone)."""
@@ -167,8 +170,8 @@ class GroupRun:
             array = pa.array(windows.extreme(values, w, op), mask=found == 0)
             kind = self.cells.schema.field(name).type
             return array.cast(kind) if pa.types.is_timestamp(kind) else array
-        first_key = int(self.key_of_cell[lo]) if hi > lo else 0  # count_distinct
-        last_key = int(self.key_of_cell[hi - 1]) if hi > lo else -1
+        first_key = self._key_index(lo) if hi > lo else 0  # count_distinct
+        last_key = self._key_index(hi - 1) if hi > lo else -1
         occ = self._occ(i).of_keys(first_key, last_key)
         return distinct_counts(occ, self.b[lo:hi], lay, w)
 
