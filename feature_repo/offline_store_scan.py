@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tally.feature_repo.offline_store_sql import ROW, ViewPlan, bounds, q, reader, ttl_us
 
 INT64_MIN = np.iinfo(np.int64).min
@@ -53,22 +54,41 @@ class EntityKeys:
         valid = " AND ".join(f"{q(c)} IS NOT NULL" for c in [*columns, ts_col])
         sorted_rows = (f"SELECT {keys}, epoch_us({q(ts_col)}) AS __t, {q(ROW)} FROM "
                        f"{entities} WHERE {valid} ORDER BY {names}, {q(ROW)}")
-        ordered = con.sql(sorted_rows).to_arrow_table()
+        ordered = con.sql(sorted_rows).to_arrow_table().combine_chunks()
         self.order = ordered.column(ROW).to_numpy()
+        times = ordered.column("__t").to_numpy()
         self.times = np.zeros(rows, dtype=np.int64)
-        self.times[self.order] = ordered.column("__t").to_numpy()
-        ordered = ordered.append_column("__pos", pa.array(np.arange(len(self.order))))
-        con.register("__tally_sorted", ordered)
+        self.times[self.order] = times
+        starts = _run_starts([ordered.column(f"__k{i}") for i in range(len(columns))])
+        stats = ordered.select([f"__k{i}" for i in range(len(columns))]).take(starts)
+        stats = stats.append_column("__tmin", pa.array(np.minimum.reduceat(times, starts)
+                                                         if len(starts) else times))
+        stats = stats.append_column("__tmax", pa.array(np.maximum.reduceat(times, starts)
+                                                         if len(starts) else times))
+        stats = stats.append_column("__n", pa.array(np.diff(np.r_[starts, len(times)])))
+        stats = stats.append_column("__start", pa.array(starts))
+        con.register("__tally_stats", stats)
         try:
-            con.execute(
-                f"CREATE TABLE {self.table} AS SELECT {names}, min(__t) AS __tmin, "
-                "max(__t) AS __tmax, count(*)::BIGINT AS __n, min(__pos) AS __start FROM "
-                f"__tally_sorted GROUP BY {names}")
+            con.execute(f"CREATE TABLE {self.table} AS SELECT * FROM __tally_stats")
         finally:
-            con.unregister("__tally_sorted")
+            con.unregister("__tally_stats")
 
     def drop(self, con: Any) -> None:
         con.execute(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def _run_starts(columns: list[pa.ChunkedArray]) -> np.ndarray:
+    """Where each run of equal rows starts in sorted, null-free key columns."""
+    n = len(columns[0]) if columns else 0
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+    for column in columns:
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if n > 1:
+            change[1:] |= pc.not_equal(array.slice(1), array.slice(0, n - 1)).to_numpy(
+                zero_copy_only=False)
+    return np.flatnonzero(change)
 
 
 def _source_sql(plan: ViewPlan, time_bounds: str) -> str:
@@ -191,7 +211,7 @@ def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, lo: str | None, hi: st
             stream.close()
             return None
     schema = pa.schema([stream.schema.field(n) for n in names])
-    table = pa.Table.from_batches(kept, schema=schema).combine_chunks()
+    table = pa.Table.from_batches(kept, schema=schema)  # take reads the chunks in place
     return in_entity_order(table, winners.winner)
 
 
