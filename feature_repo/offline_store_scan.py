@@ -61,10 +61,8 @@ class EntityKeys:
         self.times[self.order] = times
         starts = _run_starts([ordered.column(f"__k{i}") for i in range(len(columns))])
         stats = ordered.select([f"__k{i}" for i in range(len(columns))]).take(starts)
-        stats = stats.append_column("__tmin", pa.array(np.minimum.reduceat(times, starts)
-                                                         if len(starts) else times))
-        stats = stats.append_column("__tmax", pa.array(np.maximum.reduceat(times, starts)
-                                                         if len(starts) else times))
+        stats = stats.append_column("__tmin", pa.array(np.minimum.reduceat(times, starts)))
+        stats = stats.append_column("__tmax", pa.array(np.maximum.reduceat(times, starts)))
         stats = stats.append_column("__n", pa.array(np.diff(np.r_[starts, len(times)])))
         stats = stats.append_column("__start", pa.array(starts))
         con.register("__tally_stats", stats)

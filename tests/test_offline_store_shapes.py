@@ -227,6 +227,18 @@ def test_candidate_plan_past_its_budget_hands_over_to_row_ids(tmp_path, monkeypa
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
 
 
+def test_an_empty_entity_frame_gets_every_column_and_no_row(tmp_path):
+    """No entity row: no key table to group, no time range to bound the scan; the frame
+    comes back empty with every feature column, as from the stock store."""
+    data = generate_irregular(tmp_path / "irregular", 2_000, 200)
+    pq.write_table(pq.read_table(data / "entities.parquet").slice(0, 0), data / "entities.parquet")
+    plans: dict[str, str] = {}
+    _, ours, stock = _both(data, irregular=True, plans=plans)
+    assert len(ours) == 0 and list(ours.columns) == list(stock.columns)
+    assert len(plans) == len(VIEWS)
+    pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
+
+
 def _rekey(data: Path, keys: str) -> None:
     """The tables and entity frame keyed by a string (`a<id>`), or by two columns
     (account_id and region = account_id mod 3, a different region for 1 entity row in 5)."""
