@@ -51,17 +51,23 @@ def _scatter(n: int, rows: np.ndarray, values: pa.Table) -> pa.Table:
     return in_entity_order(values, position)
 
 
-def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
-             keys: EntityKeys | None = None) -> tuple[pa.Table, str]:
-    """One feature view's columns, in entity order (`__f0`, `__f1`, ...), and the plan that
-    found them (PLANS). The candidate plan (offline_store_scan.py) answers unless the
-    table has too many candidates; then the range join finds each entity row's winning
-    row id (file and row number) and a second query reads the winners' features; past
-    MAX_ROW_FILES files the join carries them."""
+def time_range(entities: pa.Table, ts_col: str) -> tuple[str | None, str | None]:
+    """The entity frame's earliest and latest time as SQL literals (None when empty)."""
+    if not entities.num_rows:
+        return None, None
     stamps = entities.column(ts_col)
-    lo = hi = None
-    if entities.num_rows:
-        lo, hi = stamp_sql(pc.min(stamps).as_py()), stamp_sql(pc.max(stamps).as_py())
+    return stamp_sql(pc.min(stamps).as_py()), stamp_sql(pc.max(stamps).as_py())
+
+
+def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
+             span: tuple[str | None, str | None], keys: EntityKeys | None = None
+             ) -> tuple[pa.Table, str]:
+    """One feature view's columns, in entity order (`__f0`, `__f1`, ...), and the plan that
+    found them (PLANS), for entity times in `span` (time_range). The candidate plan
+    (offline_store_scan.py) answers unless the table has too many candidates; then the
+    range join finds each entity row's winning row id (file and row number) and a second
+    query reads the winners' features; past MAX_ROW_FILES files the join carries them."""
+    lo, hi = span
     if keys is not None:
         scanned = scan_view(con, plan, keys, lo, hi)
         if scanned is not None:
@@ -83,13 +89,18 @@ def run_view(con: Any, plan: ViewPlan, entities: pa.Table, ts_col: str,
     return found, "row ids" if files else "payload"
 
 
+def _key_columns(plan: ViewPlan) -> tuple[str, ...]:
+    """The entity frame's columns a view joins on."""
+    return tuple(ent for _, ent in plan.keys)
+
+
 def _entity_keys(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: str,
                  keys: dict[tuple[str, ...], EntityKeys]) -> None:
     """Into `keys`, a table of distinct keys per set of entity key columns the views join
     on (filled one by one, so that the caller drops those made before a failure)."""
     con.register("__tally_frame", entities)
     try:
-        for cols in dict.fromkeys(tuple(ent for _, ent in p.keys) for p in plans):
+        for cols in dict.fromkeys(map(_key_columns, plans)):
             if cols:
                 keys[cols] = EntityKeys(con, "__tally_frame", list(cols), ts_col,
                                         entities.num_rows)
@@ -103,12 +114,13 @@ def point_in_time(con: Any, plans: list[ViewPlan], entities: pa.Table, ts_col: s
     each view. Views run two at a time, each on a cursor of its own, so that one's Arrow
     and numpy work overlaps the other's scan."""
     keys: dict[tuple[str, ...], EntityKeys] = {}
+    span = time_range(entities, ts_col)
 
     def view(plan: ViewPlan) -> tuple[pa.Table, str]:
-        cols = tuple(ent for _, ent in plan.keys)
+        cols = _key_columns(plan)
         with con.cursor() as cursor:
             return run_view(cursor, plan, entities.select([ROW, ts_col, *dict.fromkeys(cols)]),
-                            ts_col, keys.get(cols))
+                            ts_col, span, keys.get(cols))
 
     try:
         _entity_keys(con, plans, entities, ts_col, keys)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from tally.catalog.compute.windows import key_changes
 from tally.feature_repo.offline_store_sql import ROW, ViewPlan, bounds, q, reader, ttl_us
 
 INT64_MIN = np.iinfo(np.int64).min
@@ -77,16 +77,8 @@ class EntityKeys:
 
 def _run_starts(columns: list[pa.ChunkedArray]) -> np.ndarray:
     """Where each run of equal rows starts in sorted, null-free key columns."""
-    n = len(columns[0]) if columns else 0
-    change = np.zeros(n, dtype=bool)
-    if n:
-        change[0] = True
-    for column in columns:
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if n > 1:
-            change[1:] |= pc.not_equal(array.slice(1), array.slice(0, n - 1)).to_numpy(
-                zero_copy_only=False)
-    return np.flatnonzero(change)
+    changes = [key_changes(column.combine_chunks()) for column in columns]
+    return np.flatnonzero(np.logical_or.reduce(changes))
 
 
 def _source_sql(plan: ViewPlan, time_bounds: str) -> str:

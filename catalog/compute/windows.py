@@ -13,11 +13,14 @@ reads over it (catalog/compute/kernel.py runs them).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tally.catalog.compute.plans import GroupPlan
+
+if TYPE_CHECKING:  # annotations only: the offline store reads key_changes without the plans
+    from tally.catalog.compute.plans import GroupPlan
 
 
 @dataclass
