@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tally.catalog.compute.kernel import CHUNK_CELLS, group_table, prepare_group
+from tally.catalog.compute.kernel import CHUNK_CELLS, group_table, prepare_group, stream_group
 from tally.catalog.compute.plans import group_query, partial_plan, plan_group
 from tally.catalog.compute.rounding import round_like_duckdb
 from tally.catalog.compute.windows import Windows
@@ -114,7 +114,8 @@ def _same(kernel: pa.Table, sql: pa.Table) -> None:
 
 @pytest.mark.parametrize("text_keys", [True, False], ids=["text-keys", "integer-keys"])
 @pytest.mark.parametrize("seed", [1, 2, 0])  # 0: every key null, so no cells at all
-@pytest.mark.parametrize("chunk_cells", [CHUNK_CELLS, 7], ids=["one-chunk", "chunks-of-7"])
+@pytest.mark.parametrize("chunk_cells", [CHUNK_CELLS, 7, 1],
+                         ids=["one-chunk", "chunks-of-7", "chunks-of-1"])
 def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int,
                                 chunk_cells: int) -> None:
     (tmp_path / "data").mkdir()
@@ -147,6 +148,22 @@ def test_kernel_equals_sql_plan(tmp_path: Path, text_keys: bool, seed: int,
         assert kernel.num_rows == sql.num_rows
         assert (kernel.num_rows > 0) == (seed != 0)
         _same(kernel, sql)
+        _same_as_streamed(con, project, plan, str(path), (low, high), chunk_cells, kernel)
+
+
+def _same_as_streamed(con: duckdb.DuckDBPyConnection, project, plan, path: str,
+                      span: tuple[int, int], chunk_cells: int, kernel: pa.Table) -> None:
+    """A full run's stream gives the same chunks, cut at the same cells (a window's
+    running sums restart with each chunk), and the same rows, as the cells held whole."""
+    low, high = span
+    parts = partial_plan(project, plan, path=path, low=low, high=high)
+    held = prepare_group(con, parts, plan, low=low, high=high, chunk_cells=chunk_cells)
+    stream = stream_group(con, parts, plan, low=low, high=high, chunk_cells=chunk_cells)
+    assert held is not None and stream is not None
+    chunks = list(stream.tables("shop_id"))
+    assert [c.num_rows for c in chunks] == [c.num_rows for c in held.tables("shop_id")]
+    assert chunks[0].schema == kernel.schema  # one empty chunk when there are no cells
+    _same(pa.concat_tables(chunks), kernel)
 
 
 @pytest.mark.parametrize("chunk_cells", [CHUNK_CELLS, 7], ids=["one-chunk", "chunks-of-7"])

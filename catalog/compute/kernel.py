@@ -8,23 +8,27 @@ about three times slower on the compute bench). The semantics are those of
 this path. The layout and the window reads are in `windows.py`, the dense partial columns
 and count_distinct in `dense.py`, DuckDB's rounding in `rounding.py`.
 
-The cells are taken a chunk of whole entities at a time and the table is written chunk
-by chunk, so memory stays bounded whatever the source's size. An incremental run merges
-its rows with the kept ones in memory; when that would not fit in half the memory, or
-when a partial has a type the kernel does not handle (text, dates, decimals as min or
-max), the SQL plan (which DuckDB can spill to disk) runs instead.
+The cells are computed a chunk of whole entities at a time and the table is written chunk
+by chunk. A full run streams the cells from DuckDB (`stream_group`), so they are never all
+held in Arrow; an incremental run holds its cells (`prepare_group`) and merges its rows
+with the kept ones in memory; when that would not fit in half the memory, or when a
+partial has a type the kernel does not handle (text, dates, decimals as min or max), the
+SQL plan (which DuckDB can spill to disk) runs instead. Both paths cut chunks at the same
+cells (`chunk_bounds`), so their sums agree to the last bit.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tally.catalog.compute.dense import DenseColumns, Occurrences, distinct_counts
 from tally.catalog.compute.plans import GroupPlan, Partials, occurrences
 from tally.catalog.compute.rounding import round_like_duckdb
@@ -67,24 +71,52 @@ def memory_budget() -> int:
 CHUNK_CELLS = 1 << 16  # cells per chunk: whole entities, so windows never cross a chunk
 
 
+def chunk_bounds(key_starts: np.ndarray, n: int, chunk_cells: int) -> np.ndarray:
+    """Where chunks of whole entities start (and the last ends): at the first key start at
+    or after each multiple of `chunk_cells`. A window's running sums restart with each
+    chunk, so every path that chunks cells cuts them here (their sums then agree to the
+    last bit)."""
+    if not n:
+        return np.array([0, 0])
+    at = np.searchsorted(key_starts, np.arange(chunk_cells, n, chunk_cells))
+    return np.unique(np.r_[0, key_starts[at[at < len(key_starts)]], n])
+
+
+def in_order(compute: Callable[[Any], pa.Table], items: Iterable[Any],
+             workers: int | None = None) -> Iterator[pa.Table]:
+    """compute(item) for each item, yielded in order. On `workers` threads (numpy and Arrow
+    release the GIL) at most that many ahead of the one being consumed, so memory stays
+    bounded; `items` is advanced on the calling thread (a DuckDB reader stays there)."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers == 1:
+        yield from map(compute, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        for item in items:
+            pending.append(pool.submit(compute, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class GroupRun:
     """A group's cells, read once from DuckDB, computed a chunk of whole entities at a time
     so memory stays bounded by the chunk, whatever the source's size."""
 
     def __init__(self, con: Any, parts: Partials, plan: GroupPlan, cells: pa.Table, *,
-                 low: int, high: int, chunk_cells: int):
+                 low: int, high: int, chunk_cells: int,
+                 occurrences: dict[int, Occurrences] | None = None):
         self.con, self.parts, self.plan, self.cells = con, parts, plan, cells
         self.low, self.high = low, high
         self.keys = cells.column("__key").combine_chunks()
         self.b = cells.column("__b").to_numpy().astype(np.int64, copy=False)
         self.key_change = key_changes(self.keys)
-        key_starts = self.key_starts = np.flatnonzero(self.key_change)
-        wanted = np.arange(chunk_cells, len(self.b), chunk_cells)
-        cuts = key_starts[np.minimum(np.searchsorted(key_starts, wanted), len(key_starts) - 1)]
-        self.bounds = np.unique(np.r_[0, cuts[cuts > 0], len(self.b)]) if len(self.b) else \
-            np.array([0, 0])
-        self._distinct_keys = self.keys.take(pa.array(key_starts))
-        self._occurrences: dict[int, Occurrences] = {}
+        self.key_starts = np.flatnonzero(self.key_change)
+        self.bounds = chunk_bounds(self.key_starts, len(self.b), chunk_cells)
+        self.distinct_keys = self.keys.take(pa.array(self.key_starts))
+        self.occurrences = dict(occurrences or {})  # by metric index, read when first needed
 
     def _key_index(self, cell: int) -> int:
         """Which distinct key cell `cell` belongs to."""
@@ -95,37 +127,27 @@ class GroupRun:
         return int(islands(self.key_change, self.b, self.plan, self.low, self.high)[-1].sum())
 
     def _occ(self, i: int) -> Occurrences:
-        if i not in self._occurrences:
-            sql = occurrences(i).with_("src", as_=self.parts.src).order_by(
-                "__key", "__v", "__b").sql("duckdb")
-            self._occurrences[i] = Occurrences.read(self.con.sql(sql).to_arrow_table(),
-                                                    self._distinct_keys)
-        return self._occurrences[i]
+        if i not in self.occurrences:
+            self.occurrences[i] = Occurrences.read(read_occurrences(self.con, self.parts, i),
+                                                    self.distinct_keys)
+        return self.occurrences[i]
 
     def tables(self, key_name: str, workers: int | None = None, split_us: int | None = None
                ) -> Iterator[pa.Table]:
         """The table for snapshots low..high, sorted by key and snapshot, chunk by chunk
-        (with `split_us`, each chunk's rows before it come first, see `rows_split_at`).
-        Chunks are computed on `workers` threads (numpy and Arrow release the GIL), at most
-        that many ahead of the one being consumed, so memory stays bounded."""
-        workers = workers or min(4, os.cpu_count() or 1)
+        (with `split_us`, each chunk's rows before it come first, see `rows_split_at`),
+        computed on `workers` threads (see `in_order`)."""
         for i, metric in enumerate(self.parts.metrics):  # DuckDB reads stay on this thread
             if metric.aggregation == "count_distinct":
                 self._occ(i)
         spans = [(int(lo), int(hi)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:],
                                                       strict=True)]
-        if workers == 1 or len(spans) == 1:
-            for lo, hi in spans:
-                yield self._chunk(lo, hi, key_name, split_us)
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[Future[pa.Table]] = deque()
-            for lo, hi in spans:
-                pending.append(pool.submit(self._chunk, lo, hi, key_name, split_us))
-                if len(pending) > workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        return in_order(lambda span: self._chunk(span[0], span[1], key_name, split_us), spans,
+                        workers if len(spans) > 1 else 1)
+
+    def whole(self, key_name: str, split_us: int | None) -> pa.Table:
+        """The table of every cell, as one chunk (the run's cells are whole entities)."""
+        return self._chunk(0, len(self.b), key_name, split_us)
 
     def _chunk(self, lo: int, hi: int, key_name: str, split_us: int | None) -> pa.Table:
         plan, parts = self.plan, self.parts
@@ -174,6 +196,98 @@ class GroupRun:
         last_key = self._key_index(hi - 1) if hi > lo else -1
         occ = self._occ(i).of_keys(first_key, last_key)
         return distinct_counts(occ, self.b[lo:hi], lay, w)
+
+
+def read_occurrences(con: Any, parts: Partials, i: int) -> pa.Table:
+    """count_distinct metric i's occurrences, sorted by key, value and bucket."""
+    sql = occurrences(i).with_("src", as_=parts.src).order_by("__key", "__v", "__b")
+    return con.sql(sql.sql("duckdb")).to_arrow_table()
+
+
+class OccurrenceCursor:
+    """A count_distinct metric's occurrences handed out a piece of cells at a time, in key
+    order: each piece's keys are the next run of the occurrences' keys (their keys are
+    among the cells', both sorted alike)."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        change = key_changes(table.column("__key").combine_chunks())
+        self.starts = np.r_[np.flatnonzero(change), table.num_rows]
+        self.keys = table.column("__key").take(pa.array(self.starts[:-1])).combine_chunks()
+        self.next = 0  # the first key not handed out yet
+
+    def take(self, piece_keys: pa.Array) -> Occurrences:
+        """The occurrences of the next piece, whose distinct keys are `piece_keys`."""
+        ahead = self.keys.slice(self.next, len(piece_keys))
+        inside = pc.is_in(ahead, value_set=piece_keys).to_numpy(zero_copy_only=False)
+        count = len(inside) if inside.all() else int(np.argmin(inside))
+        lo, hi = int(self.starts[self.next]), int(self.starts[self.next + count])
+        self.next += count
+        return Occurrences.read(self.table.slice(lo, hi - lo), piece_keys)
+
+
+class GroupStream:
+    """A full run's cells read from DuckDB a batch at a time, in key and bucket order, and
+    cut into pieces of whole entities where `GroupRun` would cut its chunks: each piece is
+    computed while DuckDB still hands out the next, and the cells are never all held."""
+
+    def __init__(self, con: Any, parts: Partials, plan: GroupPlan, reader: Any, *, low: int,
+                 high: int, chunk_cells: int, cursors: dict[int, OccurrenceCursor]):
+        self.con, self.parts, self.plan, self.reader = con, parts, plan, reader
+        self.low, self.high, self.chunk_cells, self.cursors = low, high, chunk_cells, cursors
+
+    def _pieces(self) -> Iterator[pa.Table]:
+        """The cells in pieces that end where `chunk_bounds` puts a chunk's end: at the
+        first key start at or after the next multiple of chunk_cells."""
+        held = self.reader.schema.empty_table()
+        start = 0  # the held cells' first index in the whole run
+        for batch in self.reader:
+            held = pa.concat_tables([held, pa.Table.from_batches([batch])])
+            change = key_changes(held.column("__key").combine_chunks())
+            cut = 0  # where the next piece starts in `held`
+            while True:
+                wanted = ((start + cut) // self.chunk_cells + 1) * self.chunk_cells - start
+                later = np.flatnonzero(change[wanted:])
+                if not len(later):
+                    break
+                yield held.slice(cut, wanted + int(later[0]) - cut)
+                cut = wanted + int(later[0])
+            held, start = held.slice(cut), start + cut
+        if held.num_rows:
+            yield held
+
+    def _runs(self) -> Iterator[GroupRun]:
+        """A run per piece, with its count_distinct occurrences; one empty run when there
+        are no cells at all (the writer still needs the table's schema)."""
+        pieces = self._pieces()
+        first = next(pieces, None)
+        for piece in itertools.chain([self.reader.schema.empty_table() if first is None
+                                      else first], pieces):
+            run = GroupRun(self.con, self.parts, self.plan, piece, low=self.low,
+                           high=self.high, chunk_cells=piece.num_rows)
+            run.occurrences.update({i: cursor.take(run.distinct_keys)
+                                    for i, cursor in self.cursors.items()})
+            yield run
+
+    def tables(self, key_name: str, workers: int | None = None, split_us: int | None = None
+               ) -> Iterator[pa.Table]:
+        """As `GroupRun.tables`, a piece at a time (the reader advanced on this thread)."""
+        return in_order(lambda run: run.whole(key_name, split_us), self._runs(), workers)
+
+
+def stream_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high: int,
+                 chunk_cells: int = CHUNK_CELLS) -> GroupStream | None:
+    """Start the scan into partial aggregates for a full run; None when they have types the
+    kernel does not handle (judged before any data is read). Occurrences of count_distinct
+    metrics are read first: a connection runs one query at a time."""
+    relation = con.sql(parts.buckets.with_("src", as_=parts.src).order_by("__key", "__b")
+                       .sql("duckdb"))
+    if not kernel_types_ok(relation.limit(0).to_arrow_table().schema, parts):
+        return None
+    cursors = {i: OccurrenceCursor(read_occurrences(con, parts, i))
+               for i, metric in enumerate(parts.metrics) if metric.aggregation == "count_distinct"}
+    return GroupStream(con, parts, plan, relation.to_arrow_reader(4 * chunk_cells), low=low,
+                       high=high, chunk_cells=chunk_cells, cursors=cursors)
 
 
 def prepare_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high: int,

@@ -315,23 +315,26 @@ class Computer(DependentTables, FunnelTables):
         when it declines (partial types it does not handle, or new rows that would not fit
         in memory) and the SQL plan should run instead."""
         import pyarrow as pa
-        from tally.catalog.compute.kernel import fits_in_memory, prepare_group
+        from tally.catalog.compute.kernel import fits_in_memory, prepare_group, stream_group
 
         low, high = span
         out = spec.path(self.project)
         parts = partial_plan(self.project, plan, path=src_path, low=low, high=high)
         try:
+            if keep is None:  # a whole table: streamed from the scan, a piece at a time
+                stream = stream_group(con, parts, plan, low=low, high=high)
+                if stream is None:
+                    return False
+                part_span, newest = table_span(spec), high * plan.bucket_us
+                split_us = newest_span_start(newest, part_span)
+                write_full(stream.tables(key, split_us=split_us), out, key, part_span, newest)
+                return True
             run = prepare_group(con, parts, plan, low=low, high=high)
             if run is None:
                 return False
-            if keep is None:
-                part_span, newest = table_span(spec), high * plan.bucket_us
-                split_us = newest_span_start(newest, part_span)
-                write_full(run.tables(key, split_us=split_us), out, key, part_span, newest)
-            elif fits_in_memory(run):
-                write_rows(pa.concat_tables(list(run.tables(key))), out, key, spec, keep, None)
-            else:
+            if not fits_in_memory(run):
                 return False
+            write_rows(pa.concat_tables(list(run.tables(key))), out, key, spec, keep, None)
             return True
         except TallyError:
             raise
