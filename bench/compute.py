@@ -33,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from . import common
 from .common import DATA, median_runs, run_in_subprocess, table, write_section
 
 SIZES = {"tiny": (20_000, 200), "small": (2_000_000, 20_000),
@@ -221,12 +222,15 @@ def run_funnels(size: str, source: Path) -> str:
               f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
 
 
-def _against_floors(project: Path, source: Path, rounds: int = 3
+def _against_floors(project: Path, source: Path, rounds: int | None = None
                     ) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds (medians) and peak MB of the project's 20-metric run and of its two floors,
     run in interleaved rounds (each a fresh process) so the machine's load falls on all
-    three alike. The write floor writes the project's own output through the runner's
-    parts writer (same settings, same parts; rows already in order, so no sort)."""
+    three alike: five when recorded (on a shared 2-core machine one process's time varies
+    by a fifth, as much as the gap the ratio is judged by), three for a tiny run. The
+    write floor writes the project's own output through the runner's parts writer (same
+    settings, same parts; rows already in order, so no sort)."""
+    rounds = rounds or (5 if common.RECORD else 3)
     table = project / "data" / "tables" / "events_1d.parquet"
     codes = {"compute": (COMPUTE, str(project)), "cells": (CELLS, str(project), str(source)),
              "write": (WRITE, str(table), str(project.parent / "written.parquet"))}
@@ -297,7 +301,7 @@ def run(size: str) -> None:
     text = (f"### {size}: {total:,} source rows, {keys:,} accounts, {DAYS} days; daily grain, "
             "1d-30d windows\n\n"
             + table(["plan", "metrics", "seconds (median)", "peak MB", "vs bare scan"], rows)
-            + "\n\n" + floors_text + "Each shape's run and floors are measured in three "
+            + "\n\n" + floors_text + "Each shape's run and floors are medians of five "
               "interleaved rounds of fresh processes. The compute time includes reading the "
               "source's day digest (for later incremental runs) and writing the table (sorted "
               "by key and snapshot); like the floors, it leaves out the imports of a fresh "
