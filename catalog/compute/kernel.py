@@ -221,6 +221,8 @@ class OccurrenceCursor:
         ahead = self.keys.slice(self.next, len(piece_keys))
         inside = pc.is_in(ahead, value_set=piece_keys).to_numpy(zero_copy_only=False)
         count = len(inside) if inside.all() else int(np.argmin(inside))
+        if inside[count:].any():  # both queries sort by key alike, so this never holds
+            raise RuntimeError("count_distinct occurrences are not in the cells' key order")
         lo, hi = int(self.starts[self.next]), int(self.starts[self.next + count])
         self.next += count
         return Occurrences.read(self.table.slice(lo, hi - lo), piece_keys)
