@@ -222,15 +222,14 @@ def run_funnels(size: str, source: Path) -> str:
               f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
 
 
-def _against_floors(project: Path, source: Path, rounds: int | None = None
-                    ) -> tuple[dict[str, float], dict[str, float]]:
+def _against_floors(project: Path, source: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds (medians) and peak MB of the project's 20-metric run and of its two floors,
     run in interleaved rounds (each a fresh process) so the machine's load falls on all
     three alike: five when recorded (on a shared 2-core machine one process's time varies
     by a fifth, as much as the gap the ratio is judged by), three for a tiny run. The
     write floor writes the project's own output through the runner's parts writer (same
     settings, same parts; rows already in order, so no sort)."""
-    rounds = rounds or (5 if common.RECORD else 3)
+    rounds = 5 if common.RECORD else 3
     table = project / "data" / "tables" / "events_1d.parquet"
     codes = {"compute": (COMPUTE, str(project)), "cells": (CELLS, str(project), str(source)),
              "write": (WRITE, str(table), str(project.parent / "written.parquet"))}

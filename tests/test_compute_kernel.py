@@ -289,3 +289,17 @@ def test_incremental_run_falls_back_to_the_sql_plan_when_memory_is_short(
     assert through_sql.schema == through_kernel.schema
     order = [("shop_id", "ascending"), ("event_timestamp", "ascending")]  # parts aside
     _same(through_kernel.sort_by(order), through_sql.sort_by(order))
+
+
+def test_occurrences_out_of_the_cells_key_order_fail_loudly() -> None:
+    """A full run hands each piece of cells the next run of count_distinct occurrences by
+    key; were the two ever sorted differently, every later piece's counts would shift, so
+    the cursor refuses instead."""
+    from tally.catalog.compute.kernel import OccurrenceCursor
+
+    occ = pa.table({"__key": ["c", "a"], "__v": [1, 1], "__b": [0, 0]})
+    with pytest.raises(RuntimeError, match="key order"):
+        OccurrenceCursor(occ).take(pa.array(["a", "b"]))
+    in_order = OccurrenceCursor(pa.table({"__key": ["a", "c"], "__v": [1, 1], "__b": [0, 0]}))
+    assert len(in_order.take(pa.array(["a", "b"])).b) == 1  # a's occurrence; c's waits
+    assert len(in_order.take(pa.array(["c"])).b) == 1

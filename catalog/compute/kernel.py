@@ -198,6 +198,11 @@ class GroupRun:
         return distinct_counts(occ, self.b[lo:hi], lay, w)
 
 
+def cells_sql(parts: Partials) -> str:
+    """The scan into partial aggregates per (key, bucket), sorted as the kernel reads them."""
+    return parts.buckets.with_("src", as_=parts.src).order_by("__key", "__b").sql("duckdb")
+
+
 def read_occurrences(con: Any, parts: Partials, i: int) -> pa.Table:
     """count_distinct metric i's occurrences, sorted by key, value and bucket."""
     sql = occurrences(i).with_("src", as_=parts.src).order_by("__key", "__v", "__b")
@@ -239,32 +244,28 @@ class GroupStream:
         self.low, self.high, self.chunk_cells, self.cursors = low, high, chunk_cells, cursors
 
     def _pieces(self) -> Iterator[pa.Table]:
-        """The cells in pieces that end where `chunk_bounds` puts a chunk's end: at the
-        first key start at or after the next multiple of chunk_cells."""
+        """The cells in pieces that end where `chunk_bounds` puts a chunk's end (it is asked
+        about the cells held so far, whose last piece waits for the next batch); one empty
+        piece when there are no cells at all (the writer still needs the table's schema)."""
         held = self.reader.schema.empty_table()
-        start = 0  # the held cells' first index in the whole run
+        start, pieces = 0, 0  # the held cells' first index in the whole run; pieces given
         for batch in self.reader:
             held = pa.concat_tables([held, pa.Table.from_batches([batch])])
-            change = key_changes(held.column("__key").combine_chunks())
-            cut = 0  # where the next piece starts in `held`
-            while True:
-                wanted = ((start + cut) // self.chunk_cells + 1) * self.chunk_cells - start
-                later = np.flatnonzero(change[wanted:])
-                if not len(later):
-                    break
-                yield held.slice(cut, wanted + int(later[0]) - cut)
-                cut = wanted + int(later[0])
+            end = start + held.num_rows
+            starts = start + np.flatnonzero(key_changes(held.column("__key").combine_chunks()))
+            bounds = chunk_bounds(starts, end, self.chunk_cells)
+            cuts = bounds[(bounds > start) & (bounds < end)] - start
+            for lo, hi in itertools.pairwise(np.r_[0, cuts]):
+                yield held.slice(lo, hi - lo)
+            pieces += len(cuts)
+            cut = int(cuts[-1]) if len(cuts) else 0
             held, start = held.slice(cut), start + cut
-        if held.num_rows:
+        if held.num_rows or not pieces:
             yield held
 
     def _runs(self) -> Iterator[GroupRun]:
-        """A run per piece, with its count_distinct occurrences; one empty run when there
-        are no cells at all (the writer still needs the table's schema)."""
-        pieces = self._pieces()
-        first = next(pieces, None)
-        for piece in itertools.chain([self.reader.schema.empty_table() if first is None
-                                      else first], pieces):
+        """A run per piece, with its count_distinct occurrences."""
+        for piece in self._pieces():
             run = GroupRun(self.con, self.parts, self.plan, piece, low=self.low,
                            high=self.high, chunk_cells=piece.num_rows)
             run.occurrences.update({i: cursor.take(run.distinct_keys)
@@ -282,8 +283,7 @@ def stream_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high: 
     """Start the scan into partial aggregates for a full run; None when they have types the
     kernel does not handle (judged before any data is read). Occurrences of count_distinct
     metrics are read first: a connection runs one query at a time."""
-    relation = con.sql(parts.buckets.with_("src", as_=parts.src).order_by("__key", "__b")
-                       .sql("duckdb"))
+    relation = con.sql(cells_sql(parts))
     if not kernel_types_ok(relation.limit(0).to_arrow_table().schema, parts):
         return None
     cursors = {i: OccurrenceCursor(read_occurrences(con, parts, i))
@@ -296,9 +296,7 @@ def prepare_group(con: Any, parts: Partials, plan: GroupPlan, *, low: int, high:
                   chunk_cells: int = CHUNK_CELLS) -> GroupRun | None:
     """Run the scan into partial aggregates; None when they have types the kernel does
     not handle (the caller then runs the SQL plan)."""
-    cells_sql = (parts.buckets.with_("src", as_=parts.src)
-                 .order_by("__key", "__b").sql("duckdb"))
-    cells = con.sql(cells_sql).to_arrow_table()
+    cells = con.sql(cells_sql(parts)).to_arrow_table()
     if not kernel_types_ok(cells.schema, parts):
         return None
     return GroupRun(con, parts, plan, cells, low=low, high=high, chunk_cells=chunk_cells)
