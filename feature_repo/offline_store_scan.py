@@ -140,16 +140,11 @@ class _Winners:
     def _pairs(self, counts: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(candidate, entity row) for every entity row of each candidate's key."""
         order = self.keys.order
-        single = np.flatnonzero(counts == 1)
-        if len(single) == len(counts):
-            return single, order[starts]
-        several = np.flatnonzero(counts > 1)
-        many = counts[several]
-        cand = np.repeat(several, many)
-        offsets = np.arange(len(cand), dtype=np.int64) - np.repeat(
-            np.cumsum(many) - many, many)
-        ent = order[np.repeat(starts[several], many) + offsets]
-        return np.concatenate([single, cand]), np.concatenate([order[starts[single]], ent])
+        if not len(counts) or counts.max() == 1:
+            return np.arange(len(counts)), order[starts]
+        cand = np.repeat(np.arange(len(counts)), counts)
+        first = np.cumsum(counts) - counts  # where each candidate's pairs begin
+        return cand, order[np.arange(len(cand)) + np.repeat(starts - first, counts)]
 
     def add(self, batch: pa.RecordBatch, first: int) -> None:
         """A batch of candidates (count, start, event time, created time, ...), numbered
@@ -176,7 +171,23 @@ class _Winners:
 
 def in_entity_order(values: pa.Table, positions: np.ndarray) -> pa.Table:
     """Per entity row, the row of `values` at its position; nulls where it is negative."""
-    return values.take(pa.array(positions, mask=positions < 0))
+    missing = positions < 0
+    at = np.where(missing, 0, positions)
+    columns = [_gathered(column, at, missing) for column in values.columns]
+    return pa.table(columns, schema=values.schema)
+
+
+def _gathered(column: pa.ChunkedArray, at: np.ndarray, missing: np.ndarray) -> pa.Array:
+    """`column` at positions `at`, null where `missing`: a numpy gather for numbers (half
+    the time of Arrow's take with a null-masked index), Arrow's take for other types."""
+    kind = column.type
+    if not len(column) or not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return column.take(pa.array(at, mask=missing)).combine_chunks()
+    array = column.combine_chunks()
+    if array.null_count:
+        missing = missing | array.is_null().to_numpy(zero_copy_only=False)[at]
+        array = array.fill_null(0)
+    return pa.array(array.to_numpy()[at], type=kind, mask=missing)
 
 
 def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, lo: str | None, hi: str | None

@@ -348,3 +348,35 @@ def test_a_failing_frame_leaves_no_key_table_behind():
     with pytest.raises(duckdb.Error):
         point_in_time(con, plans, entities, "event_timestamp")
     assert con.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+
+
+def test_features_put_in_entity_order_keep_every_type_and_null():
+    """The numpy gather for numbers and Arrow's take for the rest give what Arrow's take
+    with a null-masked index gives: values, their nulls and the rows with no winner."""
+    import numpy as np
+    import pyarrow as pa
+    from tally.feature_repo.offline_store_scan import in_entity_order
+
+    columns = {
+        "i32": pa.array([1, None, 3, 4], pa.int32()),
+        "u8": pa.array([250, 1, 2, 3], pa.uint8()),
+        "f32": pa.array([0.5, 1.5, None, float("nan")], pa.float32()),
+        "f64": pa.array([1.0, 2.0, 3.0, 4.0]),
+        "text": pa.array(["a", None, "c", "d"]),
+        "flag": pa.array([True, False, None, True]),
+        "when": pa.array([0, 1, None, 3], pa.timestamp("us", "UTC")),
+    }
+    values = pa.Table.from_batches([pa.table(columns).slice(0, 2).to_batches()[0],
+                                    pa.table(columns).slice(2).to_batches()[0]])
+    positions = np.array([3, -1, 0, 2, 1, 3, -1])
+    expected = values.take(pa.array(positions, mask=positions < 0))
+    got = in_entity_order(values, positions)
+    assert got.schema == values.schema
+    for name in columns:
+        assert got.column(name).is_null().to_pylist() == expected.column(name).is_null(
+            ).to_pylist(), name
+    assert got.drop_columns(["f32"]).equals(expected.drop_columns(["f32"]))
+    f32 = got.column("f32").to_pylist()
+    assert f32[0] != f32[0] and f32[1] is None and f32[2] == 0.5  # NaN stays a value
+    empty = in_entity_order(values.slice(0, 0), np.array([-1, -1]))
+    assert empty.num_rows == 2 and all(c.null_count == 2 for c in empty.columns)
