@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from tally.catalog.compute.dense import buffer_values, validity
 from tally.catalog.compute.windows import key_changes
 from tally.feature_repo.offline_store_sql import ROW, ViewPlan, bounds, q, reader, ttl_us
 
@@ -177,17 +178,19 @@ def in_entity_order(values: pa.Table, positions: np.ndarray) -> pa.Table:
     return pa.table(columns, schema=values.schema)
 
 
-def _gathered(column: pa.ChunkedArray, at: np.ndarray, missing: np.ndarray) -> pa.Array:
-    """`column` at positions `at`, null where `missing`: a numpy gather for numbers (half
-    the time of Arrow's take with a null-masked index), Arrow's take for other types."""
+def _gathered(column: pa.ChunkedArray, at: np.ndarray, missing: np.ndarray
+              ) -> pa.Array | pa.ChunkedArray:
+    """`column` at positions `at`, null where `missing`: a numpy gather from the column's
+    buffer for numbers (half the time of Arrow's take with a null-masked index), Arrow's
+    take for other types."""
     kind = column.type
     if not len(column) or not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        return column.take(pa.array(at, mask=missing)).combine_chunks()
+        return column.take(pa.array(at, mask=missing))
     array = column.combine_chunks()
-    if array.null_count:
-        missing = missing | array.is_null().to_numpy(zero_copy_only=False)[at]
-        array = array.fill_null(0)
-    return pa.array(array.to_numpy()[at], type=kind, mask=missing)
+    valid = validity(array)
+    if valid is not None:
+        missing = missing | ~valid[at]
+    return pa.array(buffer_values(array)[at], type=kind, mask=missing)
 
 
 def scan_view(con: Any, plan: ViewPlan, keys: EntityKeys, lo: str | None, hi: str | None

@@ -21,6 +21,14 @@ def validity(array: pa.Array) -> np.ndarray | None:
     return np.unpackbits(bits, count=start + len(array), bitorder="little")[start:].view(bool)
 
 
+def buffer_values(array: pa.Array) -> np.ndarray:
+    """A primitive array's numbers, its own buffer without a copy (whatever lies under its
+    nulls: readers mask them with `validity`)."""
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    return np.frombuffer(array.buffers()[1], dtype=dtype,
+                         count=array.offset + len(array))[array.offset:]
+
+
 class DenseColumns:
     """Partial columns scattered into the dense layout (`size` slots), each made once."""
 
@@ -43,10 +51,7 @@ class DenseColumns:
             column = column.cast(pa.int64())
         elif pa.types.is_decimal(kind):  # sums of integers arrive as HUGEINT (decimal)
             column = column.cast(pa.float64())
-        dtype = np.dtype(column.type.to_pandas_dtype())
-        data = np.frombuffer(column.buffers()[1], dtype=dtype,
-                             count=column.offset + len(column))[column.offset:]
-        return data, validity(column)
+        return buffer_values(column), validity(column)
 
     def _scatter(self, data: np.ndarray, valid: np.ndarray | None, fill: Any) -> np.ndarray:
         dense = np.full(self.size, fill, dtype=data.dtype) if fill else np.zeros(

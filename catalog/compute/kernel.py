@@ -106,8 +106,7 @@ class GroupRun:
     so memory stays bounded by the chunk, whatever the source's size."""
 
     def __init__(self, con: Any, parts: Partials, plan: GroupPlan, cells: pa.Table, *,
-                 low: int, high: int, chunk_cells: int,
-                 occurrences: dict[int, Occurrences] | None = None):
+                 low: int, high: int, chunk_cells: int):
         self.con, self.parts, self.plan, self.cells = con, parts, plan, cells
         self.low, self.high = low, high
         self.keys = cells.column("__key").combine_chunks()
@@ -116,7 +115,7 @@ class GroupRun:
         self.key_starts = np.flatnonzero(self.key_change)
         self.bounds = chunk_bounds(self.key_starts, len(self.b), chunk_cells)
         self.distinct_keys = self.keys.take(pa.array(self.key_starts))
-        self.occurrences = dict(occurrences or {})  # by metric index, read when first needed
+        self.occurrences: dict[int, Occurrences] = {}  # by metric index, read when needed
 
     def _key_index(self, cell: int) -> int:
         """Which distinct key cell `cell` belongs to."""
@@ -248,7 +247,7 @@ class GroupStream:
         about the cells held so far, whose last piece waits for the next batch); one empty
         piece when there are no cells at all (the writer still needs the table's schema)."""
         held = self.reader.schema.empty_table()
-        start, pieces = 0, 0  # the held cells' first index in the whole run; pieces given
+        start, given = 0, False  # the held cells' first index in the whole run
         for batch in self.reader:
             held = pa.concat_tables([held, pa.Table.from_batches([batch])])
             end = start + held.num_rows
@@ -257,10 +256,10 @@ class GroupStream:
             cuts = bounds[(bounds > start) & (bounds < end)] - start
             for lo, hi in itertools.pairwise(np.r_[0, cuts]):
                 yield held.slice(lo, hi - lo)
-            pieces += len(cuts)
+            given = given or len(cuts) > 0
             cut = int(cuts[-1]) if len(cuts) else 0
             held, start = held.slice(cut), start + cut
-        if held.num_rows or not pieces:
+        if held.num_rows or not given:
             yield held
 
     def _runs(self) -> Iterator[GroupRun]:
